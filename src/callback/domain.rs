@@ -1,0 +1,283 @@
+//! Validated callback types. Constructors are the only way in, so a value of these types is
+//! always within the bounds of SPEC §3.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// An SDKAppID: a positive integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SdkAppId(i64);
+
+impl SdkAppId {
+    pub fn parse(raw: &str) -> Option<Self> {
+        raw.parse::<i64>().ok().filter(|id| *id > 0).map(Self)
+    }
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A room or user id: 1..=256 bytes, no NUL character.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(String);
+
+impl Id {
+    pub const MAX_BYTES: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.is_empty() {
+            Err("must not be empty")
+        } else if raw.len() > Self::MAX_BYTES {
+            Err("is longer than 256 bytes")
+        } else if raw.contains('\0') {
+            Err("contains a NUL character")
+        } else {
+            Ok(Self(raw.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `EventTime`: milliseconds since the Unix epoch, positive, a valid timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventTime(i64);
+
+impl EventTime {
+    pub fn from_millis(ms: i64) -> Option<Self> {
+        (ms > 0 && DateTime::<Utc>::from_timestamp_millis(ms).is_some()).then_some(Self(ms))
+    }
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        // The constructor checked the range.
+        DateTime::<Utc>::from_timestamp_millis(self.0).expect("EventTime checked at parse")
+    }
+}
+
+/// The six known commands; anything else is kept as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Command {
+    MemberEnter,
+    MemberLeave,
+    CreateRoom,
+    DestroyRoom,
+    UpdateRoomInfo,
+    SeatInfoChanged,
+    Other(String),
+}
+
+impl Command {
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "Room.CallbackAfterMemberEnter" => Self::MemberEnter,
+            "Room.CallbackAfterMemberLeave" => Self::MemberLeave,
+            "Room.CallbackAfterCreateRoom" => Self::CreateRoom,
+            "Room.CallbackAfterDestroyRoom" => Self::DestroyRoom,
+            // The older name is the same event (SPEC §1.3).
+            "Room.CallbackAfterUpdateRoomInfo" | "Room.CallbackUpdateRoomInfo" => {
+                Self::UpdateRoomInfo
+            }
+            "Mic.CallbackAfterSeatInfoChanged" => Self::SeatInfoChanged,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The canonical name, stored in `room_events.callback_command`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::MemberEnter => "Room.CallbackAfterMemberEnter",
+            Self::MemberLeave => "Room.CallbackAfterMemberLeave",
+            Self::CreateRoom => "Room.CallbackAfterCreateRoom",
+            Self::DestroyRoom => "Room.CallbackAfterDestroyRoom",
+            Self::UpdateRoomInfo => "Room.CallbackAfterUpdateRoomInfo",
+            Self::SeatInfoChanged => "Mic.CallbackAfterSeatInfoChanged",
+            Self::Other(name) => name,
+        }
+    }
+
+    /// A bounded label for metrics: unknown commands share one.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::MemberEnter => "member_enter",
+            Self::MemberLeave => "member_leave",
+            Self::CreateRoom => "create_room",
+            Self::DestroyRoom => "destroy_room",
+            Self::UpdateRoomInfo => "update_room_info",
+            Self::SeatInfoChanged => "seat_info_changed",
+            Self::Other(_) => "other",
+        }
+    }
+}
+
+/// Enter or leave of some members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberChange {
+    /// As listed in the callback (the history keeps the list as sent).
+    pub members: Vec<Id>,
+    pub member_count: Option<i32>,
+    /// `Type`, as sent.
+    pub kind: Option<String>,
+    /// `Reason` (leave only).
+    pub reason: Option<String>,
+}
+
+impl MemberChange {
+    /// The distinct members, sorted: the order in which rows are written and locked.
+    pub fn distinct_members(&self) -> Vec<&Id> {
+        let mut members: Vec<&Id> = self.members.iter().collect();
+        members.sort();
+        members.dedup();
+        members
+    }
+}
+
+/// A `RoomInfo` object: known fields type-checked (booleans sent as strings become booleans),
+/// unknown fields kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomInfo {
+    pub fields: Map<String, Value>,
+}
+
+impl RoomInfo {
+    pub fn text(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).and_then(Value::as_str)
+    }
+    pub fn integer(&self, field: &str) -> Option<i64> {
+        self.fields.get(field).and_then(Value::as_i64)
+    }
+}
+
+/// One entry of a `SeatList`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    pub index: i32,
+    /// `None` when the seat is free.
+    pub member: Option<Id>,
+    pub is_taken_disabled: bool,
+    pub is_video_disabled: bool,
+    pub is_audio_disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    MemberEnter(MemberChange),
+    MemberLeave(MemberChange),
+    CreateRoom { info: RoomInfo, invitees: Vec<Id> },
+    DestroyRoom,
+    UpdateRoomInfo { info: RoomInfo },
+    SeatInfoChanged { seats: Vec<Seat> },
+    Other,
+}
+
+/// Informational query parameters, stored as they came.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub client_ip: Option<String>,
+    pub opt_platform: Option<String>,
+}
+
+/// A callback that passed every check: what the store writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callback {
+    pub sdk_app_id: SdkAppId,
+    pub command: Command,
+    pub room_id: Option<Id>,
+    pub operator: Option<String>,
+    pub event_time: EventTime,
+    pub event: Event,
+    pub meta: Meta,
+    /// The body exactly as received (valid JSON without NUL characters).
+    pub payload: String,
+    /// See [`Callback::compute_dedup_key`].
+    pub dedup_key: [u8; 32],
+}
+
+impl Callback {
+    pub fn member_change(&self) -> Option<&MemberChange> {
+        match &self.event {
+            Event::MemberEnter(change) | Event::MemberLeave(change) => Some(change),
+            _ => None,
+        }
+    }
+
+    /// What makes two deliveries "the same callback" (SPEC §5): app, command, room, EventTime,
+    /// Type and the member set, order-insensitive. The app is a column of its own.
+    /// Unknown commands without an EventTime carry their whole body instead.
+    pub(super) fn compute_dedup_key(&self, event_time_was_sent: bool) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        // Length-prefixed parts, so no two different tuples hash the same bytes.
+        let mut part = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        part(self.command.as_str().as_bytes());
+        part(
+            self.room_id
+                .as_ref()
+                .map_or(&[][..], |r| r.as_str().as_bytes()),
+        );
+        part(&self.event_time.millis().to_le_bytes());
+        let change = self.member_change();
+        part(
+            change
+                .and_then(|c| c.kind.as_deref())
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        let members = change
+            .map(MemberChange::distinct_members)
+            .unwrap_or_default();
+        part(&(members.len() as u64).to_le_bytes());
+        for member in members {
+            part(member.as_str().as_bytes());
+        }
+        if !event_time_was_sent {
+            part(self.payload.as_bytes());
+        }
+        hash.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_bounds() {
+        assert!(Id::parse("").is_err());
+        assert!(Id::parse(&"a".repeat(256)).is_ok());
+        assert!(Id::parse(&"a".repeat(257)).is_err());
+        // 256 bytes, not characters: 86 three-byte characters are 258 bytes.
+        assert!(Id::parse(&"中".repeat(86)).is_err());
+        assert!(Id::parse("a\0b").is_err());
+    }
+
+    #[test]
+    fn event_time_bounds() {
+        assert!(EventTime::from_millis(0).is_none());
+        assert!(EventTime::from_millis(-5).is_none());
+        assert!(EventTime::from_millis(i64::MAX).is_none());
+        let t = EventTime::from_millis(1_670_574_414_123).unwrap();
+        assert_eq!(
+            t.to_datetime().to_rfc3339(),
+            "2022-12-09T08:26:54.123+00:00"
+        );
+    }
+
+    #[test]
+    fn old_update_name_is_the_same_command() {
+        assert_eq!(
+            Command::parse("Room.CallbackUpdateRoomInfo"),
+            Command::UpdateRoomInfo
+        );
+        assert_eq!(
+            Command::UpdateRoomInfo.as_str(),
+            "Room.CallbackAfterUpdateRoomInfo"
+        );
+        assert_eq!(Command::parse("Room.New").as_str(), "Room.New");
+    }
+}

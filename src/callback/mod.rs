@@ -1,0 +1,15 @@
+//! The wire protocol of SPEC §1: query string, signature, and the body parsed into domain types.
+//!
+//! Everything past this module works with [`Callback`]: once parsed, nothing is checked again.
+
+mod domain;
+mod parse;
+mod query;
+mod signature;
+
+pub use domain::{
+    Callback, Command, Event, EventTime, Id, MemberChange, Meta, RoomInfo, SdkAppId, Seat,
+};
+pub use parse::{Rejection, RejectionKind, parse_body};
+pub use query::CallbackQuery;
+pub use signature::{SignatureError, sign, verify_signature};

@@ -1,0 +1,248 @@
+//! Configuration: every variable of SPEC §2, read once at start-up and validated.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use crate::callback::SdkAppId;
+
+/// Invalid or missing configuration; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds the database password, hence a secret.
+    pub database_url: Secret,
+    pub sdk_app_ids: Vec<SdkAppId>,
+    pub callback_token: Option<Secret>,
+    pub signature_max_skew: Duration,
+    pub listen_addr: SocketAddr,
+    pub run_migrations: bool,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub database_max_connections: u32,
+    /// How long a callback may wait for a database connection before it is answered 503.
+    pub database_acquire_timeout: Duration,
+    pub http_workers: usize,
+    pub batch_max_events: usize,
+}
+
+impl Config {
+    /// Reads the process environment (after `.env`, which `main` loads first).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any variable source; tests pass a map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        let database_url = get("DATABASE_URL").ok_or(ConfigError::Missing("DATABASE_URL"))?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let sdk_app_ids = get("SDK_APP_ID")
+            .ok_or(ConfigError::Missing("SDK_APP_ID"))?
+            .split(',')
+            .map(|id| {
+                SdkAppId::parse(id.trim()).ok_or_else(|| {
+                    invalid("SDK_APP_ID", format!("{id:?} is not a positive integer"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let callback_token = get("CALLBACK_TOKEN").map(Secret::new);
+        let skew_secs: u64 = parse_or(&get, "SIGNATURE_MAX_SKEW_SECS", 60)?;
+        let workers_default = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = Self {
+            database_url: Secret::new(database_url),
+            sdk_app_ids,
+            callback_token,
+            signature_max_skew: Duration::from_secs(skew_secs),
+            listen_addr: parse_or(&get, "LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
+            max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 262_144)?,
+            log_format: match get("LOG_FORMAT").as_deref().map(str::to_ascii_lowercase) {
+                None => LogFormat::Pretty,
+                Some(v) if v == "pretty" => LogFormat::Pretty,
+                Some(v) if v == "json" => LogFormat::Json,
+                Some(v) => return Err(invalid("LOG_FORMAT", format!("{v:?}: use pretty or json"))),
+            },
+            database_max_connections: parse_or(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
+            database_acquire_timeout: Duration::from_millis(parse_or(
+                &get,
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                1000,
+            )?),
+            http_workers: parse_or(&get, "HTTP_WORKERS", workers_default)?,
+            batch_max_events: parse_or(&get, "BATCH_MAX_EVENTS", 256)?,
+        };
+        if config.max_body_bytes == 0 {
+            return Err(invalid("MAX_BODY_BYTES", "must be positive"));
+        }
+        for (var, value) in [
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                config.database_max_connections as usize,
+            ),
+            ("HTTP_WORKERS", config.http_workers),
+            ("BATCH_MAX_EVENTS", config.batch_max_events),
+        ] {
+            if value == 0 {
+                return Err(invalid(var, "must be positive"));
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn is_our_app(&self, id: SdkAppId) -> bool {
+        self.sdk_app_ids.contains(&id)
+    }
+}
+
+fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        reason: reason.into(),
+    }
+}
+
+fn parse_or<T>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match get(var) {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|e| invalid(var, format!("{raw:?}: {e}"))),
+    }
+}
+
+fn parse_bool(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(invalid(var, format!("{v:?}: use true or false"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 2] = [
+        ("DATABASE_URL", "postgres://u:hunter2@db/x"),
+        ("SDK_APP_ID", "1400000001"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = config(&BASE).unwrap();
+        assert_eq!(c.sdk_app_ids, vec![SdkAppId::parse("1400000001").unwrap()]);
+        assert!(c.callback_token.is_none());
+        assert_eq!(c.signature_max_skew, Duration::from_secs(60));
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
+        assert!(c.run_migrations);
+        assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn several_app_ids() {
+        let c = config(&[BASE[0], ("SDK_APP_ID", "1400000001, 1400000002")]).unwrap();
+        assert_eq!(c.sdk_app_ids.len(), 2);
+        assert!(c.is_our_app(SdkAppId::parse("1400000002").unwrap()));
+        assert!(!c.is_our_app(SdkAppId::parse("1400000003").unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[BASE[1]], "DATABASE_URL"),
+            (&[BASE[0]], "SDK_APP_ID"),
+            (&[BASE[0], ("SDK_APP_ID", "abc")], "SDK_APP_ID"),
+            (&[BASE[0], ("SDK_APP_ID", "0")], "SDK_APP_ID"),
+            (
+                &[BASE[0], BASE[1], ("LISTEN_ADDR", "nowhere")],
+                "LISTEN_ADDR",
+            ),
+            (
+                &[BASE[0], BASE[1], ("RUN_MIGRATIONS", "maybe")],
+                "RUN_MIGRATIONS",
+            ),
+            (
+                &[BASE[0], BASE[1], ("MAX_BODY_BYTES", "-1")],
+                "MAX_BODY_BYTES",
+            ),
+            (&[BASE[0], BASE[1], ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (
+                &[BASE[0], BASE[1], ("SIGNATURE_MAX_SKEW_SECS", "x")],
+                "SIGNATURE_MAX_SKEW_SECS",
+            ),
+            (&[("DATABASE_URL", "mysql://x"), BASE[1]], "DATABASE_URL"),
+        ];
+        for (vars, name) in cases {
+            let err = config(vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{err:?} should name {name}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = config(&[BASE[0], BASE[1], ("CALLBACK_TOKEN", "s3cret-token")]).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-token"));
+        assert!(!shown.contains("hunter2"));
+    }
+}

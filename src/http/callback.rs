@@ -1,0 +1,144 @@
+//! `POST /callback`: size, app id, signature, body, then the store (SPEC §3, in that order).
+
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{AppContext, CallbackError};
+use crate::{
+    callback::{CallbackQuery, Command, SdkAppId, parse_body, verify_signature},
+    store::{self, Outcome, RejectedCallback},
+};
+
+pub async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    ctx: web::Data<AppContext>,
+) -> Result<HttpResponse, CallbackError> {
+    let query = CallbackQuery::parse(req.query_string());
+    let mut command_label = query
+        .command
+        .as_deref()
+        .map_or("unknown", |c| Command::parse(c).metric_label());
+    let result = process(&req, payload, &ctx, &query, &mut command_label).await;
+    let outcome = match &result {
+        Ok(Outcome::Stored { .. }) => "stored",
+        Ok(Outcome::Duplicate) => "duplicate",
+        Err(error) => error.outcome(),
+    };
+    ctx.metrics
+        .callbacks
+        .with_label_values(&[command_label, outcome])
+        .inc();
+    match result {
+        Ok(stored) => {
+            tracing::info!(command = command_label, outcome = ?stored, "callback accepted");
+            Ok(HttpResponse::Ok()
+                .json(json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})))
+        }
+        Err(error) => {
+            if matches!(error, CallbackError::Store(_)) {
+                tracing::error!(error = ?error, code = error.code(), "callback not stored");
+            } else {
+                tracing::warn!(error = ?error, code = error.code(), "callback refused");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn process(
+    req: &HttpRequest,
+    payload: web::Payload,
+    ctx: &AppContext,
+    query: &CallbackQuery,
+    command_label: &mut &'static str,
+) -> Result<Outcome, CallbackError> {
+    let config = &ctx.config;
+    let body = read_body(req, payload, config.max_body_bytes).await?;
+    let app = query
+        .sdk_app_id
+        .as_deref()
+        .ok_or(CallbackError::AppIdMissing)?;
+    let app = SdkAppId::parse(app.trim())
+        .filter(|id| config.is_our_app(*id))
+        .ok_or(CallbackError::AppIdUnknown)?;
+    if let Some(token) = &config.callback_token {
+        let now = chrono::Utc::now().timestamp();
+        verify_signature(
+            token.expose(),
+            query.sign.as_deref(),
+            query.request_time.as_deref(),
+            now,
+            config.signature_max_skew,
+        )
+        .map_err(CallbackError::Signature)?;
+    }
+    let callback = match parse_body(&body, query, app) {
+        Ok(callback) => callback,
+        Err(rejection) => {
+            let error = CallbackError::Invalid(rejection);
+            keep_rejected(ctx, req, app, query, &body, &error).await;
+            return Err(error);
+        }
+    };
+    *command_label = callback.command.metric_label();
+    ctx.writer
+        .submit(callback)
+        .await
+        .map_err(CallbackError::Store)
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, CallbackError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(CallbackError::TooLarge(limit));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(CallbackError::BodyRead)?;
+        if body.len() + chunk.len() > limit {
+            return Err(CallbackError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Keeps an authenticated but invalid callback for an operator. Best effort: the answer is
+/// 400 either way, and a failure here is logged.
+async fn keep_rejected(
+    ctx: &AppContext,
+    req: &HttpRequest,
+    app: SdkAppId,
+    query: &CallbackQuery,
+    body: &[u8],
+    error: &CallbackError,
+) {
+    let info = error.to_string();
+    let rejected = RejectedCallback {
+        sdk_app_id: Some(app.get()),
+        callback_command: query.command.as_deref(),
+        error_code: error.code() as i32,
+        error_info: &info,
+        query: req.query_string(),
+        body,
+    };
+    let result = async {
+        let mut conn = ctx.pool.acquire().await?;
+        store::insert_rejected(&mut conn, &rejected).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not keep a rejected callback");
+    }
+}

@@ -1,0 +1,101 @@
+//! The one error type of the callback boundary and its mapping to SPEC §3.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use serde_json::json;
+
+use crate::{
+    callback::{Rejection, RejectionKind, SignatureError},
+    store::StoreError,
+};
+
+#[derive(thiserror::Error)]
+pub enum CallbackError {
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("body could not be read")]
+    BodyRead(#[source] actix_web::error::PayloadError),
+    #[error("SdkAppid is missing from the query string")]
+    AppIdMissing,
+    #[error("SdkAppid is not one of this service's apps")]
+    AppIdUnknown,
+    #[error(transparent)]
+    Signature(SignatureError),
+    #[error(transparent)]
+    Invalid(Rejection),
+    #[error("the callback could not be stored")]
+    Store(#[source] StoreError),
+}
+
+impl CallbackError {
+    /// Each distinct failure has its own code (the README lists them).
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::Invalid(rejection) => match rejection.kind {
+                RejectionKind::NotJson => 40001,
+                RejectionKind::MissingField => 40002,
+                RejectionKind::WrongType => 40003,
+                RejectionKind::OutOfBounds => 40004,
+                RejectionKind::NulCharacter => 40005,
+                RejectionKind::CommandMismatch => 40006,
+                RejectionKind::MissingCommand => 40007,
+            },
+            Self::BodyRead(_) => 40008,
+            Self::Signature(SignatureError::Missing) => 40101,
+            Self::Signature(SignatureError::BadRequestTime) => 40102,
+            Self::Signature(SignatureError::Expired) => 40103,
+            Self::Signature(SignatureError::Mismatch) => 40104,
+            Self::AppIdMissing => 40301,
+            Self::AppIdUnknown => 40302,
+            Self::TooLarge(_) => 41301,
+            Self::Store(StoreError::Unavailable(_)) => 50301,
+            Self::Store(StoreError::Timeout) => 50302,
+            Self::Store(StoreError::Closed) => 50303,
+            Self::Store(StoreError::Database(_)) => 50304,
+        }
+    }
+
+    /// The metrics label of the outcome.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "too_large",
+            Self::AppIdMissing | Self::AppIdUnknown => "forbidden",
+            Self::Signature(_) => "unauthorized",
+            Self::BodyRead(_) | Self::Invalid(_) => "invalid",
+            Self::Store(_) => "unavailable",
+        }
+    }
+}
+
+// Debug walks the source chain: the log line gets everything, the response nothing internal.
+impl std::fmt::Debug for CallbackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl ResponseError for CallbackError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::AppIdMissing | Self::AppIdUnknown => StatusCode::FORBIDDEN,
+            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // The Display text names the field or problem and never holds database details.
+        HttpResponse::build(self.status_code()).json(json!({
+            "ActionStatus": "FAIL",
+            "ErrorInfo": self.to_string(),
+            "ErrorCode": self.code(),
+        }))
+    }
+}

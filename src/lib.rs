@@ -1,0 +1,9 @@
+//! roomsync: receives Tencent Cloud Room callbacks and keeps a synchronized membership view
+//! in PostgreSQL.
+
+pub mod callback;
+pub mod config;
+pub mod http;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,84 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roomsync::{
+    config::Config,
+    startup::{self, Application},
+    store, telemetry,
+};
+
+/// Receiver for Tencent Cloud Room (TUIRoomKit) callbacks. Configuration comes from the
+/// environment (and a .env file if present); see README.md.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A missing .env is normal; a broken one is not.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("roomsync: cannot read .env: {e}");
+        return ExitCode::FAILURE;
+    }
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("roomsync: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(&config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "roomsync failed");
+            eprintln!("roomsync: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = config.listen_addr;
+    let app = Application::build(config).await.map_err(chain)?;
+    tracing::info!(%addr, port = app.port(), "roomsync listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = startup::database_pool(config).map_err(chain)?;
+    store::MIGRATOR.run(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// Flattens an error and its sources into one message for the operator.
+fn chain(error: impl std::error::Error) -> Box<dyn std::error::Error> {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message.into()
+}

@@ -1,0 +1,138 @@
+//! Builds the application: pool, migrations, writer, HTTP server; and runs it to a clean stop.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
+use sqlx::{PgPool, postgres::PgConnectOptions};
+use tokio::task::JoinSet;
+use tracing_actix_web::TracingLogger;
+
+use crate::{
+    config::Config,
+    http::{self, AppContext},
+    store::{self, Writer, WriterOptions},
+    telemetry::Metrics,
+};
+
+/// How long a request may wait for its commit: well inside Tencent's 2 s.
+const COMMIT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("DATABASE_URL is invalid")]
+    DatabaseUrl(#[source] sqlx::Error),
+    #[error("could not apply migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("could not listen on {addr}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: PgPool,
+    writer_tasks: JoinSet<()>,
+}
+
+impl Application {
+    /// Connects to `DATABASE_URL` (lazily: the service starts while the database is down).
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = database_pool(&config)?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Builds on an existing pool (tests pass one per test database).
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
+        if config.run_migrations {
+            store::MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(StartupError::Migrate)?;
+        }
+        let listener =
+            TcpListener::bind(config.listen_addr).map_err(|source| StartupError::Listen {
+                addr: config.listen_addr.to_string(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .expect("bound socket has an address")
+            .port();
+        let metrics = Arc::new(Metrics::new());
+        let options = WriterOptions {
+            max_batch: config.batch_max_events,
+            tasks: (config.database_max_connections as usize).clamp(1, 4),
+            timeout: COMMIT_TIMEOUT,
+        };
+        let (writer, writer_tasks) = Writer::spawn(pool.clone(), options, metrics.clone());
+        let workers = config.http_workers;
+        let context = web::Data::new(AppContext {
+            config,
+            pool: pool.clone(),
+            writer,
+            metrics,
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(from_fn(http::record_latency))
+                .wrap(TracingLogger::default())
+                .app_data(context.clone())
+                .configure(http::routes)
+        })
+        .workers(workers)
+        // Slow or half-sent requests must not hold connections for long.
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .max_connections(10_000)
+        .shutdown_timeout(10)
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            addr: format!("port {port}"),
+            source,
+        })?
+        .run();
+        Ok(Self {
+            port,
+            server,
+            pool,
+            writer_tasks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT (or the server handle stops it); then lets in-flight
+    /// requests finish, drains the writer and closes the pool.
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
+        let result = self.server.await;
+        // The server dropped its request handlers, so the writer queue closes once drained.
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.writer_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("writer did not drain within 10 s");
+        }
+        self.pool.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+pub fn database_pool(config: &Config) -> Result<PgPool, StartupError> {
+    let options: PgConnectOptions = config
+        .database_url
+        .expose()
+        .parse()
+        .map_err(StartupError::DatabaseUrl)?;
+    Ok(store::connect_lazy(
+        options,
+        config.database_max_connections,
+        config.database_acquire_timeout,
+    ))
+}

@@ -1,0 +1,652 @@
+//! One callback's effects, inside the caller's transaction.
+//!
+//! Every callback with a room first locks that room's `rooms` row; so all writes for one room
+//! are serialized, whichever process makes them, and batches that lock rooms in sorted order
+//! cannot deadlock. Member rows are updated incrementally when an event is the newest for the
+//! member (the common case); otherwise the member is recomputed from the room's history with
+//! the sequential fold of [`super::membership`].
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+
+use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
+use crate::callback::{Callback, Event, MemberChange, RoomInfo, Seat};
+
+const ENTER: &str = "Room.CallbackAfterMemberEnter";
+const LEAVE: &str = "Room.CallbackAfterMemberLeave";
+const DESTROY: &str = "Room.CallbackAfterDestroyRoom";
+
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+const NOTIFY_PAYLOAD_BUDGET: usize = 7000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// First delivery: the new `room_events.id`.
+    Stored { id: i64 },
+    /// Identical to a callback already stored: nothing changed.
+    Duplicate,
+}
+
+#[derive(Clone, Copy)]
+struct Room<'a> {
+    app: i64,
+    id: &'a str,
+}
+
+/// Stores `callback` in history and applies its effects, exactly once.
+pub async fn apply_callback(
+    conn: &mut PgConnection,
+    callback: &Callback,
+) -> Result<Outcome, sqlx::Error> {
+    let at = callback.event_time.to_datetime();
+    let room = callback.room_id.as_ref().map(|id| Room {
+        app: callback.sdk_app_id.get(),
+        id: id.as_str(),
+    });
+    // Lock first (see the module comment); the bumps it makes are idempotent, so a duplicate
+    // changes nothing.
+    let last_destroy_at = match room {
+        Some(room) => lock_room(conn, room, at, &callback.event).await?,
+        None => None,
+    };
+    let Some(id) = insert_event(conn, callback, at).await? else {
+        return Ok(Outcome::Duplicate);
+    };
+    let Some(room) = room else {
+        return Ok(Outcome::Stored { id });
+    };
+    match &callback.event {
+        Event::MemberEnter(change) => {
+            set_member_count(conn, room, at, RANK_ENTER, change).await?;
+            enter(conn, room, at, change, last_destroy_at).await?;
+        }
+        Event::MemberLeave(change) => {
+            set_member_count(conn, room, at, RANK_LEAVE, change).await?;
+            leave(conn, room, at, change).await?;
+        }
+        Event::DestroyRoom => destroy(conn, room, at).await?,
+        Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
+        Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
+        Event::SeatInfoChanged { seats } => {
+            // A destroy at or after this change has already cleared the seats.
+            if last_destroy_at.is_none_or(|d| d < at) {
+                change_seats(conn, room, at, seats).await?;
+            }
+        }
+        Event::Other => {}
+    }
+    Ok(Outcome::Stored { id })
+}
+
+/// Locks (creating if needed) the room row; returns the newest destroy seen so far.
+async fn lock_room(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    event: &Event,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let revive = matches!(event, Event::MemberEnter(_) | Event::CreateRoom { .. }).then_some(at);
+    let destroy = matches!(event, Event::DestroyRoom).then_some(at);
+    sqlx::query_scalar!(
+        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, last_event_at, last_revive_at, last_destroy_at)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (sdk_app_id, room_id) DO UPDATE SET
+               last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
+               last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
+               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at)
+           RETURNING last_destroy_at"#,
+        room.app,
+        room.id,
+        at,
+        revive,
+        destroy,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Inserts the history row; `None` when an identical callback is already there.
+async fn insert_event(
+    conn: &mut PgConnection,
+    callback: &Callback,
+    at: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let change = callback.member_change();
+    let members: Vec<String> = change
+        .map(|c| c.members.iter().map(|m| m.as_str().to_owned()).collect())
+        .unwrap_or_default();
+    sqlx::query_scalar!(
+        r#"INSERT INTO room_events
+               (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
+                member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13)
+           ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
+           RETURNING id"#,
+        callback.sdk_app_id.get(),
+        callback.command.as_str(),
+        callback.room_id.as_ref().map(|r| r.as_str()),
+        callback.operator.as_deref(),
+        change.and_then(|c| c.kind.as_deref()),
+        &members,
+        change.and_then(|c| c.member_count),
+        change.and_then(|c| c.reason.as_deref()),
+        at,
+        callback.meta.client_ip.as_deref(),
+        callback.meta.opt_platform.as_deref(),
+        callback.payload.as_str(),
+        &callback.dedup_key[..],
+    )
+    .fetch_optional(conn)
+    .await
+}
+
+/// `rooms.member_count` follows the newest member event (ties: the larger count).
+async fn set_member_count(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    rank: i16,
+    change: &MemberChange,
+) -> Result<(), sqlx::Error> {
+    let Some(count) = change.member_count else {
+        return Ok(());
+    };
+    sqlx::query!(
+        r#"UPDATE rooms SET member_count = $3, member_count_at = $4, member_count_rank = $5
+           WHERE sdk_app_id = $1 AND room_id = $2
+             AND (member_count_at IS NULL
+                  OR (member_count_at, member_count_rank, member_count) < ($4, $5, $3))"#,
+        room.app,
+        room.id,
+        count,
+        at,
+        rank,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn enter(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    change: &MemberChange,
+    last_destroy_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    let users = user_ids(change);
+    // The first destroy at or after this enter ends it again (SPEC §5, rule 3).
+    let ended_by = match last_destroy_at {
+        Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
+        _ => None,
+    };
+    let applied = sqlx::query_scalar!(
+        r#"INSERT INTO room_members AS m
+               (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
+                last_event_at, last_event_rank)
+           SELECT $1, $2, u, $4::timestamptz IS NULL, $3, $4,
+                  CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE 'RoomDestroyed' END, $3, 0
+           FROM UNNEST($5::text[]) AS t(u)
+           ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+               in_room = EXCLUDED.in_room,
+               entered_at = EXCLUDED.entered_at,
+               left_at = COALESCE(EXCLUDED.left_at, m.left_at),
+               leave_type = COALESCE(EXCLUDED.leave_type, m.leave_type),
+               last_event_at = EXCLUDED.last_event_at,
+               last_event_rank = 0
+           WHERE (m.last_event_at, m.last_event_rank) <= (EXCLUDED.last_event_at, 0::smallint)
+           RETURNING user_id"#,
+        room.app,
+        room.id,
+        at,
+        ended_by,
+        &users,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut changes = Changes::new(room, at);
+    changes.add(applied, ended_by.is_none());
+    let late = missing(&users, &changes);
+    changes.recompute(conn, late).await?;
+    changes.notify(conn).await
+}
+
+async fn leave(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    change: &MemberChange,
+) -> Result<(), sqlx::Error> {
+    let users = user_ids(change);
+    // At equal time two leaves are ordered by (Type, Reason), as in membership::fold.
+    let applied = sqlx::query_scalar!(
+        r#"INSERT INTO room_members AS m
+               (sdk_app_id, room_id, user_id, in_room, left_at, leave_type, leave_reason,
+                last_event_at, last_event_rank)
+           SELECT $1, $2, u, false, $3, $4, $5, $3, 1
+           FROM UNNEST($6::text[]) AS t(u)
+           ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+               in_room = false,
+               left_at = EXCLUDED.left_at,
+               leave_type = EXCLUDED.leave_type,
+               leave_reason = EXCLUDED.leave_reason,
+               last_event_at = EXCLUDED.last_event_at,
+               last_event_rank = 1
+           WHERE (m.last_event_at, m.last_event_rank) < (EXCLUDED.last_event_at, 1::smallint)
+              OR ((m.last_event_at, m.last_event_rank) = (EXCLUDED.last_event_at, 1::smallint)
+                  AND (COALESCE(m.leave_type, '') COLLATE "C", COALESCE(m.leave_reason, '') COLLATE "C")
+                   <= (COALESCE(EXCLUDED.leave_type, '') COLLATE "C", COALESCE(EXCLUDED.leave_reason, '') COLLATE "C"))
+           RETURNING user_id"#,
+        room.app,
+        room.id,
+        at,
+        change.kind.as_deref(),
+        change.reason.as_deref(),
+        &users,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut changes = Changes::new(room, at);
+    changes.add(applied, false);
+    let late = missing(&users, &changes);
+    changes.recompute(conn, late).await?;
+    changes.notify(conn).await
+}
+
+async fn destroy(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    // Members whose newest event is an enter before this destroy, and who are in the room or
+    // were ended by a later destroy: this one ends them (SPEC §5, rule 3).
+    let ended = sqlx::query_scalar!(
+        r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = 'RoomDestroyed'
+           WHERE sdk_app_id = $1 AND room_id = $2
+             AND last_event_rank = 0 AND last_event_at <= $3
+             AND (in_room OR (leave_type = 'RoomDestroyed' AND left_at > $3))
+           RETURNING user_id"#,
+        room.app,
+        room.id,
+        at,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    // Members who entered again after this destroy: it may be the latest exit before that
+    // enter, which only their history tells.
+    let later = sqlx::query_scalar!(
+        r#"SELECT user_id FROM room_members
+           WHERE sdk_app_id = $1 AND room_id = $2 AND in_room AND last_event_at > $3
+             AND (left_at IS NULL OR left_at <= $3)"#,
+        room.app,
+        room.id,
+        at,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query!(
+        r#"UPDATE room_seats
+           SET member_account = NULL, is_taken_disabled = false, is_video_disabled = false,
+               is_audio_disabled = false, last_event_at = $3
+           WHERE sdk_app_id = $1 AND room_id = $2 AND last_event_at <= $3"#,
+        room.app,
+        room.id,
+        at,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut changes = Changes::new(room, at);
+    changes.add(ended, false);
+    changes.recompute(conn, later).await?;
+    changes.notify(conn).await
+}
+
+async fn first_destroy_since(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT min(event_at) FROM room_events
+           WHERE sdk_app_id = $1 AND room_id = $2 AND callback_command = $3 AND event_at >= $4"#,
+        room.app,
+        room.id,
+        DESTROY,
+        at,
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Recomputes one member from the room's history (late or reordered events).
+async fn recompute_member(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    user: &str,
+) -> Result<Option<MemberState>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT callback_command, event_at, event_type, reason FROM room_events
+           WHERE sdk_app_id = $1 AND room_id = $2
+             AND (callback_command = $3
+                  OR (callback_command IN ($4, $5) AND $6 = ANY(member_list)))"#,
+        room.app,
+        room.id,
+        DESTROY,
+        ENTER,
+        LEAVE,
+        user,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let events = rows
+        .into_iter()
+        .map(|row| match row.callback_command.as_str() {
+            ENTER => MemberEvent::Enter { at: row.event_at },
+            LEAVE => MemberEvent::Leave {
+                at: row.event_at,
+                kind: row.event_type,
+                reason: row.reason,
+            },
+            _ => MemberEvent::Destroy { at: row.event_at },
+        })
+        .collect();
+    let Some(state) = membership::fold(events) else {
+        return Ok(None);
+    };
+    write_member(conn, room, user, &state).await?;
+    Ok(Some(state))
+}
+
+/// Writes a member's whole state (recompute and rebuild).
+async fn write_member(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    user: &str,
+    state: &MemberState,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"INSERT INTO room_members
+               (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
+                leave_reason, last_event_at, last_event_rank)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+               in_room = EXCLUDED.in_room, entered_at = EXCLUDED.entered_at,
+               left_at = EXCLUDED.left_at, leave_type = EXCLUDED.leave_type,
+               leave_reason = EXCLUDED.leave_reason, last_event_at = EXCLUDED.last_event_at,
+               last_event_rank = EXCLUDED.last_event_rank"#,
+        room.app,
+        room.id,
+        user,
+        state.in_room,
+        state.entered_at,
+        state.left_at,
+        state.leave_type.as_deref(),
+        state.leave_reason.as_deref(),
+        state.last_event_at,
+        state.last_event_rank,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Merges the fields present into `room_info`; per field, the newest event wins.
+async fn merge_room_info(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    info: &RoomInfo,
+    is_create: bool,
+) -> Result<(), sqlx::Error> {
+    let current = sqlx::query!(
+        r#"SELECT room_info, room_info_versions FROM rooms WHERE sdk_app_id = $1 AND room_id = $2"#,
+        room.app,
+        room.id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let (merged, versions) = merge_fields(
+        current.room_info,
+        current.room_info_versions,
+        info,
+        at.timestamp_millis(),
+    );
+    let text = |key: &str| merged.get(key).and_then(Value::as_str).map(str::to_owned);
+    let max_members = merged
+        .get("MaxMemberCount")
+        .and_then(Value::as_i64)
+        .and_then(|n| i32::try_from(n).ok());
+    sqlx::query!(
+        r#"UPDATE rooms SET
+               room_info = $3, room_info_versions = $4, room_name = $5, room_type = $6,
+               owner_account = $7, max_member_count = $8,
+               created_at = CASE WHEN $9 THEN GREATEST(created_at, $10) ELSE created_at END
+           WHERE sdk_app_id = $1 AND room_id = $2"#,
+        room.app,
+        room.id,
+        Value::Object(merged.clone()),
+        Value::Object(versions),
+        text("RoomName"),
+        text("RoomType"),
+        text("Owner_Account"),
+        max_members,
+        is_create,
+        at,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Field-by-field merge. A field's version is the EventTime (ms) that set it; at equal
+/// versions the larger JSON text wins, so arrival order never matters.
+fn merge_fields(
+    current: Option<Value>,
+    versions: Value,
+    info: &RoomInfo,
+    at_ms: i64,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let mut merged = match current {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let mut versions = match versions {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    for (key, value) in &info.fields {
+        let newer = match versions.get(key).and_then(Value::as_i64) {
+            None => true,
+            Some(v) if v < at_ms => true,
+            Some(v) if v == at_ms => merged
+                .get(key)
+                .is_none_or(|old| value.to_string().cmp(&old.to_string()).is_ge()),
+            Some(_) => false,
+        };
+        if newer {
+            merged.insert(key.clone(), value.clone());
+            versions.insert(key.clone(), json!(at_ms));
+        }
+    }
+    (merged, versions)
+}
+
+async fn change_seats(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    seats: &[Seat],
+) -> Result<(), sqlx::Error> {
+    let index: Vec<i32> = seats.iter().map(|s| s.index).collect();
+    // '' stands for a free seat in the array (NULLIF below); ids are never empty.
+    let member: Vec<String> = seats
+        .iter()
+        .map(|s| s.member.as_ref().map_or("", |m| m.as_str()).to_owned())
+        .collect();
+    let taken: Vec<bool> = seats.iter().map(|s| s.is_taken_disabled).collect();
+    let video: Vec<bool> = seats.iter().map(|s| s.is_video_disabled).collect();
+    let audio: Vec<bool> = seats.iter().map(|s| s.is_audio_disabled).collect();
+    sqlx::query!(
+        r#"INSERT INTO room_seats AS s
+               (sdk_app_id, room_id, seat_index, member_account, is_taken_disabled,
+                is_video_disabled, is_audio_disabled, last_event_at)
+           SELECT $1, $2, i, NULLIF(m, ''), tk, vd, ad, $3
+           FROM UNNEST($4::int4[], $5::text[], $6::bool[], $7::bool[], $8::bool[]) AS t(i, m, tk, vd, ad)
+           ON CONFLICT (sdk_app_id, room_id, seat_index) DO UPDATE SET
+               member_account = EXCLUDED.member_account,
+               is_taken_disabled = EXCLUDED.is_taken_disabled,
+               is_video_disabled = EXCLUDED.is_video_disabled,
+               is_audio_disabled = EXCLUDED.is_audio_disabled,
+               last_event_at = EXCLUDED.last_event_at
+           WHERE s.last_event_at <= EXCLUDED.last_event_at"#,
+        room.app,
+        room.id,
+        at,
+        &index,
+        &member,
+        &taken,
+        &video,
+        &audio,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn user_ids(change: &MemberChange) -> Vec<String> {
+    change
+        .distinct_members()
+        .into_iter()
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+fn missing(users: &[String], changes: &Changes<'_>) -> Vec<String> {
+    users
+        .iter()
+        .filter(|u| !changes.contains(u))
+        .cloned()
+        .collect()
+}
+
+/// Members whose row changed in this callback, for `NOTIFY room_members`.
+struct Changes<'a> {
+    room: Room<'a>,
+    at: DateTime<Utc>,
+    entered: Vec<String>,
+    left: Vec<String>,
+}
+
+impl<'a> Changes<'a> {
+    fn new(room: Room<'a>, at: DateTime<Utc>) -> Self {
+        Self {
+            room,
+            at,
+            entered: Vec::new(),
+            left: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, users: Vec<String>, in_room: bool) {
+        if in_room {
+            &mut self.entered
+        } else {
+            &mut self.left
+        }
+        .extend(users);
+    }
+
+    fn contains(&self, user: &str) -> bool {
+        self.entered.iter().chain(&self.left).any(|u| u == user)
+    }
+
+    async fn recompute(
+        &mut self,
+        conn: &mut PgConnection,
+        users: Vec<String>,
+    ) -> Result<(), sqlx::Error> {
+        for user in users {
+            if let Some(state) = recompute_member(conn, self.room, &user).await? {
+                self.add(vec![user], state.in_room);
+            }
+        }
+        Ok(())
+    }
+
+    /// One NOTIFY per direction, split to stay under PostgreSQL's payload limit. Delivered by
+    /// PostgreSQL at commit, so listeners never see a change that was rolled back.
+    async fn notify(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let event_at = self.at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut payloads = Vec::new();
+        for (users, in_room) in [(&self.entered, true), (&self.left, false)] {
+            let mut chunk: Vec<&str> = Vec::new();
+            let mut size = 0;
+            for user in users.iter() {
+                if size + user.len() + 3 > NOTIFY_PAYLOAD_BUDGET && !chunk.is_empty() {
+                    payloads.push(self.payload(&chunk, in_room, &event_at));
+                    chunk.clear();
+                    size = 0;
+                }
+                size += user.len() + 3;
+                chunk.push(user);
+            }
+            if !chunk.is_empty() {
+                payloads.push(self.payload(&chunk, in_room, &event_at));
+            }
+        }
+        if !payloads.is_empty() {
+            sqlx::query!(
+                "SELECT pg_notify('room_members', p) FROM UNNEST($1::text[]) AS t(p)",
+                &payloads
+            )
+            .execute(conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn payload(&self, users: &[&str], in_room: bool, event_at: &str) -> String {
+        json!({
+            "sdk_app_id": self.room.app,
+            "room_id": self.room.id,
+            "user_ids": users,
+            "in_room": in_room,
+            "event_at": event_at,
+        })
+        .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(fields: Value) -> RoomInfo {
+        RoomInfo {
+            fields: fields.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn newest_field_wins_whatever_the_order() {
+        let a = info(json!({"RoomName": "a", "MaxMemberCount": 10}));
+        let b = info(json!({"RoomName": "b"}));
+        let (m1, v1) = merge_fields(None, json!({}), &a, 100);
+        let (m1, _) = merge_fields(Some(Value::Object(m1)), Value::Object(v1), &b, 200);
+        let (m2, v2) = merge_fields(None, json!({}), &b, 200);
+        let (m2, _) = merge_fields(Some(Value::Object(m2)), Value::Object(v2), &a, 100);
+        assert_eq!(m1, m2);
+        assert_eq!(m1["RoomName"], json!("b"));
+        assert_eq!(m1["MaxMemberCount"], json!(10));
+    }
+
+    #[test]
+    fn equal_versions_are_ordered_by_value() {
+        let a = info(json!({"RoomName": "a"}));
+        let b = info(json!({"RoomName": "b"}));
+        let (m, v) = merge_fields(None, json!({}), &b, 5);
+        let (m, _) = merge_fields(Some(Value::Object(m)), Value::Object(v), &a, 5);
+        assert_eq!(m["RoomName"], json!("b"));
+    }
+}

@@ -1,0 +1,178 @@
+//! The sequential rules of SPEC §5 for one member, as a pure fold. The database applies events
+//! incrementally when they arrive in order; when they do not, a member's row is recomputed with
+//! this fold over the room's history.
+
+use chrono::{DateTime, Utc};
+
+pub const ROOM_DESTROYED: &str = "RoomDestroyed";
+
+/// Rank at equal EventTime (SPEC §5): enters and creates, then leaves, then destroys.
+pub const RANK_ENTER: i16 = 0;
+pub const RANK_LEAVE: i16 = 1;
+pub const RANK_DESTROY: i16 = 2;
+
+/// What one member's row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberState {
+    pub in_room: bool,
+    pub entered_at: Option<DateTime<Utc>>,
+    pub left_at: Option<DateTime<Utc>>,
+    pub leave_type: Option<String>,
+    pub leave_reason: Option<String>,
+    pub last_event_at: DateTime<Utc>,
+    pub last_event_rank: i16,
+}
+
+/// An event that touches one member: its own enters and leaves, and the room's destroys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    Enter {
+        at: DateTime<Utc>,
+    },
+    Leave {
+        at: DateTime<Utc>,
+        kind: Option<String>,
+        reason: Option<String>,
+    },
+    Destroy {
+        at: DateTime<Utc>,
+    },
+}
+
+impl MemberEvent {
+    /// Total order of application. Two leaves at the same time are ordered by (Type, Reason)
+    /// in byte order, so the result never depends on arrival order.
+    fn order_key(&self) -> (DateTime<Utc>, i16, &str, &str) {
+        match self {
+            Self::Enter { at } => (*at, RANK_ENTER, "", ""),
+            Self::Leave { at, kind, reason } => (
+                *at,
+                RANK_LEAVE,
+                kind.as_deref().unwrap_or(""),
+                reason.as_deref().unwrap_or(""),
+            ),
+            Self::Destroy { at } => (*at, RANK_DESTROY, "", ""),
+        }
+    }
+}
+
+/// Applies the events one by one in order; `None` when the member never entered nor left.
+pub fn fold(mut events: Vec<MemberEvent>) -> Option<MemberState> {
+    events.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let mut state: Option<MemberState> = None;
+    for event in events {
+        match event {
+            MemberEvent::Enter { at } => {
+                let s = state.get_or_insert_with(|| blank(at));
+                s.in_room = true;
+                s.entered_at = Some(at);
+                s.last_event_at = at;
+                s.last_event_rank = RANK_ENTER;
+            }
+            MemberEvent::Leave { at, kind, reason } => {
+                let s = state.get_or_insert_with(|| blank(at));
+                s.in_room = false;
+                s.left_at = Some(at);
+                s.leave_type = kind;
+                s.leave_reason = reason;
+                s.last_event_at = at;
+                s.last_event_rank = RANK_LEAVE;
+            }
+            MemberEvent::Destroy { at } => {
+                // Only ends a membership; leave_reason and last_event_at are the member's own.
+                if let Some(s) = state.as_mut().filter(|s| s.in_room) {
+                    s.in_room = false;
+                    s.left_at = Some(at);
+                    s.leave_type = Some(ROOM_DESTROYED.to_owned());
+                }
+            }
+        }
+    }
+    state
+}
+
+fn blank(at: DateTime<Utc>) -> MemberState {
+    MemberState {
+        in_room: false,
+        entered_at: None,
+        left_at: None,
+        leave_type: None,
+        leave_reason: None,
+        last_event_at: at,
+        last_event_rank: RANK_ENTER,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+    fn enter(ms: i64) -> MemberEvent {
+        MemberEvent::Enter { at: t(ms) }
+    }
+    fn leave(ms: i64, kind: &str) -> MemberEvent {
+        MemberEvent::Leave {
+            at: t(ms),
+            kind: Some(kind.into()),
+            reason: None,
+        }
+    }
+    fn destroy(ms: i64) -> MemberEvent {
+        MemberEvent::Destroy { at: t(ms) }
+    }
+
+    #[test]
+    fn enter_before_a_destroy_is_out() {
+        let s = fold(vec![destroy(200), enter(100)]).unwrap();
+        assert!(!s.in_room);
+        assert_eq!(s.left_at, Some(t(200)));
+        assert_eq!(s.leave_type.as_deref(), Some(ROOM_DESTROYED));
+        assert_eq!(s.last_event_at, t(100));
+    }
+
+    #[test]
+    fn leave_between_enter_and_destroy_wins() {
+        let s = fold(vec![enter(100), destroy(200), leave(150, "Leave")]).unwrap();
+        assert_eq!(s.leave_type.as_deref(), Some("Leave"));
+        assert_eq!(s.left_at, Some(t(150)));
+    }
+
+    #[test]
+    fn destroy_before_a_later_enter_does_not_end_it() {
+        let s = fold(vec![enter(300), destroy(200)]).unwrap();
+        assert!(s.in_room);
+        assert_eq!(s.left_at, None);
+    }
+
+    #[test]
+    fn equal_times_apply_enter_then_leave_then_destroy() {
+        let s = fold(vec![destroy(5), leave(5, "Kicked"), enter(5)]).unwrap();
+        assert!(!s.in_room);
+        assert_eq!(s.leave_type.as_deref(), Some("Kicked"));
+        let s = fold(vec![destroy(5), enter(5)]).unwrap();
+        assert_eq!(s.leave_type.as_deref(), Some(ROOM_DESTROYED));
+    }
+
+    #[test]
+    fn order_of_the_input_does_not_matter() {
+        let events = vec![
+            enter(1),
+            leave(2, "Leave"),
+            enter(3),
+            destroy(4),
+            leave(4, "Kicked"),
+        ];
+        let expected = fold(events.clone());
+        let mut reversed = events;
+        reversed.reverse();
+        assert_eq!(fold(reversed), expected);
+    }
+
+    #[test]
+    fn destroys_alone_make_no_member() {
+        assert_eq!(fold(vec![destroy(1)]), None);
+    }
+}

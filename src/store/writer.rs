@@ -1,0 +1,141 @@
+//! Group commit: callbacks that arrive together are written in one transaction, and each is
+//! answered only after the commit that holds it.
+//!
+//! A few writer tasks share one queue. A task takes whatever is queued (up to a bound) as its
+//! batch, so an idle server commits a lone callback at once and a busy one commits many per
+//! transaction.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::PgPool;
+use tokio::{
+    sync::{Mutex, mpsc, oneshot},
+    task::JoinSet,
+};
+
+use super::{Outcome, StoreError, apply_callback};
+use crate::{callback::Callback, telemetry::Metrics};
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Most callbacks in one transaction.
+    pub max_batch: usize,
+    /// Transactions in flight at once.
+    pub tasks: usize,
+    /// How long a request waits for its commit before it is answered 503.
+    pub timeout: Duration,
+}
+
+struct Job {
+    callback: Callback,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// The handle requests use; the tasks stop once every handle is dropped and the queue is empty.
+#[derive(Clone)]
+pub struct Writer {
+    queue: mpsc::Sender<Job>,
+    timeout: Duration,
+}
+
+impl Writer {
+    pub fn spawn(
+        pool: PgPool,
+        options: WriterOptions,
+        metrics: Arc<Metrics>,
+    ) -> (Self, JoinSet<()>) {
+        let (queue, receiver) = mpsc::channel(options.max_batch * options.tasks * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let mut tasks = JoinSet::new();
+        for _ in 0..options.tasks {
+            let (pool, receiver, metrics) = (pool.clone(), receiver.clone(), metrics.clone());
+            let max_batch = options.max_batch;
+            tasks.spawn(async move {
+                while let Some(batch) = next_batch(&receiver, max_batch).await {
+                    commit_batch(&pool, batch, &metrics).await;
+                }
+            });
+        }
+        (
+            Self {
+                queue,
+                timeout: options.timeout,
+            },
+            tasks,
+        )
+    }
+
+    /// Stores one callback; returns once it is committed (or failed).
+    pub async fn submit(&self, callback: Callback) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { callback, reply };
+        let wait = async {
+            self.queue.send(job).await.map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        };
+        tokio::time::timeout(self.timeout, wait)
+            .await
+            .unwrap_or(Err(StoreError::Timeout))
+    }
+}
+
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> Option<Vec<Job>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max_batch {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn commit_batch(pool: &PgPool, mut batch: Vec<Job>, metrics: &Metrics) {
+    // Rooms are locked in one global order, so concurrent batches cannot deadlock.
+    batch.sort_by(|a, b| lock_order(&a.callback).cmp(&lock_order(&b.callback)));
+    let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
+    metrics.batch_size.observe(batch.len() as f64);
+    let result = write(pool, &callbacks).await;
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        // One bad callback must not fail the others: retry each on its own. When the database
+        // is unreachable that would only multiply the wait.
+        Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable(_)) => {
+            tracing::warn!(error = ?error, size = batch.len(), "batch failed, retrying one by one");
+            for job in batch {
+                let result = write(pool, &[&job.callback]).await.map(|mut o| o.remove(0));
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(error) => {
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+async fn write(pool: &PgPool, callbacks: &[&Callback]) -> Result<Vec<Outcome>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(callbacks.len());
+    for callback in callbacks {
+        outcomes.push(apply_callback(&mut tx, callback).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>) {
+    // Callbacks without a room lock nothing; they go last.
+    (
+        callback.room_id.is_none(),
+        callback.sdk_app_id.get(),
+        callback.room_id.as_ref().map(|r| r.as_str()),
+    )
+}
