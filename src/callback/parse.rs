@@ -399,3 +399,252 @@ fn id_from(value: &Value, path: &str) -> Result<Id, Rejection> {
     };
     Id::parse(&text).map_err(|problem| Rejection::bounds(path, problem))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "1400000001";
+
+    fn parse_with(body: &str, query: &str) -> Result<Callback, Rejection> {
+        parse_body(
+            body.as_bytes(),
+            &CallbackQuery::parse(query),
+            SdkAppId::parse(APP).unwrap(),
+        )
+    }
+
+    fn parse(body: &str) -> Result<Callback, Rejection> {
+        parse_with(body, "SdkAppid=1400000001")
+    }
+
+    fn rejected(body: &str) -> Rejection {
+        parse(body).expect_err("should be rejected")
+    }
+
+    const ENTER: &str = r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["a","b"],"EventTime":5}"#;
+
+    #[test]
+    fn fixture_member_enter() {
+        let cb = parse(include_str!("../../tests/fixtures/member_enter.json")).unwrap();
+        assert_eq!(cb.command, Command::MemberEnter);
+        assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "rid-123");
+        assert_eq!(cb.operator.as_deref(), Some("user1"));
+        assert_eq!(cb.event_time.millis(), 1670574414123);
+        let Event::MemberEnter(change) = &cb.event else {
+            panic!("not an enter")
+        };
+        assert_eq!(change.members, vec![Id::parse("user1").unwrap()]);
+        assert_eq!(change.member_count, Some(20));
+        assert_eq!(change.kind.as_deref(), Some("Enter"));
+    }
+
+    #[test]
+    fn fixture_member_leave() {
+        let cb = parse(include_str!("../../tests/fixtures/member_leave.json")).unwrap();
+        let Event::MemberLeave(change) = &cb.event else {
+            panic!("not a leave")
+        };
+        assert_eq!(change.kind.as_deref(), Some("Leave"));
+        assert_eq!(change.reason.as_deref(), Some("xxxx"));
+    }
+
+    #[test]
+    fn fixture_create_room() {
+        let cb = parse(include_str!("../../tests/fixtures/create_room.json")).unwrap();
+        assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
+        let Event::CreateRoom { info, invitees } = &cb.event else {
+            panic!("not a create")
+        };
+        assert_eq!(info.text("RoomName"), Some("tandy-test-rest"));
+        assert_eq!(info.integer("MaxMemberCount"), Some(300));
+        // Duplicates are kept as sent.
+        assert_eq!(invitees.len(), 3);
+    }
+
+    #[test]
+    fn fixture_destroy_room() {
+        let cb = parse(include_str!("../../tests/fixtures/destroy_room.json")).unwrap();
+        assert_eq!(cb.event, Event::DestroyRoom);
+        assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
+    }
+
+    #[test]
+    fn fixture_update_room_info_with_string_boolean() {
+        let cb = parse(include_str!("../../tests/fixtures/update_room_info.json")).unwrap();
+        let Event::UpdateRoomInfo { info } = &cb.event else {
+            panic!("not an update")
+        };
+        assert_eq!(info.fields["IsCloudRecordingDisabled"], Value::Bool(false));
+        assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "rid-123");
+    }
+
+    #[test]
+    fn fixture_seat_with_big_number_keeps_every_digit() {
+        let cb = parse(include_str!("../../tests/fixtures/seat_info_changed.json")).unwrap();
+        let Event::SeatInfoChanged { seats } = &cb.event else {
+            panic!("not a seat change")
+        };
+        assert_eq!(
+            seats[0].member.as_ref().unwrap().as_str(),
+            "144115233775727695"
+        );
+        assert_eq!(seats[0].index, 1);
+    }
+
+    #[test]
+    fn numbers_beyond_u64_keep_their_digits() {
+        let body = r#"{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":1,
+            "SeatList":[{"Index":0,"Member_Account":123456789012345678901234567890}]}"#;
+        let Event::SeatInfoChanged { seats } = parse(body).unwrap().event else {
+            panic!()
+        };
+        assert_eq!(
+            seats[0].member.as_ref().unwrap().as_str(),
+            "123456789012345678901234567890"
+        );
+    }
+
+    #[test]
+    fn free_seats_and_string_booleans() {
+        let body = r#"{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":1,
+            "SeatList":[{"Index":0,"Member_Account":"","IsAudioDisabled":"true"},{"Index":1},{"Index":0,"Member_Account":"x"}]}"#;
+        let Event::SeatInfoChanged { seats } = parse(body).unwrap().event else {
+            panic!()
+        };
+        assert_eq!(
+            seats.len(),
+            2,
+            "a seat listed twice is described by its last entry"
+        );
+        let free = seats.iter().find(|s| s.index == 1).unwrap();
+        assert_eq!(free.member, None);
+        let zero = seats.iter().find(|s| s.index == 0).unwrap();
+        assert_eq!(zero.member.as_ref().unwrap().as_str(), "x");
+    }
+
+    #[test]
+    fn command_from_query_or_body() {
+        let no_command = r#"{"RoomId":"r1","MemberList_Account":["a"],"EventTime":5}"#;
+        let cb = parse_with(no_command, "CallbackCommand=Room.CallbackAfterMemberEnter").unwrap();
+        assert_eq!(cb.command, Command::MemberEnter);
+        assert_eq!(
+            parse_with(ENTER, "CallbackCommand=Room.CallbackAfterMemberEnter")
+                .unwrap()
+                .command,
+            Command::MemberEnter
+        );
+        let mismatch =
+            parse_with(ENTER, "CallbackCommand=Room.CallbackAfterMemberLeave").unwrap_err();
+        assert_eq!(mismatch.kind, RejectionKind::CommandMismatch);
+        assert_eq!(rejected(no_command).kind, RejectionKind::MissingCommand);
+    }
+
+    #[test]
+    fn old_update_name_is_accepted() {
+        let body = r#"{"CallbackCommand":"Room.CallbackUpdateRoomInfo","RoomInfo":{"RoomId":"r","RoomName":"n"},"EventTime":9}"#;
+        assert_eq!(parse(body).unwrap().command, Command::UpdateRoomInfo);
+    }
+
+    #[test]
+    fn unknown_commands_are_kept() {
+        let body =
+            r#"{"CallbackCommand":"Room.CallbackAfterSomethingNew","RoomId":"r","Extra":{"x":1}}"#;
+        let cb = parse(body).unwrap();
+        assert_eq!(
+            cb.command,
+            Command::Other("Room.CallbackAfterSomethingNew".into())
+        );
+        assert_eq!(cb.event, Event::Other);
+        assert_eq!(cb.payload, body);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_kept_in_the_payload() {
+        let body = r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r","MemberList_Account":["a"],"EventTime":5,"New":[1,{"y":true}]}"#;
+        assert_eq!(parse(body).unwrap().payload, body);
+    }
+
+    #[test]
+    fn meta_comes_from_the_query() {
+        let cb = parse_with(ENTER, "ClientIP=not-an-ip&OptPlatform=Windows").unwrap();
+        assert_eq!(cb.meta.client_ip.as_deref(), Some("not-an-ip"));
+        assert_eq!(cb.meta.opt_platform.as_deref(), Some("Windows"));
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let long = "x".repeat(257);
+        let many: Vec<String> = (0..10_001).map(|i| format!("\"u{i}\"")).collect();
+        let many = format!(
+            r#"{{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r","EventTime":5,"MemberList_Account":[{}]}}"#,
+            many.join(",")
+        );
+        let enter =
+            |rest: &str| format!(r#"{{"CallbackCommand":"Room.CallbackAfterMemberEnter",{rest}}}"#);
+        let cases: Vec<(String, RejectionKind, &str)> = vec![
+            ("not json".into(), RejectionKind::NotJson, "JSON"),
+            ("[1,2]".into(), RejectionKind::WrongType, "object"),
+            (enter(r#""MemberList_Account":["a"],"EventTime":5"#), RejectionKind::MissingField, "RoomId"),
+            (enter(r#""RoomId":"r","EventTime":5"#), RejectionKind::MissingField, "MemberList_Account"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"]"#), RejectionKind::MissingField, "EventTime"),
+            (enter(r#""RoomId":7.5,"MemberList_Account":["a"],"EventTime":5"#), RejectionKind::WrongType, "RoomId"),
+            (enter(r#""RoomId":"r","MemberList_Account":"a","EventTime":5"#), RejectionKind::WrongType, "MemberList_Account"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a",true],"EventTime":5"#), RejectionKind::WrongType, "MemberList_Account[1]"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":"5""#), RejectionKind::WrongType, "EventTime"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":1.5"#), RejectionKind::WrongType, "EventTime"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":0"#), RejectionKind::OutOfBounds, "EventTime"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":-1"#), RejectionKind::OutOfBounds, "EventTime"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":9223372036854775807"#), RejectionKind::OutOfBounds, "EventTime"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":99999999999999999999"#), RejectionKind::OutOfBounds, "EventTime"),
+            (enter(r#""RoomId":"","MemberList_Account":["a"],"EventTime":5"#), RejectionKind::OutOfBounds, "RoomId"),
+            (enter(&format!(r#""RoomId":"{long}","MemberList_Account":["a"],"EventTime":5"#)), RejectionKind::OutOfBounds, "RoomId"),
+            (enter(r#""RoomId":"r","MemberList_Account":[""],"EventTime":5"#), RejectionKind::OutOfBounds, "MemberList_Account[0]"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":5,"MemberCount":-1"#), RejectionKind::OutOfBounds, "MemberCount"),
+            (enter(r#""RoomId":"r\u0000","MemberList_Account":["a"],"EventTime":5"#), RejectionKind::NulCharacter, "RoomId"),
+            (enter(r#""RoomId":"r","MemberList_Account":["a"],"EventTime":5,"Note":{"x":"\u0000"}"#), RejectionKind::NulCharacter, "Note.x"),
+            (many, RejectionKind::OutOfBounds, "10000"),
+            (r#"{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5}"#.into(), RejectionKind::MissingField, "RoomInfo"),
+            (r#"{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5,"RoomInfo":{"RoomName":"n"}}"#.into(), RejectionKind::MissingField, "RoomInfo.RoomId"),
+            (r#"{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5,"RoomInfo":{"RoomId":"r","IsSeatEnabled":"maybe"}}"#.into(), RejectionKind::WrongType, "RoomInfo.IsSeatEnabled"),
+            (r#"{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5,"RoomInfo":{"RoomId":"r","MaxMemberCount":"300"}}"#.into(), RejectionKind::WrongType, "RoomInfo.MaxMemberCount"),
+            (r#"{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":[{"Member_Account":"a"}]}"#.into(), RejectionKind::MissingField, "SeatList[0].Index"),
+            (r#"{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":[{"Index":1,"Member_Account":-3}]}"#.into(), RejectionKind::WrongType, "SeatList[0].Member_Account"),
+            (r#"{"CallbackCommand":"Room.CallbackAfterDestroyRoom","EventTime":5}"#.into(), RejectionKind::MissingField, "RoomId"),
+            (r#"{"CallbackCommand":5,"RoomId":"r","EventTime":5}"#.into(), RejectionKind::WrongType, "CallbackCommand"),
+        ];
+        for (body, kind, field) in cases {
+            let r = rejected(&body);
+            assert_eq!(r.kind, kind, "{body:.120}: {r:?}");
+            assert!(r.info.contains(field), "{:?} should name {field}", r.info);
+        }
+        let bad_utf8 = parse_body(
+            b"{\"a\":\"\xff\"}",
+            &CallbackQuery::default(),
+            SdkAppId::parse(APP).unwrap(),
+        );
+        assert_eq!(bad_utf8.unwrap_err().kind, RejectionKind::NotJson);
+        let nul_ip = parse_with(ENTER, "ClientIP=%00").unwrap_err();
+        assert_eq!(nul_ip.kind, RejectionKind::NulCharacter);
+    }
+
+    #[test]
+    fn dedup_key_ignores_member_order_and_repeats() {
+        let a = parse(ENTER).unwrap();
+        let b = parse(r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["b","a","b"],"EventTime":5,"MemberCount":3}"#).unwrap();
+        assert_eq!(a.dedup_key, b.dedup_key);
+        let other_time = parse(&ENTER.replace("\"EventTime\":5", "\"EventTime\":6")).unwrap();
+        let other_members = parse(&ENTER.replace("[\"a\",\"b\"]", "[\"a\"]")).unwrap();
+        let other_room = parse(&ENTER.replace("r1", "r2")).unwrap();
+        for other in [other_time, other_members, other_room] {
+            assert_ne!(a.dedup_key, other.dedup_key);
+        }
+    }
+
+    #[test]
+    fn unknown_command_without_event_time_dedups_on_its_body() {
+        let a = parse(r#"{"CallbackCommand":"X.New","Value":1}"#).unwrap();
+        let b = parse(r#"{"CallbackCommand":"X.New","Value":2}"#).unwrap();
+        assert_ne!(a.dedup_key, b.dedup_key);
+    }
+}

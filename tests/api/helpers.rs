@@ -1,0 +1,196 @@
+use std::{collections::HashMap, time::Duration};
+
+use roomsync::{callback::sign, config::Config, startup::Application};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+pub const APP_ID: i64 = 1_400_000_001;
+pub const TOKEN: &str = "test-token";
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// Starts the real application on 127.0.0.1:0 with the test's database.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[]).await
+}
+
+/// `overrides` are extra environment variables (e.g. `CALLBACK_TOKEN`).
+pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    let mut vars: HashMap<String, String> = [
+        // The pool is passed in; this URL is only validated.
+        ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
+        ("SDK_APP_ID", "1400000001,1400000002"),
+        ("LISTEN_ADDR", "127.0.0.1:0"),
+        ("RUN_MIGRATIONS", "false"),
+        ("HTTP_WORKERS", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from_lookup(|k| vars.get(k).cloned()).expect("test configuration");
+    let token = config
+        .callback_token
+        .as_ref()
+        .map(|t| t.expose().to_owned());
+    let app = Application::build_with_pool(config, pool.clone())
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        pool,
+        client,
+        token,
+    }
+}
+
+impl TestApp {
+    /// POSTs a raw body with a raw query string, no Content-Type (as Tencent does).
+    pub async fn post_raw(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(format!("{}/callback?{query}", self.address))
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The query string Tencent would append for this body, signed when a token is set.
+    pub fn query_for(&self, body: &Value) -> String {
+        let command = body["CallbackCommand"].as_str().unwrap_or("");
+        let mut query = format!(
+            "SdkAppid={APP_ID}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=Web"
+        );
+        if let Some(token) = &self.token {
+            let now = chrono::Utc::now().timestamp().to_string();
+            query.push_str(&format!("&RequestTime={now}&Sign={}", sign(token, &now)));
+        }
+        query
+    }
+
+    /// Sends a callback the way Tencent does; returns status and JSON answer.
+    pub async fn send(&self, body: &Value) -> (u16, Value) {
+        let response = self.post_raw(&self.query_for(body), body.to_string()).await;
+        answer(response).await
+    }
+
+    /// Sends and insists on 200 OK.
+    pub async fn deliver(&self, body: &Value) {
+        let (status, answer) = self.send(body).await;
+        assert_eq!((status, &answer), (200, &ok()), "delivering {body}");
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        content_type, "application/json",
+        "every callback answer is JSON"
+    );
+    (status, response.json().await.expect("JSON answer"))
+}
+
+pub fn ok() -> Value {
+    json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})
+}
+
+pub fn enter(room: &str, users: &[&str], at: i64) -> Value {
+    json!({
+        "CallbackCommand": "Room.CallbackAfterMemberEnter", "Operator_Account": users.first().copied().unwrap_or("op"),
+        "RoomId": room, "MemberCount": users.len(), "Type": "Enter", "MemberList_Account": users, "EventTime": at
+    })
+}
+
+pub fn leave(room: &str, users: &[&str], kind: &str, at: i64) -> Value {
+    json!({
+        "CallbackCommand": "Room.CallbackAfterMemberLeave", "Operator_Account": "op", "RoomId": room,
+        "MemberCount": 0, "Type": kind, "MemberList_Account": users, "Reason": format!("reason-{kind}"), "EventTime": at
+    })
+}
+
+pub fn destroy(room: &str, at: i64) -> Value {
+    json!({"CallbackCommand": "Room.CallbackAfterDestroyRoom", "Operator_Account": "admin", "RoomId": room, "EventTime": at})
+}
+
+pub fn create(room: &str, name: &str, at: i64) -> Value {
+    json!({
+        "CallbackCommand": "Room.CallbackAfterCreateRoom", "Operator_Account": "admin",
+        "RoomInfo": {"RoomId": room, "RoomName": name, "RoomType": "Meeting", "Owner_Account": "owner", "MaxMemberCount": 50},
+        "ScheduleInviteeList_Account": [], "EventTime": at
+    })
+}
+
+pub fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A member row as the SQL contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MemberRow {
+    pub user_id: String,
+    pub in_room: bool,
+    pub entered_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub left_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub leave_type: Option<String>,
+    pub leave_reason: Option<String>,
+    pub last_event_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn member(pool: &PgPool, room: &str, user: &str) -> Option<MemberRow> {
+    sqlx::query_as(
+        "SELECT user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at
+         FROM room_members WHERE sdk_app_id = $1 AND room_id = $2 AND user_id = $3",
+    )
+    .bind(APP_ID)
+    .bind(room)
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+pub async fn roster(pool: &PgPool, room: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT user_id FROM room_roster WHERE sdk_app_id = $1 AND room_id = $2 ORDER BY user_id",
+    )
+    .bind(APP_ID)
+    .bind(room)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+pub fn ms(at: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(at).unwrap()
+}

@@ -1,0 +1,7 @@
+//! HTTP integration tests: the real application on port 0 against a fresh PostgreSQL
+//! database per test (`#[sqlx::test]`). One binary, one link step.
+
+mod callback;
+mod helpers;
+mod lifecycle;
+mod model;
