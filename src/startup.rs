@@ -106,6 +106,11 @@ impl Application {
         self.port
     }
 
+    /// Stops the server from elsewhere (tests); `run_until_stopped` then returns.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Serves until SIGTERM/SIGINT (or the server handle stops it); then lets in-flight
     /// requests finish, drains the writer and closes the pool.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {

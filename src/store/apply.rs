@@ -274,11 +274,12 @@ async fn destroy(
     .fetch_all(&mut *conn)
     .await?;
     // Members who entered again after this destroy: it may be the latest exit before that
-    // enter, which only their history tells.
+    // enter, which only their history tells. An exit by a later destroy can be superseded too
+    // (this earlier destroy may have ended the membership first).
     let later = sqlx::query_scalar!(
         r#"SELECT user_id FROM room_members
            WHERE sdk_app_id = $1 AND room_id = $2 AND in_room AND last_event_at > $3
-             AND (left_at IS NULL OR left_at <= $3)"#,
+             AND (left_at IS NULL OR left_at <= $3 OR leave_type = 'RoomDestroyed')"#,
         room.app,
         room.id,
         at,

@@ -12,6 +12,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub token: Option<String>,
+    server: actix_web::dev::ServerHandle,
+    running: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// Starts the real application on 127.0.0.1:0 with the test's database.
@@ -44,7 +46,8 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    let server = app.handle();
+    let running = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -54,10 +57,22 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         pool,
         client,
         token,
+        server,
+        running,
     }
 }
 
 impl TestApp {
+    /// Graceful stop, as on SIGTERM: in-flight requests finish, the writer drains, the pool
+    /// closes (so the test database can be dropped).
+    pub async fn stop(self) {
+        self.server.stop(true).await;
+        self.running
+            .await
+            .expect("server task")
+            .expect("server stopped cleanly");
+    }
+
     /// POSTs a raw body with a raw query string, no Content-Type (as Tencent does).
     pub async fn post_raw(&self, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client

@@ -376,3 +376,20 @@ async fn next_notification(listener: &mut PgListener) -> Value {
         .unwrap();
     serde_json::from_str(n.payload()).unwrap()
 }
+
+#[sqlx::test]
+async fn an_earlier_late_destroy_supersedes_a_later_one_as_the_exit(pool: PgPool) {
+    // Found by the model test: the destroy at 113 ends the membership first, so the one at
+    // 118 ends nothing; the member's latest exit before entering again at 147 is 113.
+    let app = spawn_app(pool.clone()).await;
+    app.deliver(&enter("r", &["u"], 110)).await;
+    app.deliver(&destroy("r", 118)).await;
+    app.deliver(&enter("r", &["u"], 147)).await;
+    app.deliver(&destroy("r", 113)).await;
+    let m = member(&pool, "r", "u").await.unwrap();
+    assert!(m.in_room);
+    assert_eq!(
+        (m.left_at, m.leave_type.as_deref()),
+        (Some(ms(113)), Some("RoomDestroyed"))
+    );
+}

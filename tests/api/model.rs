@@ -1,1 +1,377 @@
+//! Model-based randomized test (SPEC §5): thousands of enter/leave/destroy/create events over a
+//! few rooms and users, with duplicates, shuffled, delivered concurrently to two running
+//! instances sharing one database. The result must equal an in-memory model that applies the
+//! distinct events one by one in EventTime order.
+//!
+//! Replay a failure with `ROOMSYNC_MODEL_SEED=<seed printed by the failing run>`.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde_json::{Value, json};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::helpers::*;
+
+const ROOMS: usize = 25;
+const USERS: usize = 12;
+const EVENTS: usize = 2500;
+const BASE: i64 = 1_700_000_000_000;
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Enter {
+        room: String,
+        users: Vec<String>,
+        at: i64,
+    },
+    Leave {
+        room: String,
+        users: Vec<String>,
+        kind: String,
+        at: i64,
+    },
+    Destroy {
+        room: String,
+        at: i64,
+    },
+    Create {
+        room: String,
+        at: i64,
+    },
+}
+
+impl Ev {
+    fn at(&self) -> i64 {
+        match self {
+            Ev::Enter { at, .. }
+            | Ev::Leave { at, .. }
+            | Ev::Destroy { at, .. }
+            | Ev::Create { at, .. } => *at,
+        }
+    }
+    fn room(&self) -> &str {
+        match self {
+            Ev::Enter { room, .. }
+            | Ev::Leave { room, .. }
+            | Ev::Destroy { room, .. }
+            | Ev::Create { room, .. } => room,
+        }
+    }
+    // Fields the dedup key does not cover are derived from the ones it does, so two events
+    // with one key are the same event.
+    fn member_count(&self) -> i32 {
+        match self {
+            Ev::Enter { users, at, .. } => (at % 50) as i32 + users.len() as i32,
+            Ev::Leave { at, .. } => (at % 40) as i32,
+            _ => 0,
+        }
+    }
+    fn reason(kind: &str, at: i64) -> String {
+        format!("{kind}:{}", at % 3)
+    }
+    fn room_name(room: &str, at: i64) -> String {
+        format!("{room}-name-{}", at % 5)
+    }
+    /// SPEC §5: at equal EventTime, enters and creates, then leaves, then destroys; two leaves
+    /// by (Type, Reason).
+    fn order(&self) -> (i64, u8, String, String) {
+        match self {
+            Ev::Enter { at, .. } | Ev::Create { at, .. } => (*at, 0, String::new(), String::new()),
+            Ev::Leave { at, kind, .. } => (*at, 1, kind.clone(), Ev::reason(kind, *at)),
+            Ev::Destroy { at, .. } => (*at, 2, String::new(), String::new()),
+        }
+    }
+    fn dedup_key(&self) -> String {
+        let set = |users: &Vec<String>| {
+            users
+                .iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match self {
+            Ev::Enter { room, users, at } => format!("enter/{room}/{at}/{}", set(users)),
+            Ev::Leave {
+                room,
+                users,
+                kind,
+                at,
+            } => format!("leave/{room}/{at}/{kind}/{}", set(users)),
+            Ev::Destroy { room, at } => format!("destroy/{room}/{at}"),
+            Ev::Create { room, at } => format!("create/{room}/{at}"),
+        }
+    }
+    fn to_json(&self) -> Value {
+        match self {
+            Ev::Enter { room, users, at } => {
+                json!({"CallbackCommand": "Room.CallbackAfterMemberEnter", "Operator_Account": users[0],
+                "RoomId": room, "MemberCount": self.member_count(), "Type": "Enter", "MemberList_Account": users, "EventTime": at})
+            }
+            Ev::Leave {
+                room,
+                users,
+                kind,
+                at,
+            } => {
+                json!({"CallbackCommand": "Room.CallbackAfterMemberLeave", "Operator_Account": users[0],
+                "RoomId": room, "MemberCount": self.member_count(), "Type": kind, "MemberList_Account": users,
+                "Reason": Ev::reason(kind, *at), "EventTime": at})
+            }
+            Ev::Destroy { room, at } => destroy(room, *at),
+            Ev::Create { room, at } => create(room, &Ev::room_name(room, *at), *at),
+        }
+    }
+}
+
+fn generate(rng: &mut StdRng) -> Vec<Ev> {
+    let pick_users = |rng: &mut StdRng| {
+        let mut all: Vec<String> = (0..USERS).map(|u| format!("u{u}")).collect();
+        all.shuffle(rng);
+        all.truncate(rng.random_range(1..=3));
+        all
+    };
+    (0..EVENTS)
+        .map(|_| {
+            let room = format!("room{}", rng.random_range(0..ROOMS));
+            // A narrow time range, so equal EventTimes happen often.
+            let at = BASE + rng.random_range(0..150);
+            match rng.random_range(0..100) {
+                0..40 => Ev::Enter {
+                    room,
+                    users: pick_users(rng),
+                    at,
+                },
+                40..75 => {
+                    let kind = ["Leave", "Kicked", "Expired"][rng.random_range(0..3)].to_owned();
+                    Ev::Leave {
+                        room,
+                        users: pick_users(rng),
+                        kind,
+                        at,
+                    }
+                }
+                75..87 => Ev::Destroy { room, at },
+                _ => Ev::Create { room, at },
+            }
+        })
+        .collect()
+}
+
+type Time = DateTime<Utc>;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Member {
+    in_room: bool,
+    entered_at: Option<Time>,
+    left_at: Option<Time>,
+    leave_type: Option<String>,
+    leave_reason: Option<String>,
+    last_event_at: Time,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Room {
+    member_count: Option<i32>,
+    room_name: Option<String>,
+    created_at: Option<Time>,
+    destroyed_at: Option<Time>,
+    last_event_at: Option<Time>,
+}
+
+/// The sequential result, written straight from SPEC §5.
+fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<String, Room>) {
+    let mut events = distinct.to_vec();
+    events.sort_by_key(Ev::order);
+    let mut members: BTreeMap<(String, String), Member> = BTreeMap::new();
+    let mut rooms: BTreeMap<String, Room> = BTreeMap::new();
+    let mut count_version: BTreeMap<String, (i64, u8, i32)> = BTreeMap::new();
+    for ev in &events {
+        let t = ms(ev.at());
+        let room = rooms.entry(ev.room().to_owned()).or_default();
+        room.last_event_at = room.last_event_at.max(Some(t));
+        match ev {
+            Ev::Enter { users, .. } | Ev::Leave { users, .. } => {
+                let (_, rank, ..) = ev.order();
+                let version = (ev.at(), rank, ev.member_count());
+                let current = count_version.entry(ev.room().to_owned()).or_insert(version);
+                if version >= *current {
+                    *current = version;
+                    room.member_count = Some(ev.member_count());
+                }
+                if let Ev::Enter { .. } = ev {
+                    room.destroyed_at = None;
+                }
+                for user in users {
+                    let key = (ev.room().to_owned(), user.clone());
+                    let m = members.entry(key).or_insert(Member {
+                        in_room: false,
+                        entered_at: None,
+                        left_at: None,
+                        leave_type: None,
+                        leave_reason: None,
+                        last_event_at: t,
+                    });
+                    m.last_event_at = t;
+                    if let Ev::Leave { kind, at, .. } = ev {
+                        m.in_room = false;
+                        m.left_at = Some(t);
+                        m.leave_type = Some(kind.clone());
+                        m.leave_reason = Some(Ev::reason(kind, *at));
+                    } else {
+                        m.in_room = true;
+                        m.entered_at = Some(t);
+                    }
+                }
+            }
+            Ev::Destroy { room: id, .. } => {
+                room.destroyed_at = Some(t);
+                for ((r, _), m) in members.iter_mut() {
+                    if r == id && m.in_room {
+                        m.in_room = false;
+                        m.left_at = Some(t);
+                        m.leave_type = Some("RoomDestroyed".into());
+                    }
+                }
+            }
+            Ev::Create { room: id, at } => {
+                room.room_name = Some(Ev::room_name(id, *at));
+                room.created_at = Some(t);
+                room.destroyed_at = None;
+            }
+        }
+    }
+    (members, rooms)
+}
+
+#[sqlx::test]
+async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
+    let seed: u64 = std::env::var("ROOMSYNC_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("model seed: {seed} (replay with ROOMSYNC_MODEL_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
+    for ev in generate(&mut rng) {
+        distinct.entry(ev.dedup_key()).or_insert(ev);
+    }
+    let distinct: Vec<Ev> = distinct.into_values().collect();
+    // Every event once, a quarter of them again (some with the member list reordered).
+    let mut deliveries: Vec<Value> = distinct.iter().map(Ev::to_json).collect();
+    for _ in 0..distinct.len() / 4 {
+        let mut again = distinct[rng.random_range(0..distinct.len())].to_json();
+        if let Some(list) = again
+            .get_mut("MemberList_Account")
+            .and_then(Value::as_array_mut)
+        {
+            list.reverse();
+        }
+        deliveries.push(again);
+    }
+    deliveries.shuffle(&mut rng);
+
+    let second_pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let apps = [spawn_app(pool.clone()).await, spawn_app(second_pool).await];
+    let answers: Vec<(u16, Value)> = futures_util::stream::iter(deliveries.iter().enumerate())
+        .map(|(i, body)| apps[i % 2].send(body))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (status, answer) in &answers {
+        assert_eq!((*status, answer), (200, &ok()), "seed {seed}");
+    }
+
+    let history = count(&pool, "SELECT count(*) FROM room_events").await;
+    assert_eq!(
+        history,
+        distinct.len() as i64,
+        "exactly once in history (seed {seed})"
+    );
+
+    let (want_members, want_rooms) = model(&distinct);
+    let rows: Vec<(String, String, bool, Option<Time>, Option<Time>, Option<String>, Option<String>, Time)> = sqlx::query_as(
+        "SELECT room_id, user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at FROM room_members",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let got_members: BTreeMap<(String, String), Member> = rows
+        .into_iter()
+        .map(
+            |(
+                room,
+                user,
+                in_room,
+                entered_at,
+                left_at,
+                leave_type,
+                leave_reason,
+                last_event_at,
+            )| {
+                (
+                    (room, user),
+                    Member {
+                        in_room,
+                        entered_at,
+                        left_at,
+                        leave_type,
+                        leave_reason,
+                        last_event_at,
+                    },
+                )
+            },
+        )
+        .collect();
+    for (key, want) in &want_members {
+        assert_eq!(
+            got_members.get(key),
+            Some(want),
+            "member {key:?} (seed {seed})"
+        );
+    }
+    assert_eq!(got_members.len(), want_members.len(), "seed {seed}");
+
+    let rows: Vec<(String, Option<i32>, Option<String>, Option<Time>, Option<Time>, Time)> = sqlx::query_as(
+        "SELECT room_id, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let got_rooms: BTreeMap<String, Room> = rows
+        .into_iter()
+        .map(
+            |(id, member_count, room_name, created_at, destroyed_at, last_event_at)| {
+                (
+                    id,
+                    Room {
+                        member_count,
+                        room_name,
+                        created_at,
+                        destroyed_at,
+                        last_event_at: Some(last_event_at),
+                    },
+                )
+            },
+        )
+        .collect();
+    assert_eq!(got_rooms, want_rooms, "rooms (seed {seed})");
+    for app in apps {
+        app.stop().await;
+    }
+    println!(
+        "{} deliveries, {} distinct events, {} members checked",
+        deliveries.len(),
+        distinct.len(),
+        want_members.len()
+    );
+}
