@@ -22,6 +22,8 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Exit 0 if the server on LISTEN_ADDR answers /healthz (for container health checks).
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(&config).await,
+        Command::Healthcheck => healthcheck::probe(config.listen_addr).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,6 +65,39 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(%addr, port = app.port(), "roomsync listening");
     app.run_until_stopped().await?;
     Ok(())
+}
+
+mod healthcheck {
+    use std::{net::SocketAddr, time::Duration};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One plain HTTP/1.0 GET on loopback: the image needs no curl, and the service no HTTP
+    /// client library for this alone.
+    pub async fn probe(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+        let target = SocketAddr::new(
+            if listen.ip().is_unspecified() {
+                [127, 0, 0, 1].into()
+            } else {
+                listen.ip()
+            },
+            listen.port(),
+        );
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(target).await?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .await?;
+            let mut head = vec![0; 64];
+            let n = stream.read(&mut head).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+        };
+        let head = tokio::time::timeout(Duration::from_secs(3), exchange).await??;
+        match head.split_whitespace().nth(1) {
+            Some("200") => Ok(()),
+            other => Err(format!("/healthz on {target} answered {other:?}").into()),
+        }
+    }
 }
 
 async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,9 @@ use crate::{
     store::{self, Outcome, RejectedCallback},
 };
 
+/// How long the whole body may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
@@ -103,15 +106,21 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(CallbackError::TooLarge(limit));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(CallbackError::BodyRead)?;
-        if body.len() + chunk.len() > limit {
-            return Err(CallbackError::TooLarge(limit));
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(CallbackError::BodyRead)?;
+            if body.len() + chunk.len() > limit {
+                return Err(CallbackError::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    // A trickled body must not hold a worker: Tencent sends it at once.
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(CallbackError::BodyTimeout))
 }
 
 /// Keeps an authenticated but invalid callback for an operator. Best effort: the answer is

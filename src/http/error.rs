@@ -14,6 +14,8 @@ pub enum CallbackError {
     TooLarge(usize),
     #[error("body could not be read")]
     BodyRead(#[source] actix_web::error::PayloadError),
+    #[error("body did not arrive in time")]
+    BodyTimeout,
     #[error("SdkAppid is missing from the query string")]
     AppIdMissing,
     #[error("SdkAppid is not one of this service's apps")]
@@ -40,6 +42,7 @@ impl CallbackError {
                 RejectionKind::MissingCommand => 40007,
             },
             Self::BodyRead(_) => 40008,
+            Self::BodyTimeout => 40009,
             Self::Signature(SignatureError::Missing) => 40101,
             Self::Signature(SignatureError::BadRequestTime) => 40102,
             Self::Signature(SignatureError::Expired) => 40103,
@@ -60,7 +63,7 @@ impl CallbackError {
             Self::TooLarge(_) => "too_large",
             Self::AppIdMissing | Self::AppIdUnknown => "forbidden",
             Self::Signature(_) => "unauthorized",
-            Self::BodyRead(_) | Self::Invalid(_) => "invalid",
+            Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => "invalid",
             Self::Store(_) => "unavailable",
         }
     }
@@ -85,7 +88,7 @@ impl ResponseError for CallbackError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AppIdMissing | Self::AppIdUnknown => StatusCode::FORBIDDEN,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
-            Self::BodyRead(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -1,0 +1,81 @@
+# roomsync container images.
+#
+#   docker build -t roomsync .                          # runtime image (last stage, the default)
+#   docker build --target migrate -t roomsync-migrate .   # one-shot `sqlx migrate run` image
+#
+# Stages: chef -> planner -> builder -> runtime, and sqlx-cli -> migrate.
+# cargo-chef splits the build so that the dependency graph is compiled in its own layer, keyed
+# only on recipe.json (Cargo.toml + Cargo.lock): editing src/ recompiles roomsync alone.
+# Validate changes with scripts/validate-containers (hadolint).
+
+# ---- chef: Rust toolchain + cargo-chef ------------------------------------------------------
+FROM rust:1.95-bookworm AS chef
+ARG CARGO_CHEF_VERSION=0.1.78
+RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
+WORKDIR /app
+
+# ---- planner: compute the dependency recipe --------------------------------------------------
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json --bin roomsync
+
+# ---- builder: cook dependencies (cached), then build roomsync ---------------------------------
+FROM chef AS builder
+# The query macros read the committed .sqlx/ data; the build never talks to a database.
+ENV SQLX_OFFLINE=true
+COPY --from=planner /app/recipe.json recipe.json
+RUN cargo chef cook --release --locked --bin roomsync --recipe-path recipe.json
+COPY Cargo.toml Cargo.lock ./
+COPY .sqlx ./.sqlx
+# Embedded into the binary at compile time by sqlx::migrate!("./migrations").
+COPY migrations ./migrations
+COPY src ./src
+RUN cargo build --release --locked --bin roomsync
+
+# ---- sqlx-cli: the migration tool, same minor version as the sqlx crate ------------------------
+FROM rust:1.95-bookworm AS sqlx-cli
+ARG SQLX_CLI_VERSION=0.9.0
+RUN cargo install sqlx-cli --locked --version "${SQLX_CLI_VERSION}" \
+        --no-default-features --features postgres,rustls
+
+# ---- migrate: one-shot `sqlx migrate run` (docker-compose service `migrate`) ------------------
+FROM debian:bookworm-slim AS migrate
+# Versions are not pinned: bookworm-slim tracks Debian security updates, and a pinned
+# ca-certificates version disappears from the archive when the next update lands.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 roomsync \
+    && useradd --system --no-log-init --uid 10001 --gid roomsync \
+        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin roomsync
+COPY --from=sqlx-cli /usr/local/cargo/bin/sqlx /usr/local/bin/sqlx
+COPY migrations /migrations
+USER 10001:10001
+# Needs DATABASE_URL in the environment.
+ENTRYPOINT ["/usr/local/bin/sqlx", "migrate", "run", "--source", "/migrations"]
+
+# ---- runtime: the service -------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+LABEL org.opencontainers.image.title="roomsync" \
+      org.opencontainers.image.description="Receiver for Tencent Cloud Room callbacks that keeps a synchronized membership view in PostgreSQL" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0"
+# See the migrate stage for why versions are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 roomsync \
+    && useradd --system --no-log-init --uid 10001 --gid roomsync \
+        --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin roomsync \
+    && install -d -o roomsync -g roomsync -m 0750 /var/lib/roomsync
+COPY --from=builder /app/target/release/roomsync /usr/local/bin/roomsync
+# Numeric ids so that runtimes enforcing runAsNonRoot can verify them.
+USER 10001:10001
+ENV LISTEN_ADDR=0.0.0.0:8080
+EXPOSE 8080
+# `roomsync healthcheck` GETs http://127.0.0.1:<port of LISTEN_ADDR>/healthz and exits 0 or 1.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/roomsync", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/roomsync"]
+CMD ["serve"]
