@@ -17,11 +17,31 @@ async fn fixture_enter_is_stored_and_shows_in_the_roster(pool: PgPool) {
     let (status, answer) = answer(app.post_raw(query, body.to_string()).await).await;
     assert_eq!((status, answer), (200, ok()));
 
-    let (command, room, members, count, platform, ip, payload): (String, String, Vec<String>, Option<i32>, Option<String>, Option<String>, Value) =
-        sqlx::query_as("SELECT callback_command, room_id, member_list, member_count, opt_platform, client_ip, payload FROM room_events")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    #[derive(sqlx::FromRow)]
+    struct Stored {
+        callback_command: String,
+        room_id: String,
+        member_list: Vec<String>,
+        member_count: Option<i32>,
+        opt_platform: Option<String>,
+        client_ip: Option<String>,
+        payload: Value,
+    }
+    let row: Stored = sqlx::query_as(
+        "SELECT callback_command, room_id, member_list, member_count, opt_platform, client_ip, payload FROM room_events",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let Stored {
+        callback_command: command,
+        room_id: room,
+        member_list: members,
+        member_count: count,
+        opt_platform: platform,
+        client_ip: ip,
+        payload,
+    } = row;
     assert_eq!(command, "Room.CallbackAfterMemberEnter");
     assert_eq!(room, "rid-123");
     assert_eq!(members, vec!["user1"]);

@@ -9,7 +9,6 @@ pub const TOKEN: &str = "test-token";
 
 pub struct TestApp {
     pub address: String,
-    pub pool: PgPool,
     pub client: reqwest::Client,
     pub token: Option<String>,
     server: actix_web::dev::ServerHandle,
@@ -54,7 +53,6 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         .unwrap();
     TestApp {
         address,
-        pool,
         client,
         token,
         server,

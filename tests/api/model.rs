@@ -164,7 +164,7 @@ fn generate(rng: &mut StdRng) -> Vec<Ev> {
 
 type Time = DateTime<Utc>;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 struct Member {
     in_room: bool,
     entered_at: Option<Time>,
@@ -174,13 +174,28 @@ struct Member {
     last_event_at: Time,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, sqlx::FromRow)]
 struct Room {
     member_count: Option<i32>,
     room_name: Option<String>,
     created_at: Option<Time>,
     destroyed_at: Option<Time>,
     last_event_at: Option<Time>,
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberInRoom {
+    room_id: String,
+    user_id: String,
+    #[sqlx(flatten)]
+    member: Member,
+}
+
+#[derive(sqlx::FromRow)]
+struct RoomWithId {
+    room_id: String,
+    #[sqlx(flatten)]
+    room: Room,
 }
 
 /// The sequential result, written straight from SPEC §5.
@@ -299,7 +314,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     );
 
     let (want_members, want_rooms) = model(&distinct);
-    let rows: Vec<(String, String, bool, Option<Time>, Option<Time>, Option<String>, Option<String>, Time)> = sqlx::query_as(
+    let rows: Vec<MemberInRoom> = sqlx::query_as(
         "SELECT room_id, user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at FROM room_members",
     )
     .fetch_all(&pool)
@@ -307,30 +322,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     .unwrap();
     let got_members: BTreeMap<(String, String), Member> = rows
         .into_iter()
-        .map(
-            |(
-                room,
-                user,
-                in_room,
-                entered_at,
-                left_at,
-                leave_type,
-                leave_reason,
-                last_event_at,
-            )| {
-                (
-                    (room, user),
-                    Member {
-                        in_room,
-                        entered_at,
-                        left_at,
-                        leave_type,
-                        leave_reason,
-                        last_event_at,
-                    },
-                )
-            },
-        )
+        .map(|row| ((row.room_id, row.user_id), row.member))
         .collect();
     for (key, want) in &want_members {
         assert_eq!(
@@ -341,7 +333,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     }
     assert_eq!(got_members.len(), want_members.len(), "seed {seed}");
 
-    let rows: Vec<(String, Option<i32>, Option<String>, Option<Time>, Option<Time>, Time)> = sqlx::query_as(
+    let rows: Vec<RoomWithId> = sqlx::query_as(
         "SELECT room_id, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
     )
     .fetch_all(&pool)
@@ -349,20 +341,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     .unwrap();
     let got_rooms: BTreeMap<String, Room> = rows
         .into_iter()
-        .map(
-            |(id, member_count, room_name, created_at, destroyed_at, last_event_at)| {
-                (
-                    id,
-                    Room {
-                        member_count,
-                        room_name,
-                        created_at,
-                        destroyed_at,
-                        last_event_at: Some(last_event_at),
-                    },
-                )
-            },
-        )
+        .map(|row| (row.room_id, row.room))
         .collect();
     assert_eq!(got_rooms, want_rooms, "rooms (seed {seed})");
     for app in apps {
