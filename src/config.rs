@@ -1,6 +1,6 @@
 //! Configuration: every variable of SPEC §2, read once at start-up and validated.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use crate::callback::SdkAppId;
 
@@ -54,6 +54,10 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     pub http_workers: usize,
     pub batch_max_events: usize,
+    /// The local journal file (SPEC §6).
+    pub journal_path: PathBuf,
+    /// Past this many bytes of pending callbacks the journal refuses more (503).
+    pub journal_max_bytes: u64,
 }
 
 impl Config {
@@ -106,6 +110,9 @@ impl Config {
             )?),
             http_workers: parse_or(&get, "HTTP_WORKERS", workers_default)?,
             batch_max_events: parse_or(&get, "BATCH_MAX_EVENTS", 256)?,
+            journal_path: get("JOURNAL_PATH")
+                .map_or_else(|| PathBuf::from("journal/roomsync.redb"), PathBuf::from),
+            journal_max_bytes: parse_or(&get, "JOURNAL_MAX_BYTES", 256 * 1024 * 1024)?,
         };
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));
@@ -117,6 +124,7 @@ impl Config {
             ),
             ("HTTP_WORKERS", config.http_workers),
             ("BATCH_MAX_EVENTS", config.batch_max_events),
+            ("JOURNAL_MAX_BYTES", config.journal_max_bytes as usize),
         ] {
             if value == 0 {
                 return Err(invalid(var, "must be positive"));
@@ -196,6 +204,8 @@ mod tests {
         assert!(c.run_migrations);
         assert_eq!(c.max_body_bytes, 262_144);
         assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.journal_path, PathBuf::from("journal/roomsync.redb"));
+        assert_eq!(c.journal_max_bytes, 256 * 1024 * 1024);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub mod callback;
 pub mod config;
 pub mod http;
+pub mod ingest;
+pub mod journal;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,8 +1,8 @@
 //! Logs (tracing, pretty or JSON) and Prometheus metrics.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -30,6 +30,12 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Callbacks per committed transaction.
     pub batch_size: prometheus::Histogram,
+    /// Callbacks waiting in the local journal.
+    pub journal_depth: IntGauge,
+    /// Callbacks written to the journal.
+    pub journal_appended: IntCounter,
+    /// Callbacks moved from the journal into PostgreSQL.
+    pub journal_drained: IntCounter,
 }
 
 impl Metrics {
@@ -54,10 +60,26 @@ impl Metrics {
                 .buckets(exponential_buckets(1.0, 2.0, 10).expect("valid buckets")),
         )
         .expect("valid metric");
+        let journal_depth =
+            IntGauge::new("journal_depth", "Callbacks waiting in the local journal")
+                .expect("valid metric");
+        let journal_appended = IntCounter::new(
+            "journal_appended_total",
+            "Callbacks written to the local journal",
+        )
+        .expect("valid metric");
+        let journal_drained = IntCounter::new(
+            "journal_drained_total",
+            "Callbacks moved from the local journal into PostgreSQL",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(callbacks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(batch_size.clone()),
+            Box::new(journal_depth.clone()),
+            Box::new(journal_appended.clone()),
+            Box::new(journal_drained.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -66,6 +88,9 @@ impl Metrics {
             callbacks,
             request_duration,
             batch_size,
+            journal_depth,
+            journal_appended,
+            journal_drained,
         }
     }
 

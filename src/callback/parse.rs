@@ -50,10 +50,12 @@ impl Rejection {
 }
 
 /// Parses a body that passed the app-id and signature checks.
+/// `received_at` stands in for a missing `EventTime` of an unknown command.
 pub fn parse_body(
     body: &[u8],
     query: &CallbackQuery,
     sdk_app_id: SdkAppId,
+    received_at: chrono::DateTime<chrono::Utc>,
 ) -> Result<Callback, Rejection> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
@@ -135,9 +137,12 @@ pub fn parse_body(
     let sent_time = event_time.is_some();
     // Unknown commands without EventTime: the arrival time stands in, and the dedup key
     // covers the whole body instead.
-    let event_time = event_time.unwrap_or_else(|| {
-        EventTime::from_millis(chrono::Utc::now().timestamp_millis()).expect("clock after 1970")
-    });
+    let event_time = match event_time {
+        Some(t) => t,
+        None => EventTime::from_millis(received_at.timestamp_millis()).ok_or_else(|| {
+            Rejection::bounds("EventTime", "is missing and the clock is before 1970")
+        })?,
+    };
     let mut callback = Callback {
         sdk_app_id,
         command,
@@ -411,6 +416,7 @@ mod tests {
             body.as_bytes(),
             &CallbackQuery::parse(query),
             SdkAppId::parse(APP).unwrap(),
+            chrono::Utc::now(),
         )
     }
 
@@ -622,6 +628,7 @@ mod tests {
             b"{\"a\":\"\xff\"}",
             &CallbackQuery::default(),
             SdkAppId::parse(APP).unwrap(),
+            chrono::Utc::now(),
         );
         assert_eq!(bad_utf8.unwrap_err().kind, RejectionKind::NotJson);
         let nul_ip = parse_with(ENTER, "ClientIP=%00").unwrap_err();

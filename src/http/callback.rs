@@ -7,7 +7,8 @@ use serde_json::json;
 use super::{AppContext, CallbackError};
 use crate::{
     callback::{CallbackQuery, Command, SdkAppId, parse_body, verify_signature},
-    store::{self, Outcome, RejectedCallback},
+    ingest::Accepted,
+    store::{self, RejectedCallback},
 };
 
 /// How long the whole body may take to arrive.
@@ -25,8 +26,9 @@ pub async fn receive(
         .map_or("unknown", |c| Command::parse(c).metric_label());
     let result = process(&req, payload, &ctx, &query, &mut command_label).await;
     let outcome = match &result {
-        Ok(Outcome::Stored { .. }) => "stored",
-        Ok(Outcome::Duplicate) => "duplicate",
+        Ok(Accepted::Stored { .. }) => "stored",
+        Ok(Accepted::Duplicate) => "duplicate",
+        Ok(Accepted::Journaled) => "journaled",
         Err(error) => error.outcome(),
     };
     ctx.metrics
@@ -40,7 +42,7 @@ pub async fn receive(
                 .json(json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})))
         }
         Err(error) => {
-            if matches!(error, CallbackError::Store(_)) {
+            if matches!(error, CallbackError::NotDurable(_)) {
                 tracing::error!(error = ?error, code = error.code(), "callback not stored");
             } else {
                 tracing::warn!(error = ?error, code = error.code(), "callback refused");
@@ -56,7 +58,8 @@ async fn process(
     ctx: &AppContext,
     query: &CallbackQuery,
     command_label: &mut &'static str,
-) -> Result<Outcome, CallbackError> {
+) -> Result<Accepted, CallbackError> {
+    let received_at = chrono::Utc::now();
     let config = &ctx.config;
     let body = read_body(req, payload, config.max_body_bytes).await?;
     let app = query
@@ -67,7 +70,7 @@ async fn process(
         .filter(|id| config.is_our_app(*id))
         .ok_or(CallbackError::AppIdUnknown)?;
     if let Some(token) = &config.callback_token {
-        let now = chrono::Utc::now().timestamp();
+        let now = received_at.timestamp();
         verify_signature(
             token.expose(),
             query.sign.as_deref(),
@@ -77,7 +80,7 @@ async fn process(
         )
         .map_err(CallbackError::Signature)?;
     }
-    let callback = match parse_body(&body, query, app) {
+    let callback = match parse_body(&body, query, app, received_at) {
         Ok(callback) => callback,
         Err(rejection) => {
             let error = CallbackError::Invalid(rejection);
@@ -86,10 +89,10 @@ async fn process(
         }
     };
     *command_label = callback.command.metric_label();
-    ctx.writer
-        .submit(callback)
+    ctx.ingest
+        .accept(callback, req.query_string(), received_at)
         .await
-        .map_err(CallbackError::Store)
+        .map_err(CallbackError::NotDurable)
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.

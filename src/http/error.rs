@@ -5,6 +5,8 @@ use serde_json::json;
 
 use crate::{
     callback::{Rejection, RejectionKind, SignatureError},
+    ingest::IngestError,
+    journal::JournalError,
     store::StoreError,
 };
 
@@ -24,8 +26,8 @@ pub enum CallbackError {
     Signature(SignatureError),
     #[error(transparent)]
     Invalid(Rejection),
-    #[error("the callback could not be stored")]
-    Store(#[source] StoreError),
+    #[error("the callback could not be made durable")]
+    NotDurable(#[source] IngestError),
 }
 
 impl CallbackError {
@@ -50,10 +52,14 @@ impl CallbackError {
             Self::AppIdMissing => 40301,
             Self::AppIdUnknown => 40302,
             Self::TooLarge(_) => 41301,
-            Self::Store(StoreError::Unavailable(_)) => 50301,
-            Self::Store(StoreError::Timeout) => 50302,
-            Self::Store(StoreError::Closed) => 50303,
-            Self::Store(StoreError::Database(_)) => 50304,
+            Self::NotDurable(IngestError::Store(store)) => match store {
+                StoreError::Unavailable(_) => 50301,
+                StoreError::Timeout => 50302,
+                StoreError::Closed => 50303,
+                StoreError::Database(_) => 50304,
+            },
+            Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => 50305,
+            Self::NotDurable(IngestError::Journal(_)) => 50306,
         }
     }
 
@@ -64,7 +70,7 @@ impl CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => "forbidden",
             Self::Signature(_) => "unauthorized",
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => "invalid",
-            Self::Store(_) => "unavailable",
+            Self::NotDurable(_) => "unavailable",
         }
     }
 }
@@ -89,7 +95,7 @@ impl ResponseError for CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => StatusCode::FORBIDDEN,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -11,16 +11,23 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers, within a second.
+/// Readiness: the database answers, within a second. The body also tells how many callbacks
+/// wait in the local journal.
 pub async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
-    match tokio::time::timeout(Duration::from_secs(1), store::ping(&ctx.pool)).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ok", "database": "up"})),
+    let depth = ctx.ingest.journal_depth();
+    let database = match tokio::time::timeout(Duration::from_secs(1), store::ping(&ctx.pool)).await
+    {
+        Ok(Ok(())) => "up",
         Ok(Err(error)) => {
             tracing::warn!(error = ?error, "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({"status": "unavailable", "database": "down"}))
+            "down"
         }
-        Err(_) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "unavailable", "database": "timeout"})),
+        Err(_) => "timeout",
+    };
+    let body = json!({"database": database, "journal_depth": depth});
+    if database == "up" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }

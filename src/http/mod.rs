@@ -17,13 +17,13 @@ use sqlx::PgPool;
 
 pub use error::CallbackError;
 
-use crate::{config::Config, store::Writer, telemetry::Metrics};
+use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
 
 /// Everything a request handler needs, shared by all workers.
 pub struct AppContext {
     pub config: Config,
     pub pool: PgPool,
-    pub writer: Writer,
+    pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
 }
 

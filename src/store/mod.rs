@@ -18,7 +18,7 @@ use sqlx::{
 
 pub use apply::{Outcome, apply_callback};
 pub use rejected::{RejectedCallback, insert_rejected};
-pub use writer::{Writer, WriterOptions};
+pub use writer::{Writer, WriterOptions, write_batch};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -39,14 +39,28 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(Arc::new(error)),
-            _ => Self::Database(Arc::new(error)),
+        if is_outage(&error) {
+            Self::Unavailable(Arc::new(error))
+        } else {
+            Self::Database(Arc::new(error))
         }
+    }
+}
+
+/// Errors that say "the database is not there right now", as opposed to "it refused this".
+fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        // Connection exceptions, operator intervention (shutdown, recovery), resources.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57") || c.starts_with("53")),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 

@@ -92,13 +92,10 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> 
     Some(batch)
 }
 
-async fn commit_batch(pool: &PgPool, mut batch: Vec<Job>, metrics: &Metrics) {
-    // Rooms are locked in one global order, so concurrent batches cannot deadlock.
-    batch.sort_by(|a, b| lock_order(&a.callback).cmp(&lock_order(&b.callback)));
+async fn commit_batch(pool: &PgPool, batch: Vec<Job>, metrics: &Metrics) {
     let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
     metrics.batch_size.observe(batch.len() as f64);
-    let result = write(pool, &callbacks).await;
-    match result {
+    match write_batch(pool, &callbacks).await {
         Ok(outcomes) => {
             for (job, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcome));
@@ -109,7 +106,9 @@ async fn commit_batch(pool: &PgPool, mut batch: Vec<Job>, metrics: &Metrics) {
         Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable(_)) => {
             tracing::warn!(error = ?error, size = batch.len(), "batch failed, retrying one by one");
             for job in batch {
-                let result = write(pool, &[&job.callback]).await.map(|mut o| o.remove(0));
+                let result = write_batch(pool, &[&job.callback])
+                    .await
+                    .map(|mut o| o.remove(0));
                 let _ = job.reply.send(result);
             }
         }
@@ -121,11 +120,18 @@ async fn commit_batch(pool: &PgPool, mut batch: Vec<Job>, metrics: &Metrics) {
     }
 }
 
-async fn write(pool: &PgPool, callbacks: &[&Callback]) -> Result<Vec<Outcome>, StoreError> {
+/// Writes callbacks in one transaction; outcomes in the order given. Rooms are locked in one
+/// global order, so concurrent batches (from any process) cannot deadlock.
+pub async fn write_batch(
+    pool: &PgPool,
+    callbacks: &[&Callback],
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut order: Vec<usize> = (0..callbacks.len()).collect();
+    order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
     let mut tx = pool.begin().await?;
-    let mut outcomes = Vec::with_capacity(callbacks.len());
-    for callback in callbacks {
-        outcomes.push(apply_callback(&mut tx, callback).await?);
+    let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
+    for i in order {
+        outcomes[i] = apply_callback(&mut tx, callbacks[i]).await?;
     }
     tx.commit().await?;
     Ok(outcomes)

@@ -2,6 +2,7 @@
 //! database per test (`#[sqlx::test]`). One binary, one link step.
 
 mod callback;
+mod durability;
 mod helpers;
 mod lifecycle;
 mod model;

@@ -345,6 +345,16 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
         .collect();
     assert_eq!(got_rooms, want_rooms, "rooms (seed {seed})");
     for app in apps {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("roomsync_callbacks_total")
+                || l.starts_with("roomsync_batch_size_sum")
+                || l.starts_with("roomsync_batch_size_count")
+                || l.starts_with("roomsync_http_request_duration_seconds_sum")
+                || l.starts_with("roomsync_http_request_duration_seconds_count")
+        }) {
+            println!("{line}");
+        }
         app.stop().await;
     }
     println!(

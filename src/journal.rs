@@ -1,0 +1,308 @@
+//! The local durable journal of SPEC §6: where callbacks go, fsync'd, when PostgreSQL cannot
+//! take them, until the drain task moves them there.
+//!
+//! Storage is [redb](https://docs.rs/redb): an embedded, crash-safe key-value store whose
+//! commits are durable on return (`Durability::Immediate`, fsync). One table maps an increasing
+//! sequence number to one record; the record is the request as received (app id, query string,
+//! body, arrival time), so draining re-parses it with the same code as the HTTP path.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
+
+/// Record layout version, first byte of every record.
+const RECORD_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the journal is full ({max} bytes)")]
+    Full { max: u64 },
+    #[error("journal storage failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot open the journal at {path}")]
+    Open {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("a journal record is damaged")]
+    Damaged,
+}
+
+fn storage(error: impl std::error::Error + Send + Sync + 'static) -> JournalError {
+    JournalError::Storage(Box::new(error))
+}
+
+/// A callback as it arrived: enough to parse it again, exactly as the HTTP path did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub sdk_app_id: i64,
+    pub received_at: DateTime<Utc>,
+    pub query: String,
+    pub body: String,
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + self.query.len() + self.body.len());
+        out.push(RECORD_V1);
+        out.extend_from_slice(&self.sdk_app_id.to_le_bytes());
+        out.extend_from_slice(&self.received_at.timestamp_micros().to_le_bytes());
+        out.extend_from_slice(&(self.query.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.query.as_bytes());
+        out.extend_from_slice(self.body.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, JournalError> {
+        let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or(JournalError::Damaged);
+        if take(0, 1)? != [RECORD_V1] {
+            return Err(JournalError::Damaged);
+        }
+        let int = |at| take(at, 8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let sdk_app_id = int(1)?;
+        let received_at = DateTime::from_timestamp_micros(int(9)?).ok_or(JournalError::Damaged)?;
+        let query_len = u32::from_le_bytes(take(17, 4)?.try_into().expect("4 bytes")) as usize;
+        let query = take(21, query_len)?;
+        let body = bytes.get(21 + query_len..).ok_or(JournalError::Damaged)?;
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| JournalError::Damaged);
+        Ok(Self {
+            sdk_app_id,
+            received_at,
+            query: text(query)?,
+            body: text(body)?,
+        })
+    }
+}
+
+/// The journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    max_bytes: u64,
+    /// Bytes and records pending; the bound applies to bytes.
+    bytes: AtomicU64,
+    depth: AtomicU64,
+    /// Serializes appends so the bound check and the write agree.
+    append_lock: std::sync::Mutex<()>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal file; counts what a previous run left in it.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Self, JournalError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| JournalError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
+        }
+        let db = Database::create(path).map_err(|e| open_error(Box::new(e)))?;
+        // Make sure the table exists, then measure it.
+        let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
+        tx.open_table(PENDING)
+            .map_err(|e| open_error(Box::new(e)))?;
+        tx.commit().map_err(|e| open_error(Box::new(e)))?;
+        let (mut bytes, mut depth) = (0, 0);
+        {
+            let read = db.begin_read().map_err(|e| open_error(Box::new(e)))?;
+            let table = read
+                .open_table(PENDING)
+                .map_err(|e| open_error(Box::new(e)))?;
+            for entry in table.iter().map_err(|e| open_error(Box::new(e)))? {
+                let (_, value) = entry.map_err(|e| open_error(Box::new(e)))?;
+                bytes += value.value().len() as u64;
+                depth += 1;
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                max_bytes,
+                bytes: AtomicU64::new(bytes),
+                depth: AtomicU64::new(depth),
+                append_lock: std::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Records pending.
+    pub fn depth(&self) -> u64 {
+        self.inner.depth.load(Ordering::Relaxed)
+    }
+
+    /// Bytes pending.
+    pub fn bytes(&self) -> u64 {
+        self.inner.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Appends records in one durable commit; returns once they are on disk.
+    pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.append(&records))
+            .await
+            .map_err(storage)?
+    }
+
+    /// Up to `limit` records, oldest first.
+    pub async fn peek(&self, limit: usize) -> Result<Vec<(u64, Record)>, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = inner.db.begin_read().map_err(storage)?;
+            let table = read.open_table(PENDING).map_err(storage)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(storage)?.take(limit) {
+                let (key, value) = entry.map_err(storage)?;
+                out.push((key.value(), Record::decode(value.value())?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    /// Removes drained records (after their commit in PostgreSQL).
+    pub async fn remove(&self, keys: Vec<u64>) -> Result<(), JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = inner.append_lock.lock().expect("journal lock");
+            let tx = inner.db.begin_write().map_err(storage)?;
+            let (mut bytes, mut depth) = (0, 0);
+            {
+                let mut table = tx.open_table(PENDING).map_err(storage)?;
+                for key in keys {
+                    if let Some(value) = table.remove(key).map_err(storage)? {
+                        bytes += value.value().len() as u64;
+                        depth += 1;
+                    }
+                }
+            }
+            tx.commit().map_err(storage)?;
+            inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            inner.depth.fetch_sub(depth, Ordering::Relaxed);
+            Ok(())
+        })
+        .await
+        .map_err(storage)?
+    }
+}
+
+impl Inner {
+    fn append(&self, records: &[Record]) -> Result<(), JournalError> {
+        let encoded: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+        let size: u64 = encoded.iter().map(|r| r.len() as u64).sum();
+        let _guard = self.append_lock.lock().expect("journal lock");
+        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+            return Err(JournalError::Full {
+                max: self.max_bytes,
+            });
+        }
+        let tx = self.db.begin_write().map_err(storage)?;
+        {
+            let mut table = tx.open_table(PENDING).map_err(storage)?;
+            let first = table
+                .last()
+                .map_err(storage)?
+                .map_or(0, |(k, _)| k.value() + 1);
+            for (key, record) in (first..).zip(&encoded) {
+                table.insert(key, record.as_slice()).map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)?;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.depth
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: i64) -> Record {
+        Record {
+            sdk_app_id: 1400000001,
+            received_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            query: format!("SdkAppid=1400000001&n={n}"),
+            body: format!(r#"{{"n":{n},"text":"房间"}}"#),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let r = record(7);
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert!(Record::decode(&[9, 9]).is_err());
+        assert!(Record::decode(&r.encode()[..10]).is_err());
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_drains_in_order() {
+        let dir = tempdir();
+        let path = dir.join("j.redb");
+        {
+            let journal = Journal::open(&path, 1 << 20).unwrap();
+            journal.append(vec![record(1), record(2)]).await.unwrap();
+            journal.append(vec![record(3)]).await.unwrap();
+            assert_eq!(journal.depth(), 3);
+        }
+        let journal = Journal::open(&path, 1 << 20).unwrap();
+        assert_eq!(journal.depth(), 3, "counted again after reopening");
+        let pending = journal.peek(2).await.unwrap();
+        assert_eq!(
+            pending.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            vec![record(1), record(2)]
+        );
+        journal
+            .remove(pending.iter().map(|(k, _)| *k).collect())
+            .await
+            .unwrap();
+        assert_eq!(journal.depth(), 1);
+        assert_eq!(journal.peek(10).await.unwrap()[0].1, record(3));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_past_its_bound_and_keeps_what_it_has() {
+        let dir = tempdir();
+        let one = record(1).encode().len() as u64;
+        let journal = Journal::open(&dir.join("j.redb"), one * 2).unwrap();
+        journal.append(vec![record(1)]).await.unwrap();
+        journal.append(vec![record(2)]).await.unwrap();
+        assert!(matches!(
+            journal.append(vec![record(3)]).await,
+            Err(JournalError::Full { .. })
+        ));
+        assert_eq!(journal.depth(), 2);
+        assert_eq!(journal.peek(10).await.unwrap().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("roomsync-journal-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn rand_suffix() -> String {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("{}-{nanos}", std::process::id())
+    }
+}
