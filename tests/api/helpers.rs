@@ -252,15 +252,16 @@ impl Proxy {
         let (accept_open, accept_links) = (open.clone(), links.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                // Checked under the same lock as `cut`, so no link escapes a cut.
+                let mut links = accept_links.lock().unwrap();
                 if !accept_open.load(Ordering::SeqCst) {
                     continue; // dropped: connection refused, in effect
                 }
-                let link = tokio::spawn(async move {
+                links.push(tokio::spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                     }
-                });
-                accept_links.lock().unwrap().push(link);
+                }));
             }
         });
         Self { port, open, links }
@@ -268,8 +269,9 @@ impl Proxy {
 
     /// Every connection through the proxy breaks, and new ones are refused.
     pub fn cut(&self) {
+        let mut links = self.links.lock().unwrap();
         self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        for link in self.links.lock().unwrap().drain(..) {
+        for link in links.drain(..) {
             link.abort();
         }
     }

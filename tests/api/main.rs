@@ -6,3 +6,4 @@ mod durability;
 mod helpers;
 mod lifecycle;
 mod model;
+mod process;

@@ -1,0 +1,201 @@
+//! The real binary as an operator runs it: SIGTERM under load, and `kill -9` at any moment
+//! (SPEC §6). Nothing answered 200 may be lost.
+
+use std::{
+    collections::BTreeSet,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+struct Process {
+    child: Child,
+    address: String,
+}
+
+/// Starts `roomsync` against `pool`'s database through `proxy`, with its own journal file.
+async fn start(pool: &PgPool, proxy: &Proxy, journal: &std::path::Path) -> Process {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let dir = scratch_dir();
+    let log = std::fs::File::create(dir.join("roomsync.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_roomsync"))
+        // Away from any developer .env file.
+        .current_dir(&dir)
+        .env("DATABASE_URL", database_url(pool, proxy.port))
+        .env("SDK_APP_ID", APP_ID.to_string())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUN_MIGRATIONS", "false")
+        .env("JOURNAL_PATH", journal)
+        .env("DATABASE_ACQUIRE_TIMEOUT_MS", "500")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("roomsync starts");
+    let address = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(15), || {
+        let request = client.get(format!("{address}/healthz")).send();
+        async move { request.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    assert!(up, "roomsync answered /healthz");
+    Process { child, address }
+}
+
+/// The test database's URL, through the proxy, with the credentials the tests use.
+fn database_url(pool: &PgPool, port: u16) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let credentials = base
+        .rsplit_once('@')
+        .map_or("postgres://postgres", |(c, _)| c);
+    let database = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    format!("{credentials}@127.0.0.1:{port}/{database}")
+}
+
+/// Sends unique enters (EventTime from `first`) with 8 in flight until the server stops
+/// answering or `limit` is reached; returns the EventTimes answered 200.
+async fn stream(address: String, first: i64, limit: i64, acked: Arc<Mutex<BTreeSet<i64>>>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(first));
+    let senders = (0..8).map(|_| {
+        let (client, address, next, acked) = (client.clone(), address.clone(), next.clone(), acked.clone());
+        async move {
+            loop {
+                let at = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if at >= first + limit {
+                    return;
+                }
+                let body = enter(&format!("room{}", at % 7), &[&format!("user{at}")], at);
+                let url = format!("{address}/callback?SdkAppid={APP_ID}&CallbackCommand=Room.CallbackAfterMemberEnter");
+                match client.post(url).body(body.to_string()).send().await {
+                    Ok(response) if response.status() == 200 => {
+                        acked.lock().unwrap().insert(at);
+                    }
+                    Ok(_) => {}
+                    // The server is gone.
+                    Err(_) => return,
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(senders).await;
+}
+
+async fn stored_times(pool: &PgPool) -> BTreeSet<i64> {
+    let times: Vec<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT event_at FROM room_events")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    times.into_iter().map(|t| t.timestamp_millis()).collect()
+}
+
+async fn wait_until_acked(pool: &PgPool, acked: &Mutex<BTreeSet<i64>>, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = pool;
+}
+
+#[sqlx::test]
+async fn sigterm_under_load_exits_0_and_loses_nothing(pool: PgPool) {
+    let proxy = Proxy::start(server_of(&pool)).await;
+    let journal = scratch_dir().join("journal.redb");
+    let mut process = start(&pool, &proxy, &journal).await;
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let load = tokio::spawn(stream(process.address.clone(), 1, 3000, acked.clone()));
+    wait_until_acked(&pool, &acked, 100).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "exited within a bounded time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    load.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 100);
+    let stored = stored_times(&pool).await;
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered 200 but not stored: {lost:?}",
+        lost.len()
+    );
+}
+
+#[sqlx::test]
+async fn kill_9_at_any_moment_loses_nothing_answered_200(pool: PgPool) {
+    let proxy = Proxy::start(server_of(&pool)).await;
+    let journal = scratch_dir().join("journal.redb");
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    // Round 1 runs with the database away, so the kill lands while writing the journal.
+    for round in 0..4_i64 {
+        if round == 1 {
+            proxy.cut()
+        } else {
+            proxy.restore()
+        }
+        let mut process = start(&pool, &proxy, &journal).await;
+        let before = acked.lock().unwrap().len();
+        let load = tokio::spawn(stream(
+            process.address.clone(),
+            round * 100_000 + 1,
+            5000,
+            acked.clone(),
+        ));
+        wait_until_acked(&pool, &acked, before + 50 + 40 * round as usize).await;
+        process.child.kill().unwrap(); // SIGKILL
+        process.child.wait().unwrap();
+        load.await.unwrap();
+    }
+    // A last start with the database up drains whatever the journal holds.
+    proxy.restore();
+    let mut process = start(&pool, &proxy, &journal).await;
+    let acked = acked.lock().unwrap().clone();
+    let complete = eventually(Duration::from_secs(30), || async {
+        acked.is_subset(&stored_times(&pool).await)
+    })
+    .await;
+    let stored = stored_times(&pool).await;
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        complete && lost.is_empty(),
+        "{} answered 200 but not stored: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM room_events").await,
+        stored.len() as i64,
+        "no duplicates"
+    );
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+}
