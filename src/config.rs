@@ -58,6 +58,8 @@ pub struct Config {
     pub journal_path: PathBuf,
     /// Past this many bytes of pending callbacks the journal refuses more (503).
     pub journal_max_bytes: u64,
+    /// Prune history received longer ago than this; `None` keeps it forever.
+    pub event_retention_days: Option<i32>,
 }
 
 impl Config {
@@ -113,6 +115,21 @@ impl Config {
             journal_path: get("JOURNAL_PATH")
                 .map_or_else(|| PathBuf::from("journal/roomsync.redb"), PathBuf::from),
             journal_max_bytes: parse_or(&get, "JOURNAL_MAX_BYTES", 256 * 1024 * 1024)?,
+            event_retention_days: match get("EVENT_RETENTION_DAYS") {
+                None => None,
+                Some(raw) => Some(
+                    raw.trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|d| *d > 0)
+                        .ok_or_else(|| {
+                            invalid(
+                                "EVENT_RETENTION_DAYS",
+                                format!("{raw:?}: a positive number of days"),
+                            )
+                        })?,
+                ),
+            },
         };
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));
@@ -236,6 +253,14 @@ mod tests {
                 "MAX_BODY_BYTES",
             ),
             (&[BASE[0], BASE[1], ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (
+                &[BASE[0], BASE[1], ("EVENT_RETENTION_DAYS", "0")],
+                "EVENT_RETENTION_DAYS",
+            ),
+            (
+                &[BASE[0], BASE[1], ("JOURNAL_MAX_BYTES", "lots")],
+                "JOURNAL_MAX_BYTES",
+            ),
             (
                 &[BASE[0], BASE[1], ("SIGNATURE_MAX_SKEW_SECS", "x")],
                 "SIGNATURE_MAX_SKEW_SECS",

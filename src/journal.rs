@@ -138,6 +138,19 @@ impl Journal {
         })
     }
 
+    /// Waits (bounded) until this is the last handle, so the file is closed when it is dropped:
+    /// request handlers on other threads may still be letting go of theirs after a stop.
+    pub async fn wait_until_sole_owner(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while Arc::strong_count(&self.inner) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Records pending.
     pub fn depth(&self) -> u64 {
         self.inner.depth.load(Ordering::Relaxed)

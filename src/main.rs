@@ -24,6 +24,8 @@ enum Command {
     Migrate,
     /// Exit 0 if the server on LISTEN_ADDR answers /healthz (for container health checks).
     Healthcheck,
+    /// Recompute rooms, room_members and room_seats from the room_events history, then exit.
+    Rebuild,
 }
 
 #[tokio::main]
@@ -48,6 +50,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(config).await,
         Command::Migrate => migrate(&config).await,
         Command::Healthcheck => healthcheck::probe(config.listen_addr).await,
+        Command::Rebuild => rebuild(&config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +101,21 @@ mod healthcheck {
             other => Err(format!("/healthz on {target} answered {other:?}").into()),
         }
     }
+}
+
+async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = startup::database_pool(config).map_err(chain)?;
+    let report = store::rebuild::rebuild(&pool).await?;
+    tracing::info!(
+        replayed = report.replayed,
+        skipped = report.skipped,
+        "view rebuilt from history"
+    );
+    println!(
+        "rebuilt from {} history rows ({} skipped)",
+        report.replayed, report.skipped
+    );
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {

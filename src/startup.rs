@@ -42,6 +42,8 @@ pub struct Application {
     pool: PgPool,
     writer_tasks: JoinSet<()>,
     drain: JoinHandle<()>,
+    retention: Option<JoinHandle<()>>,
+    journal: Journal,
 }
 
 impl Application {
@@ -90,13 +92,16 @@ impl Application {
         let (writer, writer_tasks) = Writer::spawn(pool.clone(), options, metrics.clone());
         let ingest = Ingest::new(
             writer,
-            journal,
+            journal.clone(),
             pool.clone(),
             schema_ready,
             config.run_migrations,
             metrics.clone(),
         );
         let drain = ingest.spawn_drain();
+        let retention = config
+            .event_retention_days
+            .map(|days| store::retention::spawn(pool.clone(), days));
         let workers = config.http_workers;
         let context = web::Data::new(AppContext {
             config,
@@ -129,6 +134,8 @@ impl Application {
             pool,
             writer_tasks,
             drain,
+            retention,
+            journal,
         })
     }
 
@@ -149,6 +156,9 @@ impl Application {
         // the next start. (The drain task also holds a writer handle: stop it first.)
         self.drain.abort();
         let _ = (&mut self.drain).await;
+        if let Some(retention) = self.retention.take() {
+            retention.abort();
+        }
         // The server dropped its request handlers, so the writer queue closes once drained.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while self.writer_tasks.join_next().await.is_some() {}
@@ -158,6 +168,14 @@ impl Application {
             tracing::warn!("writer did not drain within 10 s");
         }
         self.pool.close().await;
+        // The journal file is closed (and its lock released) when the last handle goes.
+        if !self
+            .journal
+            .wait_until_sole_owner(Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!("the journal was still in use 5 s after the stop");
+        }
         tracing::info!("stopped");
         result
     }

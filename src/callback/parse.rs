@@ -83,7 +83,8 @@ pub fn parse_body(
 
     let body_command = body.opt_text("CallbackCommand")?;
     let command = match (query.command.as_deref(), body_command.as_deref()) {
-        (Some(q), Some(b)) if q != b => {
+        // The old and new names of one command are the same command.
+        (Some(q), Some(b)) if Command::parse(q) != Command::parse(b) => {
             return Err(Rejection::new(
                 RejectionKind::CommandMismatch,
                 format!("CallbackCommand differs: {q:?} in the query, {b:?} in the body"),

@@ -53,19 +53,54 @@ pub async fn apply_callback(
     let Some(id) = insert_event(conn, callback, at).await? else {
         return Ok(Outcome::Duplicate);
     };
-    let Some(room) = room else {
-        return Ok(Outcome::Stored { id });
+    if let Some(room) = room {
+        apply_effects(conn, callback, room, last_destroy_at, Notify::Yes).await?;
+    }
+    Ok(Outcome::Stored { id })
+}
+
+/// Applies a stored callback's effects again, without history or notifications (rebuild).
+pub async fn replay_callback(
+    conn: &mut PgConnection,
+    callback: &Callback,
+) -> Result<(), sqlx::Error> {
+    let Some(id) = &callback.room_id else {
+        return Ok(());
     };
+    let room = Room {
+        app: callback.sdk_app_id.get(),
+        id: id.as_str(),
+    };
+    let at = callback.event_time.to_datetime();
+    let last_destroy_at = lock_room(conn, room, at, &callback.event).await?;
+    apply_effects(conn, callback, room, last_destroy_at, Notify::No).await
+}
+
+/// Whether membership changes are announced with NOTIFY.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Notify {
+    Yes,
+    No,
+}
+
+async fn apply_effects(
+    conn: &mut PgConnection,
+    callback: &Callback,
+    room: Room<'_>,
+    last_destroy_at: Option<DateTime<Utc>>,
+    notify: Notify,
+) -> Result<(), sqlx::Error> {
+    let at = callback.event_time.to_datetime();
     match &callback.event {
         Event::MemberEnter(change) => {
             set_member_count(conn, room, at, RANK_ENTER, change).await?;
-            enter(conn, room, at, change, last_destroy_at).await?;
+            enter(conn, room, at, change, last_destroy_at, notify).await?;
         }
         Event::MemberLeave(change) => {
             set_member_count(conn, room, at, RANK_LEAVE, change).await?;
-            leave(conn, room, at, change).await?;
+            leave(conn, room, at, change, notify).await?;
         }
-        Event::DestroyRoom => destroy(conn, room, at).await?,
+        Event::DestroyRoom => destroy(conn, room, at, notify).await?,
         Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
         Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
         Event::SeatInfoChanged { seats } => {
@@ -76,7 +111,7 @@ pub async fn apply_callback(
         }
         Event::Other => {}
     }
-    Ok(Outcome::Stored { id })
+    Ok(())
 }
 
 /// Locks (creating if needed) the room row; returns the newest destroy seen so far.
@@ -174,6 +209,7 @@ async fn enter(
     at: DateTime<Utc>,
     change: &MemberChange,
     last_destroy_at: Option<DateTime<Utc>>,
+    notify: Notify,
 ) -> Result<(), sqlx::Error> {
     let users = user_ids(change);
     // The first destroy at or after this enter ends it again (SPEC §5, rule 3).
@@ -209,7 +245,10 @@ async fn enter(
     changes.add(applied, ended_by.is_none());
     let late = missing(&users, &changes);
     changes.recompute(conn, late).await?;
-    changes.notify(conn).await
+    if notify == Notify::Yes {
+        changes.notify(conn).await?;
+    }
+    Ok(())
 }
 
 async fn leave(
@@ -217,6 +256,7 @@ async fn leave(
     room: Room<'_>,
     at: DateTime<Utc>,
     change: &MemberChange,
+    notify: Notify,
 ) -> Result<(), sqlx::Error> {
     let users = user_ids(change);
     // At equal time two leaves are ordered by (Type, Reason), as in membership::fold.
@@ -251,13 +291,17 @@ async fn leave(
     changes.add(applied, false);
     let late = missing(&users, &changes);
     changes.recompute(conn, late).await?;
-    changes.notify(conn).await
+    if notify == Notify::Yes {
+        changes.notify(conn).await?;
+    }
+    Ok(())
 }
 
 async fn destroy(
     conn: &mut PgConnection,
     room: Room<'_>,
     at: DateTime<Utc>,
+    notify: Notify,
 ) -> Result<(), sqlx::Error> {
     // Members whose newest event is an enter before this destroy, and who are in the room or
     // were ended by a later destroy: this one ends them (SPEC §5, rule 3).
@@ -286,10 +330,9 @@ async fn destroy(
     )
     .fetch_all(&mut *conn)
     .await?;
+    // Seats end with the room; changes older than this destroy stay out (see apply_effects).
     sqlx::query!(
-        r#"UPDATE room_seats
-           SET member_account = NULL, is_taken_disabled = false, is_video_disabled = false,
-               is_audio_disabled = false, last_event_at = $3
+        r#"DELETE FROM room_seats
            WHERE sdk_app_id = $1 AND room_id = $2 AND last_event_at <= $3"#,
         room.app,
         room.id,
@@ -300,7 +343,10 @@ async fn destroy(
     let mut changes = Changes::new(room, at);
     changes.add(ended, false);
     changes.recompute(conn, later).await?;
-    changes.notify(conn).await
+    if notify == Notify::Yes {
+        changes.notify(conn).await?;
+    }
+    Ok(())
 }
 
 async fn first_destroy_since(

@@ -6,7 +6,9 @@
 
 mod apply;
 pub mod membership;
+pub mod rebuild;
 mod rejected;
+pub mod retention;
 mod writer;
 
 use std::{sync::Arc, time::Duration};

@@ -47,7 +47,13 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         .callback_token
         .as_ref()
         .map(|t| t.expose().to_owned());
-    let app = Application::build_with_pool(config, pool.clone())
+    // A pool of the application's own (same server and settings): stopping the application
+    // closes it, and the test keeps using its own.
+    let app_pool = pool
+        .options()
+        .clone()
+        .connect_lazy_with(pool.connect_options().as_ref().clone());
+    let app = Application::build_with_pool(config, app_pool)
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());

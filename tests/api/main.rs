@@ -6,4 +6,5 @@ mod durability;
 mod helpers;
 mod lifecycle;
 mod model;
+mod operations;
 mod process;

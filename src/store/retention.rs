@@ -1,0 +1,50 @@
+//! History retention (`EVENT_RETENTION_DAYS`): prunes old `room_events` in small batches, in
+//! the background, so callbacks never wait on it.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// Rows deleted per statement: short transactions, short locks.
+const BATCH: i64 = 1000;
+/// Pause between batches, so pruning yields to callbacks.
+const PAUSE: Duration = Duration::from_millis(50);
+/// How often pruning runs.
+const EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes history received more than `days` days ago; returns the rows deleted.
+pub async fn prune(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query!(
+            r#"DELETE FROM room_events WHERE id IN (
+                   SELECT id FROM room_events
+                   WHERE received_at < now() - make_interval(days => $1)
+                   ORDER BY id LIMIT $2)"#,
+            days,
+            BATCH,
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// Prunes at start and then hourly, until aborted.
+pub fn spawn(pool: PgPool, days: i32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match prune(&pool, days).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, days, "pruned old history"),
+                Err(error) => tracing::warn!(error = %error, "history pruning failed; will retry"),
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    })
+}
