@@ -14,7 +14,7 @@ use crate::{
     ingest::Ingest,
     journal::{Journal, JournalError},
     store::{self, Writer, WriterOptions},
-    telemetry::Metrics,
+    telemetry::{Metrics, RequestSpan},
 };
 
 /// How long a request may wait for its commit before the journal takes it: with the journal
@@ -112,7 +112,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(from_fn(http::record_latency))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<RequestSpan>::new())
                 .app_data(context.clone())
                 .configure(http::routes)
         })

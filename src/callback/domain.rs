@@ -220,7 +220,10 @@ impl Callback {
                 .as_ref()
                 .map_or(&[][..], |r| r.as_str().as_bytes()),
         );
-        part(&self.event_time.millis().to_le_bytes());
+        // Without a sent EventTime the time is the arrival's, which a redelivery does not share.
+        if event_time_was_sent {
+            part(&self.event_time.millis().to_le_bytes());
+        }
         let change = self.member_change();
         part(
             change

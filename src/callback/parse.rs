@@ -654,5 +654,15 @@ mod tests {
         let a = parse(r#"{"CallbackCommand":"X.New","Value":1}"#).unwrap();
         let b = parse(r#"{"CallbackCommand":"X.New","Value":2}"#).unwrap();
         assert_ne!(a.dedup_key, b.dedup_key);
+        // A redelivery arrives later: still the same callback.
+        let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+        let again = parse_body(
+            br#"{"CallbackCommand":"X.New","Value":1}"#,
+            &CallbackQuery::default(),
+            SdkAppId::parse(APP).unwrap(),
+            later,
+        )
+        .unwrap();
+        assert_eq!(a.dedup_key, again.dedup_key);
     }
 }

@@ -37,7 +37,7 @@ pub async fn receive(
         .inc();
     match result {
         Ok(stored) => {
-            tracing::info!(command = command_label, outcome = ?stored, "callback accepted");
+            tracing::debug!(command = command_label, outcome = ?stored, "callback accepted");
             Ok(HttpResponse::Ok()
                 .json(json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})))
         }
