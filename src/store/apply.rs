@@ -6,6 +6,8 @@
 //! member (the common case); otherwise the member is recomputed from the room's history with
 //! the sequential fold of [`super::membership`].
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
@@ -34,28 +36,260 @@ struct Room<'a> {
     id: &'a str,
 }
 
-/// Stores `callback` in history and applies its effects, exactly once.
-pub async fn apply_callback(
+/// Stores a batch of callbacks in history and applies their effects, each exactly once. One
+/// statement locks every room of the batch, in one global order (so concurrent batches, from
+/// any process, cannot deadlock); enters and leaves then take one statement each.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    callbacks: &[&Callback],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let last_destroys = lock_rooms(conn, callbacks).await?;
+    let mut outcomes = Vec::with_capacity(callbacks.len());
+    for callback in callbacks {
+        let at = callback.event_time.to_datetime();
+        let Some(room_id) = &callback.room_id else {
+            let id = insert_event(conn, callback, at).await?;
+            outcomes.push(id.map_or(Outcome::Duplicate, |id| Outcome::Stored { id }));
+            continue;
+        };
+        let room = Room {
+            app: callback.sdk_app_id.get(),
+            id: room_id.as_str(),
+        };
+        let last_destroy_at = last_destroys.get(&(room.app, room.id)).copied().flatten();
+        let outcome = match &callback.event {
+            Event::MemberEnter(change) => {
+                member_event(conn, callback, room, change, Some(last_destroy_at)).await?
+            }
+            Event::MemberLeave(change) => member_event(conn, callback, room, change, None).await?,
+            _ => match insert_event(conn, callback, at).await? {
+                None => Outcome::Duplicate,
+                Some(id) => {
+                    apply_effects(conn, callback, room, last_destroy_at, Notify::Yes).await?;
+                    Outcome::Stored { id }
+                }
+            },
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Locks (creating if needed) the rows of every room in the batch, in (app, room) order, and
+/// makes the idempotent bumps (a duplicate changes nothing); returns each room's newest destroy
+/// known now (in this batch or before), a hint that an enter may be ended again.
+async fn lock_rooms<'a>(
+    conn: &mut PgConnection,
+    callbacks: &[&'a Callback],
+) -> Result<HashMap<(i64, &'a str), Option<DateTime<Utc>>>, sqlx::Error> {
+    // One row per room: the statement may not touch a row twice.
+    let mut rooms: BTreeMap<(i64, &str), [DateTime<Utc>; 3]> = BTreeMap::new();
+    for callback in callbacks {
+        let Some(room_id) = &callback.room_id else {
+            continue;
+        };
+        let at = callback.event_time.to_datetime();
+        // The epoch stands for "none": EventTime is always after it.
+        let revive = if matches!(
+            callback.event,
+            Event::MemberEnter(_) | Event::CreateRoom { .. }
+        ) {
+            at
+        } else {
+            DateTime::UNIX_EPOCH
+        };
+        let destroy = if matches!(callback.event, Event::DestroyRoom) {
+            at
+        } else {
+            DateTime::UNIX_EPOCH
+        };
+        let slot = rooms
+            .entry((callback.sdk_app_id.get(), room_id.as_str()))
+            .or_insert([at, DateTime::UNIX_EPOCH, DateTime::UNIX_EPOCH]);
+        slot[0] = slot[0].max(at);
+        slot[1] = slot[1].max(revive);
+        slot[2] = slot[2].max(destroy);
+    }
+    if rooms.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let apps: Vec<i64> = rooms.keys().map(|(app, _)| *app).collect();
+    let ids: Vec<String> = rooms.keys().map(|(_, id)| (*id).to_owned()).collect();
+    let column = |i: usize| rooms.values().map(|times| times[i]).collect::<Vec<_>>();
+    let (last, revive, destroy) = (column(0), column(1), column(2));
+    let locked = sqlx::query!(
+        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, last_event_at, last_revive_at, last_destroy_at)
+           SELECT a, id, e, NULLIF(v, 'epoch'), NULLIF(d, 'epoch')
+           FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+                AS t(a, id, e, v, d)
+           ORDER BY a, id
+           ON CONFLICT (sdk_app_id, room_id) DO UPDATE SET
+               last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
+               last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
+               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at)
+           RETURNING sdk_app_id, room_id, last_destroy_at"#,
+        &apps,
+        &ids,
+        &last,
+        &revive,
+        &destroy,
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(locked.len());
+    for row in locked {
+        if let Some(key) = rooms
+            .keys()
+            .find(|(app, id)| *app == row.sdk_app_id && *id == row.room_id)
+        {
+            out.insert(*key, row.last_destroy_at);
+        }
+    }
+    Ok(out)
+}
+
+/// An enter (`last_destroy_at` given) or a leave: the history row, `member_count` and the
+/// members' rows in one statement; late members recomputed; then NOTIFY.
+async fn member_event(
     conn: &mut PgConnection,
     callback: &Callback,
+    room: Room<'_>,
+    change: &MemberChange,
+    enter_after: Option<Option<DateTime<Utc>>>,
 ) -> Result<Outcome, sqlx::Error> {
     let at = callback.event_time.to_datetime();
-    let room = callback.room_id.as_ref().map(|id| Room {
-        app: callback.sdk_app_id.get(),
-        id: id.as_str(),
-    });
-    // Lock first (see the module comment); the bumps it makes are idempotent, so a duplicate
-    // changes nothing.
-    let last_destroy_at = match room {
-        Some(room) => lock_room(conn, room, at, &callback.event).await?,
-        None => None,
+    let users = user_ids(change);
+    let as_sent: Vec<String> = change
+        .members
+        .iter()
+        .map(|m| m.as_str().to_owned())
+        .collect();
+    let (id, applied, in_room) = match enter_after {
+        Some(last_destroy_at) => {
+            // The first destroy at or after this enter ends it again (SPEC §5, rule 3).
+            let ended_by = match last_destroy_at {
+                Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
+                _ => None,
+            };
+            let row = sqlx::query!(
+                r#"WITH ev AS (
+                       INSERT INTO room_events
+                           (sdk_app_id, callback_command, room_id, operator_account, event_type,
+                            member_list, member_count, reason, event_at, client_ip, opt_platform,
+                            payload, dedup_key)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10, $11::text::jsonb, $12)
+                       ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
+                       RETURNING id
+                   ), counted AS (
+                       UPDATE rooms SET member_count = $7, member_count_at = $8, member_count_rank = 0
+                       WHERE sdk_app_id = $1 AND room_id = $3 AND $7::int4 IS NOT NULL
+                         AND EXISTS (SELECT 1 FROM ev)
+                         AND (member_count_at IS NULL
+                              OR (member_count_at, member_count_rank, member_count) < ($8, 0::int2, $7))
+                   ), applied AS (
+                       INSERT INTO room_members AS m
+                           (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
+                            last_event_at, last_event_rank)
+                       SELECT $1, $3, u, $14::timestamptz IS NULL, $8, $14,
+                              CASE WHEN $14::timestamptz IS NULL THEN NULL ELSE 'RoomDestroyed' END, $8, 0
+                       FROM UNNEST($13::text[]) AS t(u)
+                       WHERE EXISTS (SELECT 1 FROM ev)
+                       ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+                           in_room = EXCLUDED.in_room,
+                           entered_at = EXCLUDED.entered_at,
+                           left_at = COALESCE(EXCLUDED.left_at, m.left_at),
+                           leave_type = COALESCE(EXCLUDED.leave_type, m.leave_type),
+                           last_event_at = EXCLUDED.last_event_at,
+                           last_event_rank = 0
+                       WHERE (m.last_event_at, m.last_event_rank) <= (EXCLUDED.last_event_at, 0::smallint)
+                       RETURNING user_id
+                   )
+                   SELECT (SELECT id FROM ev) AS id, ARRAY(SELECT user_id FROM applied) AS "applied!""#,
+                room.app,
+                callback.command.as_str(),
+                room.id,
+                callback.operator.as_deref(),
+                change.kind.as_deref(),
+                &as_sent,
+                change.member_count,
+                at,
+                callback.meta.client_ip.as_deref(),
+                callback.meta.opt_platform.as_deref(),
+                callback.payload.as_str(),
+                &callback.dedup_key[..],
+                &users,
+                ended_by,
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (row.id, row.applied, ended_by.is_none())
+        }
+        None => {
+            // At equal time two leaves are ordered by (Type, Reason), as in membership::fold.
+            let row = sqlx::query!(
+                r#"WITH ev AS (
+                       INSERT INTO room_events
+                           (sdk_app_id, callback_command, room_id, operator_account, event_type,
+                            member_list, member_count, reason, event_at, client_ip, opt_platform,
+                            payload, dedup_key)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $14, $8, $9, $10, $11::text::jsonb, $12)
+                       ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
+                       RETURNING id
+                   ), counted AS (
+                       UPDATE rooms SET member_count = $7, member_count_at = $8, member_count_rank = 1
+                       WHERE sdk_app_id = $1 AND room_id = $3 AND $7::int4 IS NOT NULL
+                         AND EXISTS (SELECT 1 FROM ev)
+                         AND (member_count_at IS NULL
+                              OR (member_count_at, member_count_rank, member_count) < ($8, 1::int2, $7))
+                   ), applied AS (
+                       INSERT INTO room_members AS m
+                           (sdk_app_id, room_id, user_id, in_room, left_at, leave_type, leave_reason,
+                            last_event_at, last_event_rank)
+                       SELECT $1, $3, u, false, $8, $5, $14, $8, 1
+                       FROM UNNEST($13::text[]) AS t(u)
+                       WHERE EXISTS (SELECT 1 FROM ev)
+                       ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+                           in_room = false,
+                           left_at = EXCLUDED.left_at,
+                           leave_type = EXCLUDED.leave_type,
+                           leave_reason = EXCLUDED.leave_reason,
+                           last_event_at = EXCLUDED.last_event_at,
+                           last_event_rank = 1
+                       WHERE (m.last_event_at, m.last_event_rank) < (EXCLUDED.last_event_at, 1::smallint)
+                          OR ((m.last_event_at, m.last_event_rank) = (EXCLUDED.last_event_at, 1::smallint)
+                              AND (COALESCE(m.leave_type, '') COLLATE "C", COALESCE(m.leave_reason, '') COLLATE "C")
+                               <= (COALESCE(EXCLUDED.leave_type, '') COLLATE "C", COALESCE(EXCLUDED.leave_reason, '') COLLATE "C"))
+                       RETURNING user_id
+                   )
+                   SELECT (SELECT id FROM ev) AS id, ARRAY(SELECT user_id FROM applied) AS "applied!""#,
+                room.app,
+                callback.command.as_str(),
+                room.id,
+                callback.operator.as_deref(),
+                change.kind.as_deref(),
+                &as_sent,
+                change.member_count,
+                at,
+                callback.meta.client_ip.as_deref(),
+                callback.meta.opt_platform.as_deref(),
+                callback.payload.as_str(),
+                &callback.dedup_key[..],
+                &users,
+                change.reason.as_deref(),
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            (row.id, row.applied, false)
+        }
     };
-    let Some(id) = insert_event(conn, callback, at).await? else {
+    let Some(id) = id else {
         return Ok(Outcome::Duplicate);
     };
-    if let Some(room) = room {
-        apply_effects(conn, callback, room, last_destroy_at, Notify::Yes).await?;
-    }
+    let mut changes = Changes::new(room, at);
+    changes.add(applied, in_room);
+    let late = missing(&users, &changes);
+    changes.recompute(conn, late).await?;
+    changes.notify(conn).await?;
     Ok(Outcome::Stored { id })
 }
 

@@ -18,7 +18,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use apply::{Outcome, apply_callback};
+pub use apply::{Outcome, apply_batch};
 pub use rejected::{RejectedCallback, insert_rejected};
 pub use writer::{Writer, WriterOptions, write_batch};
 

@@ -13,7 +13,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{Outcome, StoreError, apply_callback};
+use super::{Outcome, StoreError, apply_batch};
 use crate::{callback::Callback, telemetry::Metrics};
 
 #[derive(Debug, Clone)]
@@ -128,20 +128,24 @@ pub async fn write_batch(
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut order: Vec<usize> = (0..callbacks.len()).collect();
     order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
+    let sorted: Vec<&Callback> = order.iter().map(|&i| callbacks[i]).collect();
     let mut tx = pool.begin().await?;
-    let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
-    for i in order {
-        outcomes[i] = apply_callback(&mut tx, callbacks[i]).await?;
-    }
+    let applied = apply_batch(&mut tx, &sorted).await?;
     tx.commit().await?;
+    let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
+    for (i, outcome) in order.into_iter().zip(applied) {
+        outcomes[i] = outcome;
+    }
     Ok(outcomes)
 }
 
-fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>) {
-    // Callbacks without a room lock nothing; they go last.
+fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>, &[u8; 32]) {
+    // Callbacks without a room lock no room; they go last, in dedup-key order (the order in
+    // which their history rows' unique keys are taken).
     (
         callback.room_id.is_none(),
         callback.sdk_app_id.get(),
         callback.room_id.as_ref().map(|r| r.as_str()),
+        &callback.dedup_key,
     )
 }
