@@ -193,9 +193,9 @@ impl Ingest {
         // Removed only after the commit: a crash in between re-applies them, and the history's
         // dedup key makes that a no-op.
         let keys = pending.iter().map(|(key, _)| *key).collect::<Vec<_>>();
-        let drained = keys.len() as u64;
+        // Counted once committed, so an empty journal implies the count is complete.
+        self.metrics.journal_drained.inc_by(keys.len() as u64);
         self.journal.remove(keys).await.map_err(|e| e.to_string())?;
-        self.metrics.journal_drained.inc_by(drained);
         self.metrics.journal_depth.set(self.journal.depth() as i64);
         Ok(())
     }
