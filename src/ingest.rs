@@ -86,19 +86,16 @@ impl Ingest {
         self.journal.depth()
     }
 
-    /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal.
+    /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal. `query`
+    /// and `body` are the request as received (what the journal keeps).
     pub async fn accept(
         &self,
         callback: Callback,
         query: &str,
+        body: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Accepted, IngestError> {
-        let record = Record {
-            sdk_app_id: callback.sdk_app_id.get(),
-            received_at,
-            query: query.to_owned(),
-            body: callback.payload.clone(),
-        };
+        let sdk_app_id = callback.sdk_app_id.get();
         if self.database_up.load(Ordering::Relaxed) {
             match self.writer.submit(callback).await {
                 Ok(Outcome::Stored { id }) => return Ok(Accepted::Stored { id }),
@@ -113,6 +110,13 @@ impl Ingest {
                 }
             }
         }
+        // Built only here, off the common path. The body parsed, so it is UTF-8.
+        let record = Record {
+            sdk_app_id,
+            received_at,
+            query: query.to_owned(),
+            body: String::from_utf8_lossy(body).into_owned(),
+        };
         self.journal
             .append(vec![record])
             .await

@@ -90,7 +90,7 @@ async fn process(
     };
     *command_label = callback.command.metric_label();
     ctx.ingest
-        .accept(callback, req.query_string(), received_at)
+        .accept(callback, req.query_string(), &body, received_at)
         .await
         .map_err(CallbackError::NotDurable)
 }

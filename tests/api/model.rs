@@ -198,6 +198,16 @@ struct RoomWithId {
     room: Room,
 }
 
+/// A random seed, or the one in ROOMSYNC_MODEL_SEED to replay a failure; printed either way.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("ROOMSYNC_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{test} seed: {seed} (replay with ROOMSYNC_MODEL_SEED={seed})");
+    seed
+}
+
 /// The sequential result, written straight from SPEC §5.
 fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<String, Room>) {
     let mut events = distinct.to_vec();
@@ -265,11 +275,7 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
 
 #[sqlx::test]
 async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
-    let seed: u64 = std::env::var("ROOMSYNC_MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("model seed: {seed} (replay with ROOMSYNC_MODEL_SEED={seed})");
+    let seed = seed("model");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
@@ -381,11 +387,7 @@ async fn view_snapshot(pool: &PgPool) -> [String; 3] {
 
 #[sqlx::test]
 async fn rebuild_from_history_reproduces_the_live_view(pool: PgPool) {
-    let seed: u64 = std::env::var("ROOMSYNC_MODEL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("rebuild seed: {seed} (replay with ROOMSYNC_MODEL_SEED={seed})");
+    let seed = seed("rebuild");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut deliveries: Vec<Value> = generate(&mut rng).iter().map(Ev::to_json).collect();
     // Seats and room updates too, which the sequential model above does not cover.
