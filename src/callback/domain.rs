@@ -25,13 +25,13 @@ pub struct Id(String);
 impl Id {
     pub const MAX_BYTES: usize = 256;
 
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
         if raw.is_empty() {
-            Err("must not be empty")
+            Err(IdError::Empty)
         } else if raw.len() > Self::MAX_BYTES {
-            Err("is longer than 256 bytes")
+            Err(IdError::TooLong)
         } else if raw.contains('\0') {
-            Err("contains a NUL character")
+            Err(IdError::Nul)
         } else {
             Ok(Self(raw.to_owned()))
         }
@@ -39,6 +39,17 @@ impl Id {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Why a text is not an [`Id`]; the message completes "<field> ...".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is longer than {} bytes", Id::MAX_BYTES)]
+    TooLong,
+    #[error("contains a NUL character")]
+    Nul,
 }
 
 /// `EventTime`: milliseconds since the Unix epoch, positive, a valid timestamp.

@@ -8,7 +8,7 @@ mod query;
 mod signature;
 
 pub use domain::{
-    Callback, Command, Event, EventTime, Id, MemberChange, Meta, RoomInfo, SdkAppId, Seat,
+    Callback, Command, Event, EventTime, Id, IdError, MemberChange, Meta, RoomInfo, SdkAppId, Seat,
 };
 pub use parse::{Rejection, RejectionKind, parse_body};
 pub use query::CallbackQuery;

@@ -29,10 +29,12 @@ pub enum RejectionKind {
 }
 
 impl Rejection {
-    fn new(kind: RejectionKind, info: impl Into<String>) -> Self {
+    /// `info` goes to logs and to `rejected_callbacks`; it quotes what the sender chose (JSON
+    /// keys), so it is made printable here, once.
+    fn new(kind: RejectionKind, info: impl AsRef<str>) -> Self {
         Self {
             kind,
-            info: info.into(),
+            info: printable(info.as_ref(), MAX_INFO_CHARS),
         }
     }
     fn missing(path: &str) -> Self {
@@ -49,6 +51,35 @@ impl Rejection {
     }
 }
 
+/// Longest `ErrorInfo`; a JSON key quoted in a path is cut sooner (see [`key_in_path`]).
+const MAX_INFO_CHARS: usize = 512;
+const MAX_KEY_CHARS: usize = 64;
+
+/// Escapes control and bidirectional-override characters (a key with `\n` must not forge a
+/// log line) and cuts the text at `max` characters.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        let risky = c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if risky {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A JSON key as it appears in a field path of a message.
+fn key_in_path(key: &str) -> String {
+    printable(key, MAX_KEY_CHARS)
+}
+
 /// Parses a body that passed the app-id and signature checks.
 /// `received_at` stands in for a missing `EventTime` of an unknown command.
 pub fn parse_body(
@@ -61,6 +92,10 @@ pub fn parse_body(
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Rejection::new(RejectionKind::NotJson, format!("body is not JSON: {e}")))?;
+    if let Some(name) = query.not_utf8.first() {
+        let info = format!("{name} in the query is not UTF-8 text");
+        return Err(Rejection::new(RejectionKind::WrongType, info));
+    }
     for (name, text) in [
         ("CallbackCommand", query.command.as_deref()),
         ("ClientIP", query.client_ip.as_deref()),
@@ -74,8 +109,9 @@ pub fn parse_body(
     let Value::Object(map) = &value else {
         return Err(Rejection::wrong_type("body", "a JSON object"));
     };
-    // PostgreSQL text and jsonb cannot hold NUL: refuse it anywhere, not only in ids.
-    reject_nul(&value, "body")?;
+    // Refuse anywhere what PostgreSQL's text and jsonb cannot hold, not only in known fields:
+    // such a callback could never be stored, however often it came.
+    check_storable(&value, "body")?;
     let body = Object {
         map,
         path: String::new(),
@@ -159,7 +195,7 @@ pub fn parse_body(
     Ok(callback)
 }
 
-fn reject_nul(value: &Value, path: &str) -> Result<(), Rejection> {
+fn check_storable(value: &Value, path: &str) -> Result<(), Rejection> {
     let nul = |p: &str| {
         Rejection::new(
             RejectionKind::NulCharacter,
@@ -168,23 +204,69 @@ fn reject_nul(value: &Value, path: &str) -> Result<(), Rejection> {
     };
     match value {
         Value::String(s) if s.contains('\0') => Err(nul(path)),
+        Value::Number(n) if !numeric::fits(&n.to_string()) => Err(Rejection::bounds(
+            path,
+            "is a number beyond what PostgreSQL's numeric type can store",
+        )),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, item)| reject_nul(item, &format!("{path}[{i}]"))),
+            .try_for_each(|(i, item)| check_storable(item, &format!("{path}[{i}]"))),
         Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+            let key_text = key_in_path(key);
             let child = if path == "body" {
-                key.clone()
+                key_text
             } else {
-                format!("{path}.{key}")
+                format!("{path}.{key_text}")
             };
             if key.contains('\0') {
                 Err(nul(&child))
             } else {
-                reject_nul(item, &child)
+                check_storable(item, &child)
             }
         }),
         _ => Ok(()),
+    }
+}
+
+/// PostgreSQL's `numeric`, which `jsonb` stores every number as, has bounds that JSON lacks.
+pub mod numeric {
+    /// Most digits after the decimal point (`NUMERIC_DSCALE_MAX`).
+    const MAX_SCALE: i64 = 16_383;
+    /// Most digits before it: a base-10000 weight of at most 32767.
+    const MAX_INTEGER_DIGITS: i64 = 131_072;
+    /// PostgreSQL refuses exponents of this magnitude before anything else.
+    const MAX_EXPONENT: i64 = i32::MAX as i64 / 2;
+
+    /// Whether PostgreSQL accepts this JSON number text (`-?int(.frac)?([eE][+-]?exp)?`).
+    pub fn fits(text: &str) -> bool {
+        let text = text.strip_prefix('-').unwrap_or(text);
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(at) => (&text[..at], &text[at + 1..]),
+            None => (text, "0"),
+        };
+        let exponent = exponent.strip_prefix('+').unwrap_or(exponent);
+        // Longer than i64 means far past MAX_EXPONENT either way.
+        let Ok(exponent) = exponent.parse::<i64>() else {
+            return false;
+        };
+        if exponent.abs() >= MAX_EXPONENT {
+            return false;
+        }
+        let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let scale = (fraction.len() as i64 - exponent).max(0);
+        if scale > MAX_SCALE {
+            return false;
+        }
+        // Position of the leading non-zero digit, as a power of ten.
+        let leading = match integer.trim_start_matches('0') {
+            "" => match fraction.find(|c| c != '0') {
+                Some(at) => -(at as i64) - 1,
+                None => return true, // zero: only the scale matters
+            },
+            digits => digits.len() as i64 - 1,
+        };
+        leading + exponent < MAX_INTEGER_DIGITS
     }
 }
 
@@ -233,7 +315,7 @@ impl<'a> Object<'a> {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => {
                 if items.len() > MAX_LIST_ENTRIES {
-                    return Err(Rejection::bounds(&path, "has more than 10000 entries"));
+                    return Err(too_many(&path));
                 }
                 items
                     .iter()
@@ -354,7 +436,7 @@ impl<'a> Object<'a> {
             Some(_) => return Err(Rejection::wrong_type("SeatList", "an array of objects")),
         };
         if items.len() > MAX_LIST_ENTRIES {
-            return Err(Rejection::bounds("SeatList", "has more than 10000 entries"));
+            return Err(too_many("SeatList"));
         }
         let mut seats: Vec<Seat> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -387,6 +469,10 @@ impl<'a> Object<'a> {
     }
 }
 
+fn too_many(path: &str) -> Rejection {
+    Rejection::bounds(path, &format!("has more than {MAX_LIST_ENTRIES} entries"))
+}
+
 /// An id sent as a string, or as a bare integer (kept digit for digit).
 fn id_from(value: &Value, path: &str) -> Result<Id, Rejection> {
     let text = match value {
@@ -403,7 +489,7 @@ fn id_from(value: &Value, path: &str) -> Result<Id, Rejection> {
         }
         _ => return Err(Rejection::wrong_type(path, "a string")),
     };
-    Id::parse(&text).map_err(|problem| Rejection::bounds(path, problem))
+    Id::parse(&text).map_err(|problem| Rejection::bounds(path, &problem.to_string()))
 }
 
 #[cfg(test)]
@@ -634,6 +720,64 @@ mod tests {
         assert_eq!(bad_utf8.unwrap_err().kind, RejectionKind::NotJson);
         let nul_ip = parse_with(ENTER, "ClientIP=%00").unwrap_err();
         assert_eq!(nul_ip.kind, RejectionKind::NulCharacter);
+    }
+
+    #[test]
+    fn numbers_postgresql_cannot_store_are_refused_by_path() {
+        for (extra, path) in [
+            (r#""X":1e999999"#, "X"),
+            (r#""X":-1e-999999"#, "X"),
+            (r#""X":1e131072"#, "X"),
+            (r#""Note":{"deep":[1,2,1E+131072]}"#, "Note.deep[2]"),
+            (r#""X":0.0e-16384"#, "X"),
+        ] {
+            let body = ENTER.replace(r#""EventTime":5"#, &format!(r#""EventTime":5,{extra}"#));
+            let r = rejected(&body);
+            assert_eq!(r.kind, RejectionKind::OutOfBounds, "{extra}");
+            assert!(r.info.starts_with(path), "{:?} should name {path}", r.info);
+        }
+        let info = r#"{"CallbackCommand":"Room.CallbackAfterUpdateRoomInfo","EventTime":5,"RoomInfo":{"RoomId":"r","Extra":1e-16384}}"#;
+        assert!(rejected(info).info.starts_with("RoomInfo.Extra"));
+        // The largest of each kind still fits.
+        let fits = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"A":9e131071,"B":1e-16383,"C":0e-16383"#);
+        assert!(parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn numeric_bounds_match_postgresql() {
+        use super::numeric::fits;
+        for ok in ["0", "-0", "1.5", "1e131071", "9.99e131071", "12e131070", "1e-16383",
+                   "0.5e-16382", "0e-16383", "0.000e-16380", "100000e-16383", "0e999999999"] {
+            assert!(fits(ok), "{ok}");
+        }
+        for bad in ["1e131072", "10e131071", "1e-16384", "0.5e-16383", "0e-16384",
+                    "1e1073741823", "0e1073741823", "1e99999999999999999999", "1.0000e-16380"] {
+            assert!(!fits(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_escape_what_the_sender_chose() {
+        let body = ENTER.replace(
+            r#""EventTime":5"#,
+            r#""EventTime":5,"k\nWARN forged line\u001b[31m":"\u0000""#,
+        );
+        let r = rejected(&body);
+        assert_eq!(r.kind, RejectionKind::NulCharacter);
+        assert!(!r.info.chars().any(char::is_control), "{:?}", r.info);
+        assert!(r.info.contains(r"k\nWARN forged line\u{1b}[31m"), "{:?}", r.info);
+        let long_key = format!(r#""EventTime":5,"{}":"\u0000""#, "k".repeat(5000));
+        let r = rejected(&ENTER.replace(r#""EventTime":5"#, &long_key));
+        assert!(r.info.len() < 200, "a long key is cut: {} bytes", r.info.len());
+    }
+
+    #[test]
+    fn a_query_value_that_is_not_utf8_is_refused() {
+        let r = parse_with(ENTER, "ClientIP=%C3%28").unwrap_err();
+        assert_eq!(r.kind, RejectionKind::WrongType);
+        assert!(r.info.contains("ClientIP"));
+        let ok = parse_with(ENTER, "ClientIP=%E4%B8%AD").unwrap();
+        assert_eq!(ok.meta.client_ip.as_deref(), Some("中"));
     }
 
     #[test]
