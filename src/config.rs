@@ -60,6 +60,19 @@ pub struct Config {
     pub journal_max_bytes: u64,
     /// Prune history received longer ago than this; `None` keeps it forever.
     pub event_retention_days: Option<i32>,
+    /// Open HTTP connections at most, for the whole process.
+    pub http_max_connections: usize,
+    /// Bounds of `rejected_callbacks`: bytes of a body kept, rows kept per second (a burst of
+    /// ten seconds' worth), and days kept.
+    pub rejected: RejectedLimits,
+}
+
+/// How much of what was refused is kept for an operator (see [`Config::rejected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedLimits {
+    pub body_max_bytes: usize,
+    pub max_per_sec: u32,
+    pub retention_days: i32,
 }
 
 impl Config {
@@ -87,6 +100,13 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Empty means "no token"; only whitespace is a mistake that would turn checks off.
+        if lookup("CALLBACK_TOKEN").is_some_and(|t| !t.is_empty() && t.trim().is_empty()) {
+            return Err(invalid(
+                "CALLBACK_TOKEN",
+                "is only whitespace: set the console's token, or leave it empty to turn signature checks off",
+            ));
+        }
         let callback_token = get("CALLBACK_TOKEN").map(Secret::new);
         let skew_secs: u64 = parse_or(&get, "SIGNATURE_MAX_SKEW_SECS", 60)?;
         let workers_default = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -97,7 +117,7 @@ impl Config {
             signature_max_skew: Duration::from_secs(skew_secs),
             listen_addr: parse_or(&get, "LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
-            max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 262_144)?,
+            max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             log_format: match get("LOG_FORMAT").as_deref().map(str::to_ascii_lowercase) {
                 None => LogFormat::Pretty,
                 Some(v) if v == "pretty" => LogFormat::Pretty,
@@ -130,6 +150,12 @@ impl Config {
                         })?,
                 ),
             },
+            http_max_connections: parse_or(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
+            rejected: RejectedLimits {
+                body_max_bytes: parse_or(&get, "REJECTED_BODY_MAX_BYTES", 65_536)?,
+                max_per_sec: parse_or(&get, "REJECTED_MAX_PER_SEC", 10)?,
+                retention_days: parse_or(&get, "REJECTED_RETENTION_DAYS", 30)?,
+            },
         };
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));
@@ -142,6 +168,12 @@ impl Config {
             ("HTTP_WORKERS", config.http_workers),
             ("BATCH_MAX_EVENTS", config.batch_max_events),
             ("JOURNAL_MAX_BYTES", config.journal_max_bytes as usize),
+            ("HTTP_MAX_CONNECTIONS", config.http_max_connections),
+            ("REJECTED_MAX_PER_SEC", config.rejected.max_per_sec as usize),
+            (
+                "REJECTED_RETENTION_DAYS",
+                config.rejected.retention_days.max(0) as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(var, "must be positive"));
@@ -154,6 +186,10 @@ impl Config {
         self.sdk_app_ids.contains(&id)
     }
 }
+
+/// Room for 10,000 member ids of about 100 bytes in one callback: each id costs its JSON text
+/// (quotes, escapes) plus a comma, so N ids of L plain bytes need about N * (L + 3) bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -219,7 +255,15 @@ mod tests {
         assert_eq!(c.signature_max_skew, Duration::from_secs(60));
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
         assert!(c.run_migrations);
-        assert_eq!(c.max_body_bytes, 262_144);
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(
+            c.rejected,
+            RejectedLimits {
+                body_max_bytes: 65_536,
+                max_per_sec: 10,
+                retention_days: 30
+            }
+        );
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.journal_path, PathBuf::from("journal/roomsync.redb"));
         assert_eq!(c.journal_max_bytes, 256 * 1024 * 1024);
@@ -266,11 +310,37 @@ mod tests {
                 "SIGNATURE_MAX_SKEW_SECS",
             ),
             (&[("DATABASE_URL", "mysql://x"), BASE[1]], "DATABASE_URL"),
+            (&[BASE[0], BASE[1], ("CALLBACK_TOKEN", " \t ")], "CALLBACK_TOKEN"),
+            (
+                &[BASE[0], BASE[1], ("HTTP_MAX_CONNECTIONS", "0")],
+                "HTTP_MAX_CONNECTIONS",
+            ),
+            (
+                &[BASE[0], BASE[1], ("REJECTED_RETENTION_DAYS", "0")],
+                "REJECTED_RETENTION_DAYS",
+            ),
+            (
+                &[BASE[0], BASE[1], ("REJECTED_MAX_PER_SEC", "-3")],
+                "REJECTED_MAX_PER_SEC",
+            ),
         ];
         for (vars, name) in cases {
             let err = config(vars).unwrap_err().to_string();
             assert!(err.contains(name), "{err:?} should name {name}");
         }
+    }
+
+    #[test]
+    fn an_empty_token_means_no_signature_checks() {
+        let c = config(&[BASE[0], BASE[1], ("CALLBACK_TOKEN", "")]).unwrap();
+        assert!(c.callback_token.is_none());
+    }
+
+    #[test]
+    fn the_default_body_bound_holds_the_list_bound_at_about_100_byte_ids() {
+        let id = format!("\"{}\",", "u".repeat(100));
+        let list = id.repeat(crate::callback::MAX_LIST_ENTRIES);
+        assert!(list.len() + 300 < DEFAULT_MAX_BODY_BYTES);
     }
 
     #[test]

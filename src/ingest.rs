@@ -14,9 +14,9 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::{
-    callback::{Callback, CallbackQuery, SdkAppId, parse_body},
+    callback::{Callback, CallbackQuery, parse_stored},
     journal::{Journal, JournalError, Record},
-    store::{self, Outcome, RejectedCallback, StoreError, Writer},
+    store::{self, Budget, Outcome, RejectedCallback, RejectedStore, StoreError, Writer},
     telemetry::Metrics,
 };
 
@@ -43,6 +43,21 @@ pub enum IngestError {
     Journal(JournalError),
 }
 
+/// Why the drain task paused; it tries again after [`DRAIN_RETRY`].
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("the database is unreachable")]
+    Unreachable(#[source] StoreError),
+    #[error("could not apply the migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("the database did not take the batch")]
+    Store(#[source] StoreError),
+    #[error("could not keep a refused record in rejected_callbacks")]
+    KeepRejected(#[source] StoreError),
+    #[error("the journal failed")]
+    Journal(#[source] JournalError),
+}
+
 /// Shared by request handlers and the drain task.
 #[derive(Clone)]
 pub struct Ingest {
@@ -51,6 +66,7 @@ pub struct Ingest {
     pool: PgPool,
     /// False after a write found PostgreSQL unreachable, until the drain task reaches it
     /// again: meanwhile callbacks go straight to the journal instead of waiting for timeouts.
+    /// A slow or busy database does not clear it (overload is not an outage).
     database_up: Arc<AtomicBool>,
     /// False until the migrations are known to be applied (the database may be down at start).
     schema_ready: Arc<AtomicBool>,
@@ -58,6 +74,7 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Wakes the drain task when something was journaled.
     wake_drain: Arc<tokio::sync::Notify>,
+    rejected: Arc<RejectedStore>,
 }
 
 impl Ingest {
@@ -67,6 +84,7 @@ impl Ingest {
         pool: PgPool,
         schema_ready: bool,
         run_migrations: bool,
+        rejected: RejectedStore,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.journal_depth.set(journal.depth() as i64);
@@ -79,7 +97,15 @@ impl Ingest {
             run_migrations,
             metrics,
             wake_drain: Arc::new(tokio::sync::Notify::new()),
+            rejected: Arc::new(rejected),
         }
+    }
+
+    /// Keeps a callback refused with a 4xx answer, within the budget of `rejected_callbacks`.
+    pub async fn keep_rejected(&self, rejected: &RejectedCallback<'_>) -> Result<bool, StoreError> {
+        self.rejected
+            .keep(rejected, Budget::Counted, &self.metrics)
+            .await
     }
 
     pub fn journal_depth(&self) -> u64 {
@@ -87,7 +113,8 @@ impl Ingest {
     }
 
     /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal. `query`
-    /// and `body` are the request as received (what the journal keeps).
+    /// and `body` are the request as received (what the journal keeps). A callback that
+    /// PostgreSQL refuses for good is kept in `rejected_callbacks` and answered with an error.
     pub async fn accept(
         &self,
         callback: Callback,
@@ -97,16 +124,34 @@ impl Ingest {
     ) -> Result<Accepted, IngestError> {
         let sdk_app_id = callback.sdk_app_id.get();
         if self.database_up.load(Ordering::Relaxed) {
+            let command = callback.command.clone();
             match self.writer.submit(callback).await {
                 Ok(Outcome::Stored { id }) => return Ok(Accepted::Stored { id }),
                 Ok(Outcome::Duplicate) => return Ok(Accepted::Duplicate),
-                // The database answered and refused this write: not an outage.
-                Err(error @ StoreError::Database(_)) => return Err(IngestError::Store(error)),
-                Err(error) => {
+                Err(error) if error.is_refusal() => {
+                    let refused = Refused {
+                        sdk_app_id,
+                        command: Some(command.as_str()),
+                        query,
+                        body,
+                        error: &error,
+                    };
+                    if let Err(e) = self.keep_refused(&refused).await {
+                        tracing::error!(error = %e, "could not keep a refused callback");
+                    }
+                    return Err(IngestError::Store(error));
+                }
+                Err(error) if error.is_outage() => {
                     tracing::warn!(error = ?error, "database unavailable; using the local journal");
                     self.database_up.store(false, Ordering::Relaxed);
                     // The drain task probes until the database is back.
                     self.wake_drain.notify_one();
+                }
+                Err(error) => {
+                    // Slow or busy, but there: this one goes to the journal (it may also
+                    // commit late; the history's dedup key makes the drain a no-op then).
+                    tracing::debug!(error = ?error, "database slow; journaling this callback");
+                    self.metrics.store_slow.inc();
                 }
             }
         }
@@ -137,28 +182,30 @@ impl Ingest {
                     ingest.wake_drain.notified().await;
                 }
                 if let Err(error) = ingest.drain_once().await {
-                    tracing::warn!(error = %error, depth = ingest.journal.depth(), "journal drain paused");
+                    tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");
                     tokio::time::sleep(DRAIN_RETRY).await;
                 }
             }
         })
     }
 
-    async fn drain_once(&self) -> Result<(), String> {
+    async fn drain_once(&self) -> Result<(), DrainError> {
         let up = self.database_up.load(Ordering::Relaxed);
         if up && self.journal.depth() == 0 {
             return Ok(());
         }
         if let Err(error) = store::ping(&self.pool).await {
-            self.database_up.store(false, Ordering::Relaxed);
-            return Err(format!("database unreachable: {error}"));
+            if error.is_outage() {
+                self.database_up.store(false, Ordering::Relaxed);
+            }
+            return Err(DrainError::Unreachable(error));
         }
         if !self.schema_ready.load(Ordering::Relaxed) {
             if self.run_migrations {
                 store::MIGRATOR
                     .run(&self.pool)
                     .await
-                    .map_err(|e| format!("migrations: {e}"))?;
+                    .map_err(DrainError::Migrate)?;
                 tracing::info!("migrations applied");
             }
             self.schema_ready.store(true, Ordering::Relaxed);
@@ -174,64 +221,142 @@ impl Ingest {
         Ok(())
     }
 
-    async fn drain_batch(&self) -> Result<(), String> {
+    /// Moves up to [`DRAIN_BATCH`] records into PostgreSQL in one transaction. When the
+    /// database refuses the batch, each record is tried on its own, and one it refuses for good
+    /// goes to `rejected_callbacks`: it must not hold back the others.
+    async fn drain_batch(&self) -> Result<(), DrainError> {
         let pending = self
             .journal
             .peek(DRAIN_BATCH)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut callbacks = Vec::with_capacity(pending.len());
-        for (_, record) in &pending {
-            match reparse(record) {
-                Ok(callback) => callbacks.push(callback),
-                // It passed the same checks when it arrived; keep it for an operator anyway.
-                Err(info) => self.keep_unparsable(record, &info).await?,
+            .map_err(DrainError::Journal)?;
+        let mut parsed = Vec::with_capacity(pending.len());
+        let mut done = Vec::with_capacity(pending.len());
+        for (key, record) in &pending {
+            let query = CallbackQuery::parse(&record.query);
+            match parse_stored(
+                record.sdk_app_id,
+                &query,
+                record.body.as_bytes(),
+                record.received_at,
+            ) {
+                Ok(callback) => parsed.push((*key, record, callback)),
+                // It passed the same checks when it arrived (or an older version's checks).
+                Err(rejection) => {
+                    tracing::error!(
+                        info = rejection.info,
+                        "journal record no longer parses; keeping it in rejected_callbacks"
+                    );
+                    let rejected = RejectedCallback {
+                        sdk_app_id: Some(record.sdk_app_id),
+                        callback_command: query.command.as_deref(),
+                        error_code: UNPARSABLE_CODE,
+                        error_info: &rejection.info,
+                        query: &record.query,
+                        body: record.body.as_bytes(),
+                    };
+                    self.keep_exempt(&rejected)
+                        .await
+                        .map_err(DrainError::KeepRejected)?;
+                    done.push(*key);
+                }
             }
         }
-        let refs: Vec<&Callback> = callbacks.iter().collect();
-        if !refs.is_empty() {
-            store::write_batch(&self.pool, &refs)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-        }
+        let all: Vec<&Callback> = parsed.iter().map(|(_, _, c)| c).collect();
+        let result = match store::write_batch(&self.pool, &all).await {
+            Ok(_) => {
+                done.extend(parsed.iter().map(|(key, _, _)| *key));
+                Ok(())
+            }
+            Err(error) if error.is_outage() => Err(DrainError::Store(error)),
+            Err(_) => self.drain_one_by_one(&parsed, &mut done).await,
+        };
         // Removed only after the commit: a crash in between re-applies them, and the history's
         // dedup key makes that a no-op.
-        let keys = pending.iter().map(|(key, _)| *key).collect::<Vec<_>>();
-        // Counted once committed, so an empty journal implies the count is complete.
-        self.metrics.journal_drained.inc_by(keys.len() as u64);
-        self.journal.remove(keys).await.map_err(|e| e.to_string())?;
-        self.metrics.journal_depth.set(self.journal.depth() as i64);
+        if !done.is_empty() {
+            // Counted once committed, so an empty journal implies the count is complete.
+            self.metrics.journal_drained.inc_by(done.len() as u64);
+            self.journal.remove(done).await.map_err(DrainError::Journal)?;
+            self.metrics.journal_depth.set(self.journal.depth() as i64);
+        }
+        result
+    }
+
+    async fn drain_one_by_one(
+        &self,
+        parsed: &[(u64, &Record, Callback)],
+        done: &mut Vec<u64>,
+    ) -> Result<(), DrainError> {
+        for (key, record, callback) in parsed {
+            match store::write_batch(&self.pool, &[callback]).await {
+                Ok(_) => done.push(*key),
+                Err(error) if error.is_refusal() => {
+                    tracing::error!(error = ?error, "the database refused a journal record; keeping it in rejected_callbacks");
+                    let refused = Refused {
+                        sdk_app_id: record.sdk_app_id,
+                        command: Some(callback.command.as_str()),
+                        query: &record.query,
+                        body: record.body.as_bytes(),
+                        error: &error,
+                    };
+                    self.keep_refused(&refused)
+                        .await
+                        .map_err(DrainError::KeepRejected)?;
+                    done.push(*key);
+                }
+                // Transient: stop here and try again later.
+                Err(error) => return Err(DrainError::Store(error)),
+            }
+        }
         Ok(())
     }
 
-    async fn keep_unparsable(&self, record: &Record, info: &str) -> Result<(), String> {
-        tracing::error!(
-            info,
-            "journal record no longer parses; keeping it in rejected_callbacks"
-        );
+    async fn keep_refused(&self, refused: &Refused<'_>) -> Result<(), StoreError> {
+        let info = refusal_info(refused.error);
         let rejected = RejectedCallback {
-            sdk_app_id: Some(record.sdk_app_id),
-            callback_command: None,
-            error_code: 50307,
-            error_info: info,
-            query: &record.query,
-            body: record.body.as_bytes(),
+            sdk_app_id: Some(refused.sdk_app_id),
+            callback_command: refused.command,
+            error_code: REFUSED_CODE,
+            error_info: &info,
+            query: refused.query,
+            body: refused.body,
         };
-        let mut conn = self.pool.acquire().await.map_err(|e| e.to_string())?;
-        store::insert_rejected(&mut conn, &rejected)
+        self.keep_exempt(&rejected).await
+    }
+
+    /// Keeps a record whatever the budget: it was answered 200, or PostgreSQL refused it.
+    async fn keep_exempt(&self, rejected: &RejectedCallback<'_>) -> Result<(), StoreError> {
+        self.rejected
+            .keep(rejected, Budget::Exempt, &self.metrics)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+            .map(|_| ())
     }
 }
 
-fn reparse(record: &Record) -> Result<Callback, String> {
-    let app = SdkAppId::parse(&record.sdk_app_id.to_string()).ok_or("bad SdkAppid")?;
-    parse_body(
-        record.body.as_bytes(),
-        &CallbackQuery::parse(&record.query),
-        app,
-        record.received_at,
-    )
-    .map_err(|rejection| rejection.info)
+/// `rejected_callbacks.error_code` of a record PostgreSQL refused for good (the HTTP answer's
+/// code for it) and of a journal record that no longer parses.
+const REFUSED_CODE: i32 = 50304;
+const UNPARSABLE_CODE: i32 = 50307;
+
+/// A callback PostgreSQL will not take, with what it said.
+struct Refused<'a> {
+    sdk_app_id: i64,
+    command: Option<&'a str>,
+    query: &'a str,
+    body: &'a [u8],
+    error: &'a StoreError,
+}
+
+/// What PostgreSQL said (SQLSTATE and message: no secrets, no data beyond the record's own).
+fn refusal_info(error: &StoreError) -> String {
+    let detail = match error {
+        StoreError::Refused(e) => match e.as_ref() {
+            sqlx::Error::Database(db) => {
+                format!("{} ({})", db.message(), db.code().unwrap_or_default())
+            }
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    format!("the database refused the callback: {detail}")
 }

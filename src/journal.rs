@@ -9,13 +9,14 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
 
@@ -95,8 +96,20 @@ struct Inner {
     /// Bytes and records pending; the bound applies to bytes.
     bytes: AtomicU64,
     depth: AtomicU64,
-    /// Serializes appends so the bound check and the write agree.
-    append_lock: std::sync::Mutex<()>,
+    /// Appends waiting for the next commit (group commit: one fsync for all of them).
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Append>,
+    /// A blocking task is committing; it takes whatever is waiting before it stops.
+    committing: bool,
+}
+
+struct Append {
+    encoded: Vec<Vec<u8>>,
+    done: oneshot::Sender<Result<(), JournalError>>,
 }
 
 impl Journal {
@@ -133,7 +146,7 @@ impl Journal {
                 max_bytes,
                 bytes: AtomicU64::new(bytes),
                 depth: AtomicU64::new(depth),
-                append_lock: std::sync::Mutex::new(()),
+                queue: Mutex::default(),
             }),
         })
     }
@@ -156,17 +169,25 @@ impl Journal {
         self.inner.depth.load(Ordering::Relaxed)
     }
 
-    /// Bytes pending.
-    pub fn bytes(&self) -> u64 {
-        self.inner.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Appends records in one durable commit; returns once they are on disk.
+    /// Appends records; returns once they are on disk. Appends that arrive while a commit is
+    /// under way share the next one, so N concurrent callers cost one fsync, not N. Past the
+    /// bound an append is refused whole, and the others in its commit still go in.
     pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.append(&records))
-            .await
-            .map_err(storage)?
+        let (done, committed) = oneshot::channel();
+        let append = Append {
+            encoded: records.iter().map(Record::encode).collect(),
+            done,
+        };
+        let start_committer = {
+            let mut queue = self.inner.queue.lock().expect("journal queue");
+            queue.waiting.push(append);
+            !std::mem::replace(&mut queue.committing, true)
+        };
+        if start_committer {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.commit_waiting());
+        }
+        committed.await.map_err(storage)?
     }
 
     /// Up to `limit` records, oldest first.
@@ -190,7 +211,6 @@ impl Journal {
     pub async fn remove(&self, keys: Vec<u64>) -> Result<(), JournalError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let _guard = inner.append_lock.lock().expect("journal lock");
             let tx = inner.db.begin_write().map_err(storage)?;
             let (mut bytes, mut depth) = (0, 0);
             {
@@ -213,31 +233,83 @@ impl Journal {
 }
 
 impl Inner {
-    fn append(&self, records: &[Record]) -> Result<(), JournalError> {
-        let encoded: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
-        let size: u64 = encoded.iter().map(|r| r.len() as u64).sum();
-        let _guard = self.append_lock.lock().expect("journal lock");
-        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
-            return Err(JournalError::Full {
-                max: self.max_bytes,
-            });
+    /// Commits what is waiting, again and again, until nothing is; then stops.
+    fn commit_waiting(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock().expect("journal queue");
+                if queue.waiting.is_empty() {
+                    queue.committing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            self.commit(batch);
         }
+    }
+
+    fn commit(&self, batch: Vec<Append>) {
+        // Only this task appends, so the bound check and the write agree; removals only make
+        // the count smaller meanwhile.
+        let mut room = self
+            .max_bytes
+            .saturating_sub(self.bytes.load(Ordering::Relaxed));
+        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        for append in batch {
+            let size: u64 = append.encoded.iter().map(|r| r.len() as u64).sum();
+            if size <= room {
+                room -= size;
+                taken.push((append, size));
+            } else {
+                refused.push(append);
+            }
+        }
+        for append in refused {
+            let _ = append.done.send(Err(JournalError::Full {
+                max: self.max_bytes,
+            }));
+        }
+        if taken.is_empty() {
+            return;
+        }
+        let result = self.write(&taken);
+        for (append, _) in taken {
+            let _ = append.done.send(result.as_ref().map(|_| ()).map_err(JournalError::again));
+        }
+    }
+
+    /// One write transaction, one durable commit.
+    fn write(&self, appends: &[(Append, u64)]) -> Result<(), JournalError> {
         let tx = self.db.begin_write().map_err(storage)?;
+        let mut records = 0;
         {
             let mut table = tx.open_table(PENDING).map_err(storage)?;
             let first = table
                 .last()
                 .map_err(storage)?
                 .map_or(0, |(k, _)| k.value() + 1);
-            for (key, record) in (first..).zip(&encoded) {
+            let encoded = appends.iter().flat_map(|(a, _)| &a.encoded);
+            for (key, record) in (first..).zip(encoded) {
                 table.insert(key, record.as_slice()).map_err(storage)?;
+                records += 1;
             }
         }
         tx.commit().map_err(storage)?;
+        let size: u64 = appends.iter().map(|(_, size)| size).sum();
         self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.depth
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.depth.fetch_add(records, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl JournalError {
+    /// The same failure, for each caller of one shared commit.
+    fn again(&self) -> Self {
+        match self {
+            Self::Full { max } => Self::Full { max: *max },
+            Self::Damaged => Self::Damaged,
+            other => Self::Storage(other.to_string().into()),
+        }
     }
 }
 
@@ -301,6 +373,35 @@ mod tests {
         ));
         assert_eq!(journal.depth(), 2);
         assert_eq!(journal.peek(10).await.unwrap().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_commits_and_respect_the_bound() {
+        let dir = tempdir();
+        let one = record(1).encode().len() as u64;
+        let journal = Journal::open(&dir.join("j.redb"), one * 150).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let journal = journal.clone();
+                tokio::spawn(async move { journal.append(vec![record(n)]).await })
+            })
+            .collect();
+        let (mut ok, mut full) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => ok += 1,
+                Err(JournalError::Full { .. }) => full += 1,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!((ok, full), (150, 50), "exactly up to the bound");
+        assert_eq!(journal.depth(), 150);
+        let kept = journal.peek(1000).await.unwrap();
+        assert_eq!(kept.len(), 150);
+        let mut keys: Vec<u64> = kept.iter().map(|(k, _)| *k).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), 150, "every record has its own key");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -127,12 +127,5 @@ async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Flattens an error and its sources into one message for the operator.
 fn chain(error: impl std::error::Error) -> Box<dyn std::error::Error> {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message.into()
+    telemetry::error_chain(&error).into()
 }

@@ -21,6 +21,10 @@ use crate::{
 /// write, well inside Tencent's 2 s.
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1200);
 
+/// See the server's settings in [`Application::build_with_pool`] (and the README's limits).
+const HTTP_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("DATABASE_URL is invalid")]
@@ -42,7 +46,7 @@ pub struct Application {
     pool: PgPool,
     writer_tasks: JoinSet<()>,
     drain: JoinHandle<()>,
-    retention: Option<JoinHandle<()>>,
+    retention: JoinHandle<()>,
     journal: Journal,
 }
 
@@ -96,13 +100,18 @@ impl Application {
             pool.clone(),
             schema_ready,
             config.run_migrations,
+            store::RejectedStore::new(pool.clone(), config.rejected),
             metrics.clone(),
         );
         let drain = ingest.spawn_drain();
-        let retention = config
-            .event_retention_days
-            .map(|days| store::retention::spawn(pool.clone(), days));
+        let retention = store::retention::spawn(
+            pool.clone(),
+            config.event_retention_days,
+            config.rejected.retention_days,
+        );
         let workers = config.http_workers;
+        // actix counts connections per worker.
+        let per_worker = config.http_max_connections.div_ceil(workers);
         let context = web::Data::new(AppContext {
             config,
             pool: pool.clone(),
@@ -117,10 +126,13 @@ impl Application {
                 .configure(http::routes)
         })
         .workers(workers)
-        // Slow or half-sent requests must not hold connections for long.
-        .client_request_timeout(Duration::from_secs(5))
+        // Slow, idle or half-sent requests must not hold connections for long: the head must
+        // arrive within 5 s (the body within 5 s more: see http::callback), an idle keep-alive
+        // connection closes after 5 s, and a closing one gets 1 s to go.
+        .client_request_timeout(HTTP_REQUEST_HEAD_TIMEOUT)
+        .keep_alive(HTTP_KEEP_ALIVE)
         .client_disconnect_timeout(Duration::from_secs(1))
-        .max_connections(10_000)
+        .max_connections(per_worker)
         .shutdown_timeout(10)
         .listen(listener)
         .map_err(|source| StartupError::Listen {
@@ -156,9 +168,7 @@ impl Application {
         // the next start. (The drain task also holds a writer handle: stop it first.)
         self.drain.abort();
         let _ = (&mut self.drain).await;
-        if let Some(retention) = self.retention.take() {
-            retention.abort();
-        }
+        self.retention.abort();
         // The server dropped its request handlers, so the writer queue closes once drained.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while self.writer_tasks.join_next().await.is_some() {}

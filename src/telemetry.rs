@@ -63,6 +63,18 @@ impl RootSpanBuilder for RequestSpan {
     }
 }
 
+/// An error and its sources in one line, for logs and for the operator.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 /// The metrics the service exports on `/metrics`. One registry per application, so tests
 /// that run several applications in one process do not share counters.
 pub struct Metrics {
@@ -79,6 +91,10 @@ pub struct Metrics {
     pub journal_appended: IntCounter,
     /// Callbacks moved from the journal into PostgreSQL.
     pub journal_drained: IntCounter,
+    /// Callbacks journaled because PostgreSQL was slow or busy (not down).
+    pub store_slow: IntCounter,
+    /// Rejected callbacks not kept in `rejected_callbacks` (over the budget).
+    pub rejected_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +132,16 @@ impl Metrics {
             "Callbacks moved from the local journal into PostgreSQL",
         )
         .expect("valid metric");
+        let store_slow = IntCounter::new(
+            "store_slow_total",
+            "Callbacks journaled because PostgreSQL was slow or busy, not down",
+        )
+        .expect("valid metric");
+        let rejected_dropped = IntCounter::new(
+            "rejected_dropped_total",
+            "Refused callbacks not kept in rejected_callbacks because of its budget",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(callbacks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -123,6 +149,8 @@ impl Metrics {
             Box::new(journal_depth.clone()),
             Box::new(journal_appended.clone()),
             Box::new(journal_drained.clone()),
+            Box::new(store_slow.clone()),
+            Box::new(rejected_dropped.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -134,6 +162,8 @@ impl Metrics {
             journal_depth,
             journal_appended,
             journal_drained,
+            store_slow,
+            rejected_dropped,
         }
     }
 

@@ -11,7 +11,11 @@ pub struct SdkAppId(i64);
 
 impl SdkAppId {
     pub fn parse(raw: &str) -> Option<Self> {
-        raw.parse::<i64>().ok().filter(|id| *id > 0).map(Self)
+        raw.parse::<i64>().ok().and_then(Self::from_i64)
+    }
+    /// From a stored value (the journal, the history).
+    pub fn from_i64(id: i64) -> Option<Self> {
+        (id > 0).then_some(Self(id))
     }
     pub fn get(self) -> i64 {
         self.0
@@ -182,6 +186,13 @@ pub enum Event {
     UpdateRoomInfo { info: RoomInfo },
     SeatInfoChanged { seats: Vec<Seat> },
     Other,
+}
+
+impl Event {
+    /// Whether the event changes the view; unknown commands are history only.
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, Self::Other)
+    }
 }
 
 /// Informational query parameters, stored as they came.

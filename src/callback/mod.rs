@@ -10,6 +10,8 @@ mod signature;
 pub use domain::{
     Callback, Command, Event, EventTime, Id, IdError, MemberChange, Meta, RoomInfo, SdkAppId, Seat,
 };
-pub use parse::{Rejection, RejectionKind, parse_body};
+pub use parse::{
+    MAX_LIST_ENTRIES, Rejection, RejectionKind, parse_body, parse_stored, printable,
+};
 pub use query::CallbackQuery;
 pub use signature::{SignatureError, sign, verify_signature};

@@ -80,6 +80,19 @@ fn key_in_path(key: &str) -> String {
     printable(key, MAX_KEY_CHARS)
 }
 
+/// Parses a callback again from what was stored (the journal, the history), with the same
+/// rules as when it arrived.
+pub fn parse_stored(
+    sdk_app_id: i64,
+    query: &CallbackQuery,
+    body: &[u8],
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Callback, Rejection> {
+    let app = SdkAppId::from_i64(sdk_app_id)
+        .ok_or_else(|| Rejection::bounds("SdkAppid", "must be a positive integer"))?;
+    parse_body(body, query, app, received_at)
+}
+
 /// Parses a body that passed the app-id and signature checks.
 /// `received_at` stands in for a missing `EventTime` of an unknown command.
 pub fn parse_body(

@@ -8,7 +8,7 @@ use super::{AppContext, CallbackError};
 use crate::{
     callback::{CallbackQuery, Command, SdkAppId, parse_body, verify_signature},
     ingest::Accepted,
-    store::{self, RejectedCallback},
+    store::RejectedCallback,
 };
 
 /// How long the whole body may take to arrive.
@@ -145,12 +145,7 @@ async fn keep_rejected(
         query: req.query_string(),
         body,
     };
-    let result = async {
-        let mut conn = ctx.pool.acquire().await?;
-        store::insert_rejected(&mut conn, &rejected).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "could not keep a rejected callback");
+    if let Err(e) = ctx.ingest.keep_rejected(&rejected).await {
+        tracing::error!(error = ?e, "could not keep a rejected callback");
     }
 }

@@ -56,7 +56,8 @@ impl CallbackError {
                 StoreError::Unavailable(_) => 50301,
                 StoreError::Timeout => 50302,
                 StoreError::Closed => 50303,
-                StoreError::Database(_) => 50304,
+                StoreError::Refused(_) => 50304,
+                StoreError::Busy(_) => 50308,
             },
             Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => 50305,
             Self::NotDurable(IngestError::Journal(_)) => 50306,
@@ -78,13 +79,7 @@ impl CallbackError {
 // Debug walks the source chain: the log line gets everything, the response nothing internal.
 impl std::fmt::Debug for CallbackError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")?;
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
+        f.write_str(&crate::telemetry::error_chain(self))
     }
 }
 
@@ -100,8 +95,17 @@ impl ResponseError for CallbackError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        // The body was not read to its end: the connection cannot carry another request, and
+        // keeping it open would let a sender hold it for ever.
+        if matches!(
+            self,
+            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout
+        ) {
+            response.force_close();
+        }
         // The Display text names the field or problem and never holds database details.
-        HttpResponse::build(self.status_code()).json(json!({
+        response.json(json!({
             "ActionStatus": "FAIL",
             "ErrorInfo": self.to_string(),
             "ErrorCode": self.code(),

@@ -20,7 +20,7 @@ const LEAVE: &str = "Room.CallbackAfterMemberLeave";
 const DESTROY: &str = "Room.CallbackAfterDestroyRoom";
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
-const NOTIFY_PAYLOAD_BUDGET: usize = 7000;
+const NOTIFY_MAX_PAYLOAD: usize = 7999;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -47,7 +47,9 @@ pub async fn apply_batch(
     let mut outcomes = Vec::with_capacity(callbacks.len());
     for callback in callbacks {
         let at = callback.event_time.to_datetime();
-        let Some(room_id) = &callback.room_id else {
+        // Commands without a room, and commands roomsync does not know, touch only history.
+        let Some(room_id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state())
+        else {
             let id = insert_event(conn, callback, at).await?;
             outcomes.push(id.map_or(Outcome::Duplicate, |id| Outcome::Stored { id }));
             continue;
@@ -85,7 +87,8 @@ async fn lock_rooms<'a>(
     // One row per room: the statement may not touch a row twice.
     let mut rooms: BTreeMap<(i64, &str), [DateTime<Utc>; 3]> = BTreeMap::new();
     for callback in callbacks {
-        let Some(room_id) = &callback.room_id else {
+        let Some(room_id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state())
+        else {
             continue;
         };
         let at = callback.event_time.to_datetime();
@@ -298,7 +301,7 @@ pub async fn replay_callback(
     conn: &mut PgConnection,
     callback: &Callback,
 ) -> Result<(), sqlx::Error> {
-    let Some(id) = &callback.room_id else {
+    let Some(id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state()) else {
         return Ok(());
     };
     let room = Room {
@@ -600,57 +603,96 @@ async fn first_destroy_since(
     .await
 }
 
-/// Recomputes one member from the room's history (late or reordered events).
-async fn recompute_member(
+/// Recomputes members from the room's history (late or reordered events): one read of the
+/// room's events that name any of them, the fold per member in memory, one write for all, so a
+/// late event of 10,000 members costs a few statements, not 10,000 round trips.
+async fn recompute_members(
     conn: &mut PgConnection,
     room: Room<'_>,
-    user: &str,
-) -> Result<Option<MemberState>, sqlx::Error> {
+    users: &[String],
+) -> Result<Vec<(String, MemberState)>, sqlx::Error> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = sqlx::query!(
-        r#"SELECT callback_command, event_at, event_type, reason FROM room_events
+        r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
            WHERE sdk_app_id = $1 AND room_id = $2
              AND (callback_command = $3
-                  OR (callback_command IN ($4, $5) AND $6 = ANY(member_list)))"#,
+                  OR (callback_command IN ($4, $5) AND member_list && $6::text[]))"#,
         room.app,
         room.id,
         DESTROY,
         ENTER,
         LEAVE,
-        user,
+        users,
     )
     .fetch_all(&mut *conn)
     .await?;
-    let events = rows
-        .into_iter()
-        .map(|row| match row.callback_command.as_str() {
+    let mut destroys = Vec::new();
+    let mut events: HashMap<&str, Vec<MemberEvent>> =
+        users.iter().map(|u| (u.as_str(), Vec::new())).collect();
+    for row in &rows {
+        let event = match row.callback_command.as_str() {
             ENTER => MemberEvent::Enter { at: row.event_at },
             LEAVE => MemberEvent::Leave {
                 at: row.event_at,
-                kind: row.event_type,
-                reason: row.reason,
+                kind: row.event_type.clone(),
+                reason: row.reason.clone(),
             },
-            _ => MemberEvent::Destroy { at: row.event_at },
+            _ => {
+                destroys.push(MemberEvent::Destroy { at: row.event_at });
+                continue;
+            }
+        };
+        // A list may name a member twice; the fold treats a repeated event as one anyway.
+        for member in &row.member_list {
+            if let Some(list) = events.get_mut(member.as_str()) {
+                list.push(event.clone());
+            }
+        }
+    }
+    let states: Vec<(String, MemberState)> = users
+        .iter()
+        .filter_map(|user| {
+            let mut own = events.remove(user.as_str()).unwrap_or_default();
+            own.extend(destroys.iter().cloned());
+            membership::fold(own).map(|state| (user.clone(), state))
         })
         .collect();
-    let Some(state) = membership::fold(events) else {
-        return Ok(None);
-    };
-    write_member(conn, room, user, &state).await?;
-    Ok(Some(state))
+    write_members(conn, room, &states).await?;
+    Ok(states)
 }
 
-/// Writes a member's whole state (recompute and rebuild).
-async fn write_member(
+/// Writes members' whole state (recompute and rebuild), all in one statement.
+async fn write_members(
     conn: &mut PgConnection,
     room: Room<'_>,
-    user: &str,
-    state: &MemberState,
+    states: &[(String, MemberState)],
 ) -> Result<(), sqlx::Error> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&MemberState) -> Option<DateTime<Utc>>| {
+        states.iter().map(|(_, s)| f(s)).collect::<Vec<_>>()
+    };
+    let text = |f: fn(&MemberState) -> Option<&str>| {
+        states
+            .iter()
+            .map(|(_, s)| f(s).map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let users: Vec<&str> = states.iter().map(|(u, _)| u.as_str()).collect();
+    let in_room: Vec<bool> = states.iter().map(|(_, s)| s.in_room).collect();
+    let last_at: Vec<DateTime<Utc>> = states.iter().map(|(_, s)| s.last_event_at).collect();
+    let rank: Vec<i16> = states.iter().map(|(_, s)| s.last_event_rank).collect();
     sqlx::query!(
-        r#"INSERT INTO room_members
+        r#"INSERT INTO room_members AS m
                (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
                 leave_reason, last_event_at, last_event_rank)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+           SELECT $1, $2, u, i, e, l, lt, lr, la, lk
+           FROM UNNEST($3::text[], $4::bool[], $5::timestamptz[], $6::timestamptz[], $7::text[],
+                       $8::text[], $9::timestamptz[], $10::int2[])
+                AS t(u, i, e, l, lt, lr, la, lk)
            ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
                in_room = EXCLUDED.in_room, entered_at = EXCLUDED.entered_at,
                left_at = EXCLUDED.left_at, leave_type = EXCLUDED.leave_type,
@@ -658,14 +700,14 @@ async fn write_member(
                last_event_rank = EXCLUDED.last_event_rank"#,
         room.app,
         room.id,
-        user,
-        state.in_room,
-        state.entered_at,
-        state.left_at,
-        state.leave_type.as_deref(),
-        state.leave_reason.as_deref(),
-        state.last_event_at,
-        state.last_event_rank,
+        &users as &[&str],
+        &in_room,
+        &column(|s| s.entered_at) as &[Option<DateTime<Utc>>],
+        &column(|s| s.left_at) as &[Option<DateTime<Utc>>],
+        &text(|s| s.leave_type.as_deref()) as &[Option<String>],
+        &text(|s| s.leave_reason.as_deref()) as &[Option<String>],
+        &last_at,
+        &rank,
     )
     .execute(conn)
     .await?;
@@ -847,10 +889,8 @@ impl<'a> Changes<'a> {
         conn: &mut PgConnection,
         users: Vec<String>,
     ) -> Result<(), sqlx::Error> {
-        for user in users {
-            if let Some(state) = recompute_member(conn, self.room, &user).await? {
-                self.add(vec![user], state.in_room);
-            }
+        for (user, state) in recompute_members(conn, self.room, &users).await? {
+            self.add(vec![user], state.in_room);
         }
         Ok(())
     }
@@ -858,24 +898,7 @@ impl<'a> Changes<'a> {
     /// One NOTIFY per direction, split to stay under PostgreSQL's payload limit. Delivered by
     /// PostgreSQL at commit, so listeners never see a change that was rolled back.
     async fn notify(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let event_at = self.at.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let mut payloads = Vec::new();
-        for (users, in_room) in [(&self.entered, true), (&self.left, false)] {
-            let mut chunk: Vec<&str> = Vec::new();
-            let mut size = 0;
-            for user in users.iter() {
-                if size + user.len() + 3 > NOTIFY_PAYLOAD_BUDGET && !chunk.is_empty() {
-                    payloads.push(self.payload(&chunk, in_room, &event_at));
-                    chunk.clear();
-                    size = 0;
-                }
-                size += user.len() + 3;
-                chunk.push(user);
-            }
-            if !chunk.is_empty() {
-                payloads.push(self.payload(&chunk, in_room, &event_at));
-            }
-        }
+        let payloads = self.payloads();
         if !payloads.is_empty() {
             sqlx::query!(
                 "SELECT pg_notify('room_members', p) FROM UNNEST($1::text[]) AS t(p)",
@@ -887,6 +910,36 @@ impl<'a> Changes<'a> {
         Ok(())
     }
 
+    /// The payloads, each under [`NOTIFY_MAX_PAYLOAD`] bytes as encoded: sizes are those of
+    /// the JSON text (an escaped byte takes up to six), room id included. At the bounds of
+    /// the ids (256 bytes, every byte escaped) one payload holds at least four users.
+    fn payloads(&self) -> Vec<String> {
+        let event_at = self.at.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut payloads = Vec::new();
+        for (users, in_room) in [(&self.entered, true), (&self.left, false)] {
+            let empty = self.payload(&[], in_room, &event_at).len();
+            let mut chunk: Vec<&str> = Vec::new();
+            let mut size = empty;
+            for user in users.iter() {
+                // The user's JSON string, and a comma unless it is the first.
+                let cost = json_string_len(user) + usize::from(!chunk.is_empty());
+                if size + cost > NOTIFY_MAX_PAYLOAD && !chunk.is_empty() {
+                    payloads.push(self.payload(&chunk, in_room, &event_at));
+                    chunk.clear();
+                    size = empty;
+                    size += json_string_len(user);
+                } else {
+                    size += cost;
+                }
+                chunk.push(user);
+            }
+            if !chunk.is_empty() {
+                payloads.push(self.payload(&chunk, in_room, &event_at));
+            }
+        }
+        payloads
+    }
+
     fn payload(&self, users: &[&str], in_room: bool, event_at: &str) -> String {
         json!({
             "sdk_app_id": self.room.app,
@@ -896,6 +949,25 @@ impl<'a> Changes<'a> {
             "event_at": event_at,
         })
         .to_string()
+    }
+}
+
+/// Length of `text` as a JSON string literal, quotes included.
+fn json_string_len(text: &str) -> usize {
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, text).expect("counting cannot fail");
+    counter.0
+}
+
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -920,6 +992,37 @@ mod tests {
         assert_eq!(m1, m2);
         assert_eq!(m1["RoomName"], json!("b"));
         assert_eq!(m1["MaxMemberCount"], json!(10));
+    }
+
+    #[test]
+    fn notify_payloads_stay_under_the_limit_at_the_worst_case() {
+        // The worst case of the bounds: 256-byte ids whose every byte is escaped (\u0001).
+        let worst = |i: usize| {
+            let mut id = format!("{i:05}");
+            id.extend(std::iter::repeat_n('\u{1}', 251));
+            id
+        };
+        let room_id: String = std::iter::repeat_n('\u{1f}', 256).collect();
+        let mut changes = Changes::new(
+            Room { app: i64::MAX, id: &room_id },
+            DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+        );
+        changes.add((0..10_000).map(worst).collect(), true);
+        changes.add(vec![r#"q"00001"#.to_owned(), "plain".into()], false);
+        let payloads = changes.payloads();
+        let mut seen = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() < 8000, "{} bytes", payload.len());
+            let value: Value = serde_json::from_str(payload).unwrap();
+            assert_eq!(value["room_id"], json!(room_id));
+            for user in value["user_ids"].as_array().unwrap() {
+                seen.push((user.as_str().unwrap().to_owned(), value["in_room"].clone()));
+            }
+        }
+        assert_eq!(seen.len(), 10_002, "every user announced once");
+        // Four such users fit in one payload; the leaves take one more.
+        assert_eq!(payloads.len(), 10_000 / 4 + 1, "chunks are filled");
+        assert_eq!(seen[10_000], (r#"q"00001"#.to_owned(), json!(false)));
     }
 
     #[test]

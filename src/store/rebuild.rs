@@ -5,7 +5,7 @@ use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
 use super::apply::replay_callback;
-use crate::callback::{CallbackQuery, SdkAppId, parse_body};
+use crate::callback::{CallbackQuery, parse_stored};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -46,19 +46,20 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
             opt_platform: row.opt_platform,
             ..CallbackQuery::default()
         };
-        let parsed = SdkAppId::parse(&row.sdk_app_id.to_string())
-            .ok_or_else(|| "bad SdkAppid".to_owned())
-            .and_then(|app| {
-                parse_body(row.payload.as_bytes(), &query, app, row.received_at).map_err(|r| r.info)
-            });
+        let parsed = parse_stored(
+            row.sdk_app_id,
+            &query,
+            row.payload.as_bytes(),
+            row.received_at,
+        );
         match parsed {
             Ok(callback) => {
                 replay_callback(&mut tx, &callback).await?;
                 report.replayed += 1;
             }
-            Err(info) => {
+            Err(rejection) => {
                 tracing::warn!(
-                    info,
+                    info = rejection.info,
                     "a history row no longer parses; left out of the rebuild"
                 );
                 report.skipped += 1;

@@ -103,7 +103,7 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, metrics: &Metrics) {
         }
         // One bad callback must not fail the others: retry each on its own. When the database
         // is unreachable that would only multiply the wait.
-        Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable(_)) => {
+        Err(error) if batch.len() > 1 && !error.is_outage() => {
             tracing::warn!(error = ?error, size = batch.len(), "batch failed, retrying one by one");
             for job in batch {
                 let result = write_batch(pool, &[&job.callback])
@@ -129,9 +129,10 @@ pub async fn write_batch(
     let mut order: Vec<usize> = (0..callbacks.len()).collect();
     order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
     let sorted: Vec<&Callback> = order.iter().map(|&i| callbacks[i]).collect();
-    let mut tx = pool.begin().await?;
-    let applied = apply_batch(&mut tx, &sorted).await?;
-    tx.commit().await?;
+    let classify = |error| StoreError::on_pool(error, pool);
+    let mut tx = pool.begin().await.map_err(classify)?;
+    let applied = apply_batch(&mut tx, &sorted).await.map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
     let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
     for (i, outcome) in order.into_iter().zip(applied) {
         outcomes[i] = outcome;
@@ -142,10 +143,14 @@ pub async fn write_batch(
 fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>, &[u8; 32]) {
     // Callbacks without a room lock no room; they go last, in dedup-key order (the order in
     // which their history rows' unique keys are taken).
+    let room = callback
+        .room_id
+        .as_ref()
+        .filter(|_| callback.event.changes_state());
     (
-        callback.room_id.is_none(),
+        room.is_none(),
         callback.sdk_app_id.get(),
-        callback.room_id.as_ref().map(|r| r.as_str()),
+        room.map(|r| r.as_str()),
         &callback.dedup_key,
     )
 }
