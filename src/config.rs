@@ -310,7 +310,10 @@ mod tests {
                 "SIGNATURE_MAX_SKEW_SECS",
             ),
             (&[("DATABASE_URL", "mysql://x"), BASE[1]], "DATABASE_URL"),
-            (&[BASE[0], BASE[1], ("CALLBACK_TOKEN", " \t ")], "CALLBACK_TOKEN"),
+            (
+                &[BASE[0], BASE[1], ("CALLBACK_TOKEN", " \t ")],
+                "CALLBACK_TOKEN",
+            ),
             (
                 &[BASE[0], BASE[1], ("HTTP_MAX_CONNECTIONS", "0")],
                 "HTTP_MAX_CONNECTIONS",

@@ -276,7 +276,10 @@ impl Ingest {
         if !done.is_empty() {
             // Counted once committed, so an empty journal implies the count is complete.
             self.metrics.journal_drained.inc_by(done.len() as u64);
-            self.journal.remove(done).await.map_err(DrainError::Journal)?;
+            self.journal
+                .remove(done)
+                .await
+                .map_err(DrainError::Journal)?;
             self.metrics.journal_depth.set(self.journal.depth() as i64);
         }
         result

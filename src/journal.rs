@@ -274,7 +274,9 @@ impl Inner {
         }
         let result = self.write(&taken);
         for (append, _) in taken {
-            let _ = append.done.send(result.as_ref().map(|_| ()).map_err(JournalError::again));
+            let _ = append
+                .done
+                .send(result.as_ref().map(|_| ()).map_err(JournalError::again));
         }
     }
 

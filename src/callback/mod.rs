@@ -11,7 +11,8 @@ pub use domain::{
     Callback, Command, Event, EventTime, Id, IdError, MemberChange, Meta, RoomInfo, SdkAppId, Seat,
 };
 pub use parse::{
-    MAX_LIST_ENTRIES, Rejection, RejectionKind, parse_body, parse_stored, printable,
+    MAX_LIST_ENTRIES, Rejection, RejectionKind, numeric::fits as numeric_fits, parse_body,
+    parse_stored, printable,
 };
 pub use query::CallbackQuery;
 pub use signature::{SignatureError, sign, verify_signature};

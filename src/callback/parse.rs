@@ -752,19 +752,43 @@ mod tests {
         let info = r#"{"CallbackCommand":"Room.CallbackAfterUpdateRoomInfo","EventTime":5,"RoomInfo":{"RoomId":"r","Extra":1e-16384}}"#;
         assert!(rejected(info).info.starts_with("RoomInfo.Extra"));
         // The largest of each kind still fits.
-        let fits = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"A":9e131071,"B":1e-16383,"C":0e-16383"#);
+        let fits = ENTER.replace(
+            r#""EventTime":5"#,
+            r#""EventTime":5,"A":9e131071,"B":1e-16383,"C":0e-16383"#,
+        );
         assert!(parse(&fits).is_ok());
     }
 
     #[test]
     fn numeric_bounds_match_postgresql() {
         use super::numeric::fits;
-        for ok in ["0", "-0", "1.5", "1e131071", "9.99e131071", "12e131070", "1e-16383",
-                   "0.5e-16382", "0e-16383", "0.000e-16380", "100000e-16383", "0e999999999"] {
+        for ok in [
+            "0",
+            "-0",
+            "1.5",
+            "1e131071",
+            "9.99e131071",
+            "12e131070",
+            "1e-16383",
+            "0.5e-16382",
+            "0e-16383",
+            "0.000e-16380",
+            "100000e-16383",
+            "0e999999999",
+        ] {
             assert!(fits(ok), "{ok}");
         }
-        for bad in ["1e131072", "10e131071", "1e-16384", "0.5e-16383", "0e-16384",
-                    "1e1073741823", "0e1073741823", "1e99999999999999999999", "1.0000e-16380"] {
+        for bad in [
+            "1e131072",
+            "10e131071",
+            "1e-16384",
+            "0.5e-16383",
+            "0e-16384",
+            "1e1073741823",
+            "0e1073741823",
+            "1e99999999999999999999",
+            "1.0000e-16380",
+        ] {
             assert!(!fits(bad), "{bad}");
         }
     }
@@ -778,10 +802,18 @@ mod tests {
         let r = rejected(&body);
         assert_eq!(r.kind, RejectionKind::NulCharacter);
         assert!(!r.info.chars().any(char::is_control), "{:?}", r.info);
-        assert!(r.info.contains(r"k\nWARN forged line\u{1b}[31m"), "{:?}", r.info);
+        assert!(
+            r.info.contains(r"k\nWARN forged line\u{1b}[31m"),
+            "{:?}",
+            r.info
+        );
         let long_key = format!(r#""EventTime":5,"{}":"\u0000""#, "k".repeat(5000));
         let r = rejected(&ENTER.replace(r#""EventTime":5"#, &long_key));
-        assert!(r.info.len() < 200, "a long key is cut: {} bytes", r.info.len());
+        assert!(
+            r.info.len() < 200,
+            "a long key is cut: {} bytes",
+            r.info.len()
+        );
     }
 
     #[test]

@@ -94,11 +94,15 @@ mod tests {
 
     #[test]
     fn values_that_are_not_utf8_are_flagged_not_mangled() {
-        let q = CallbackQuery::parse("SdkAppid=1&ClientIP=%FF%FE&ClientIP=1.2.3.4&OptPlatform=a+b%2B");
+        let q =
+            CallbackQuery::parse("SdkAppid=1&ClientIP=%FF%FE&ClientIP=1.2.3.4&OptPlatform=a+b%2B");
         assert_eq!(q.client_ip, None, "a later duplicate does not replace it");
         assert_eq!(q.not_utf8, vec!["ClientIP"]);
         assert_eq!(q.opt_platform.as_deref(), Some("a b+"));
         // A broken escape is kept as sent, like other form decoders do.
-        assert_eq!(CallbackQuery::parse("ClientIP=%zz").client_ip.as_deref(), Some("%zz"));
+        assert_eq!(
+            CallbackQuery::parse("ClientIP=%zz").client_ip.as_deref(),
+            Some("%zz")
+        );
     }
 }

@@ -1,6 +1,16 @@
 //! `POST /callback`: size, app id, signature, body, then the store (SPEC §3, in that order).
 
-use actix_web::{HttpRequest, HttpResponse, http::header, web};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use actix_web::{
+    HttpRequest, HttpResponse, ResponseError,
+    body::{BodySize, BoxBody, MessageBody},
+    http::header,
+    web,
+};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -16,7 +26,7 @@ const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 
 pub async fn receive(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     ctx: web::Data<AppContext>,
 ) -> Result<HttpResponse, CallbackError> {
     let query = CallbackQuery::parse(req.query_string());
@@ -24,7 +34,7 @@ pub async fn receive(
         .command
         .as_deref()
         .map_or("unknown", |c| Command::parse(c).metric_label());
-    let result = process(&req, payload, &ctx, &query, &mut command_label).await;
+    let result = process(&req, &mut payload, &ctx, &query, &mut command_label).await;
     let outcome = match &result {
         Ok(Accepted::Stored { .. }) => "stored",
         Ok(Accepted::Duplicate) => "duplicate",
@@ -47,14 +57,50 @@ pub async fn receive(
             } else {
                 tracing::warn!(error = ?error, code = error.code(), "callback refused");
             }
+            if error.body_unread() {
+                return Ok(close_after(error.error_response(), payload));
+            }
             Err(error)
         }
     }
 }
 
+/// An answer after which the connection closes, though the request body was not read to its
+/// end. The request's payload must stay alive until the answer is sent: once it is dropped,
+/// actix keeps the connection to drain a chunked body, with no timeout (a sender could hold
+/// the connection for ever by sending nothing more).
+fn close_after(response: HttpResponse, payload: web::Payload) -> HttpResponse {
+    response
+        .map_body(|_, body| HoldPayload {
+            body,
+            _payload: payload,
+        })
+        .map_into_boxed_body()
+}
+
+struct HoldPayload {
+    body: BoxBody,
+    _payload: web::Payload,
+}
+
+impl MessageBody for HoldPayload {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
 async fn process(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut web::Payload,
     ctx: &AppContext,
     query: &CallbackQuery,
     command_label: &mut &'static str,
@@ -98,7 +144,7 @@ async fn process(
 /// Reads the body, refusing more than `limit` bytes without buffering them.
 async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: &mut web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, CallbackError> {
     let declared = req

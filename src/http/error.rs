@@ -64,6 +64,14 @@ impl CallbackError {
         }
     }
 
+    /// The request body was not read to its end.
+    pub fn body_unread(&self) -> bool {
+        matches!(
+            self,
+            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout
+        )
+    }
+
     /// The metrics label of the outcome.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -96,12 +104,8 @@ impl ResponseError for CallbackError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        // The body was not read to its end: the connection cannot carry another request, and
-        // keeping it open would let a sender hold it for ever.
-        if matches!(
-            self,
-            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout
-        ) {
+        // The body was not read to its end: the connection cannot carry another request.
+        if self.body_unread() {
             response.force_close();
         }
         // The Display text names the field or problem and never holds database details.

@@ -48,7 +48,10 @@ pub async fn apply_batch(
     for callback in callbacks {
         let at = callback.event_time.to_datetime();
         // Commands without a room, and commands roomsync does not know, touch only history.
-        let Some(room_id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state())
+        let Some(room_id) = callback
+            .room_id
+            .as_ref()
+            .filter(|_| callback.event.changes_state())
         else {
             let id = insert_event(conn, callback, at).await?;
             outcomes.push(id.map_or(Outcome::Duplicate, |id| Outcome::Stored { id }));
@@ -87,7 +90,10 @@ async fn lock_rooms<'a>(
     // One row per room: the statement may not touch a row twice.
     let mut rooms: BTreeMap<(i64, &str), [DateTime<Utc>; 3]> = BTreeMap::new();
     for callback in callbacks {
-        let Some(room_id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state())
+        let Some(room_id) = callback
+            .room_id
+            .as_ref()
+            .filter(|_| callback.event.changes_state())
         else {
             continue;
         };
@@ -301,7 +307,11 @@ pub async fn replay_callback(
     conn: &mut PgConnection,
     callback: &Callback,
 ) -> Result<(), sqlx::Error> {
-    let Some(id) = callback.room_id.as_ref().filter(|_| callback.event.changes_state()) else {
+    let Some(id) = callback
+        .room_id
+        .as_ref()
+        .filter(|_| callback.event.changes_state())
+    else {
         return Ok(());
     };
     let room = Room {
@@ -1004,7 +1014,10 @@ mod tests {
         };
         let room_id: String = std::iter::repeat_n('\u{1f}', 256).collect();
         let mut changes = Changes::new(
-            Room { app: i64::MAX, id: &room_id },
+            Room {
+                app: i64::MAX,
+                id: &room_id,
+            },
             DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         );
         changes.add((0..10_000).map(worst).collect(), true);

@@ -152,6 +152,10 @@ mod tests {
         bucket.at -= std::time::Duration::from_secs(3);
         assert_eq!((0..100).filter(|_| bucket.take()).count(), 6);
         bucket.at -= std::time::Duration::from_secs(3600);
-        assert_eq!((0..100).filter(|_| bucket.take()).count(), 20, "never above the burst");
+        assert_eq!(
+            (0..100).filter(|_| bucket.take()).count(),
+            20,
+            "never above the burst"
+        );
     }
 }

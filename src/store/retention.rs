@@ -85,7 +85,11 @@ pub fn spawn(
             match prune_rejected(&pool, rejected_days).await {
                 Ok(0) => {}
                 Ok(deleted) => {
-                    tracing::info!(deleted, days = rejected_days, "pruned old rejected callbacks")
+                    tracing::info!(
+                        deleted,
+                        days = rejected_days,
+                        "pruned old rejected callbacks"
+                    )
                 }
                 Err(error) => {
                     tracing::warn!(error = %error, "rejected-callback pruning failed; will retry")

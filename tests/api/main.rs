@@ -3,6 +3,7 @@
 
 mod callback;
 mod durability;
+mod hardening;
 mod helpers;
 mod lifecycle;
 mod model;
