@@ -16,7 +16,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
+use tokio::sync::oneshot::{self, Sender};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
 
@@ -106,6 +106,9 @@ struct Queue {
     /// A blocking task is committing; it takes whatever is waiting before it stops.
     committing: bool,
 }
+
+/// An append's waiting caller and what to tell it.
+type Answer = (Sender<Result<(), JournalError>>, Result<(), JournalError>);
 
 struct Append {
     encoded: Vec<Vec<u8>>,
@@ -233,51 +236,61 @@ impl Journal {
 }
 
 impl Inner {
-    /// Commits what is waiting, again and again, until nothing is; then stops.
-    fn commit_waiting(&self) {
+    /// Commits what is waiting, again and again, until nothing is; then stops. The last
+    /// answers go out after this task has let go of the journal, so a caller that drops the
+    /// last handle on its answer closes the file.
+    fn commit_waiting(self: Arc<Self>) {
+        let mut answers = Vec::new();
         loop {
             let batch = {
                 let mut queue = self.queue.lock().expect("journal queue");
                 if queue.waiting.is_empty() {
                     queue.committing = false;
-                    return;
+                    break;
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            self.commit(batch);
+            for (done, result) in answers.drain(..) {
+                let _ = Sender::send(done, result);
+            }
+            answers = self.commit(batch);
+        }
+        drop(self);
+        for (done, result) in answers {
+            let _ = Sender::send(done, result);
         }
     }
 
-    fn commit(&self, batch: Vec<Append>) {
+    /// Commits what fits under the bound; returns each append's answer.
+    fn commit(&self, batch: Vec<Append>) -> Vec<Answer> {
         // Only this task appends, so the bound check and the write agree; removals only make
         // the count smaller meanwhile.
         let mut room = self
             .max_bytes
             .saturating_sub(self.bytes.load(Ordering::Relaxed));
-        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut taken = Vec::new();
         for append in batch {
             let size: u64 = append.encoded.iter().map(|r| r.len() as u64).sum();
             if size <= room {
                 room -= size;
                 taken.push((append, size));
             } else {
-                refused.push(append);
+                let full = JournalError::Full {
+                    max: self.max_bytes,
+                };
+                answers.push((append.done, Err(full)));
             }
         }
-        for append in refused {
-            let _ = append.done.send(Err(JournalError::Full {
-                max: self.max_bytes,
-            }));
-        }
         if taken.is_empty() {
-            return;
+            return answers;
         }
         let result = self.write(&taken);
         for (append, _) in taken {
-            let _ = append
-                .done
-                .send(result.as_ref().map(|_| ()).map_err(JournalError::again));
+            let answer = result.as_ref().map(|_| ()).map_err(JournalError::again);
+            answers.push((append.done, answer));
         }
+        answers
     }
 
     /// One write transaction, one durable commit.
@@ -381,9 +394,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_commits_and_respect_the_bound() {
         let dir = tempdir();
-        let one = record(1).encode().len() as u64;
+        // Records of equal size (three-digit numbers), so the bound is a count.
+        let one = record(100).encode().len() as u64;
         let journal = Journal::open(&dir.join("j.redb"), one * 150).unwrap();
-        let tasks: Vec<_> = (0..200)
+        let tasks: Vec<_> = (100..300)
             .map(|n| {
                 let journal = journal.clone();
                 tokio::spawn(async move { journal.append(vec![record(n)]).await })

@@ -854,4 +854,114 @@ mod tests {
         .unwrap();
         assert_eq!(a.dedup_key, again.dedup_key);
     }
+
+    /// Arbitrary input never panics the parsers, and whatever they accept is within every
+    /// bound the store relies on.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const KEYS: &[&str] = &[
+            "CallbackCommand",
+            "RoomId",
+            "EventTime",
+            "MemberList_Account",
+            "MemberCount",
+            "Type",
+            "Reason",
+            "RoomInfo",
+            "SeatList",
+            "Index",
+            "Member_Account",
+            "Operator_Account",
+            "IsSeatEnabled",
+            "MaxMemberCount",
+            "Extra",
+        ];
+        const COMMANDS: &[&str] = &[
+            "Room.CallbackAfterMemberEnter",
+            "Room.CallbackAfterMemberLeave",
+            "Room.CallbackAfterCreateRoom",
+            "Room.CallbackAfterDestroyRoom",
+            "Room.CallbackUpdateRoomInfo",
+            "Mic.CallbackAfterSeatInfoChanged",
+            "X.Unknown",
+        ];
+
+        /// JSON text shaped like callbacks: known keys, odd values, odd numbers, escapes.
+        fn json_like() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just("null".to_owned()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                "-?[0-9]{1,30}(\\.[0-9]{1,20})?([eE][-+]?[0-9]{1,7})?",
+                prop::sample::select(COMMANDS).prop_map(|c| format!("{c:?}")),
+                "\"([a-z\\\\\"]|\\\\u00[0-9a-f]{2}|[\\x{80}-\\x{10ffff}]){0,300}\"",
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                    prop::collection::vec((prop::sample::select(KEYS), inner), 0..10).prop_map(
+                        |fields| {
+                            let fields: Vec<String> =
+                                fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+                            format!("{{{}}}", fields.join(","))
+                        }
+                    ),
+                ]
+            })
+        }
+
+        fn check(body: &[u8], query: &str) {
+            let query = CallbackQuery::parse(query);
+            let app = SdkAppId::parse("1400000001").unwrap();
+            match parse_body(body, &query, app, chrono::Utc::now()) {
+                Ok(callback) => {
+                    let value: Value = serde_json::from_str(&callback.payload).unwrap();
+                    assert!(check_storable(&value, "body").is_ok());
+                    if let Some(change) = callback.member_change() {
+                        assert!(change.members.len() <= MAX_LIST_ENTRIES);
+                    }
+                    assert!(callback.event_time.millis() > 0);
+                }
+                Err(rejection) => {
+                    assert!(!rejection.info.is_empty());
+                    assert!(!rejection.info.chars().any(char::is_control));
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..2048), query in ".{0,200}") {
+                check(&body, &query);
+            }
+
+            #[test]
+            fn callback_shaped_json(body in json_like(), command in prop::sample::select(COMMANDS)) {
+                check(body.as_bytes(), &format!("CallbackCommand={command}&ClientIP=%FF"));
+                check(body.as_bytes(), &format!("CallbackCommand={command}"));
+                check(body.as_bytes(), "");
+            }
+
+            #[test]
+            fn arbitrary_query_strings(raw in "([a-zA-Z%+=&]|%[0-9a-fA-F]{2}|[\\x{80}-\\x{10ffff}]){0,300}") {
+                let query = CallbackQuery::parse(&raw);
+                // A value that is not UTF-8 is flagged, never stored half-decoded.
+                for name in &query.not_utf8 {
+                    let slot = match *name {
+                        "CallbackCommand" => &query.command,
+                        "ClientIP" => &query.client_ip,
+                        "OptPlatform" => &query.opt_platform,
+                        "SdkAppid" => &query.sdk_app_id,
+                        "Sign" => &query.sign,
+                        _ => &query.request_time,
+                    };
+                    prop_assert!(slot.is_none());
+                }
+            }
+        }
+    }
 }
