@@ -91,7 +91,18 @@ struct Args {
     /// to drain and checks that every callback answered 200 is in room_events.
     #[arg(long)]
     verify_db: Option<String>,
+    /// Instead of sending load: forward TCP from 127.0.0.1:<port> (printed as {"port":N} on
+    /// stdout) to this loopback address, dropping every connection for the first
+    /// `--closed-for` seconds. An outage of PostgreSQL for one roomsync, and its end.
+    #[arg(long)]
+    forward_to: Option<std::net::SocketAddr>,
+    /// Seconds the forwarder drops connections before it forwards them.
+    #[arg(long, default_value_t = 0.0)]
+    closed_for: f64,
 }
+
+/// The forwarder stops by itself this long after it opened.
+const FORWARD_LIFETIME: Duration = Duration::from_secs(600);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -104,6 +115,15 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Some(target) = args.forward_to {
+        return match runtime.block_on(forward(target, args.closed_for)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen: forwarder: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(args)) {
         Ok(summary) => {
             let lost = summary["verify"]["lost"].as_i64().unwrap_or(0);
@@ -123,7 +143,44 @@ fn main() -> std::process::ExitCode {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The outage forwarder (see `--forward-to`); bounded in time by [`FORWARD_LIFETIME`].
+async fn forward(target: std::net::SocketAddr, closed_for: f64) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", json!({"port": listener.local_addr()?.port()}));
+    std::io::stdout().flush()?;
+    let opens = tokio::time::Instant::now() + Duration::from_secs_f64(closed_for);
+    let ends = opens + FORWARD_LIFETIME;
+    let mut dropped = 0u64;
+    let mut announced = false;
+    while let Ok(accepted) = tokio::time::timeout_at(ends, listener.accept()).await {
+        let (mut client, _) = accepted?;
+        if tokio::time::Instant::now() < opens {
+            dropped += 1;
+            continue; // closed at once: the peer sees the connection reset
+        }
+        if !announced {
+            eprintln!("loadgen: forwarder open after dropping {dropped} connections");
+            announced = true;
+        }
+        tokio::spawn(async move {
+            if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        });
+    }
+    Ok(())
+}
+
 fn check_args(args: &Args) -> Result<(), String> {
+    if let Some(target) = args.forward_to {
+        if !target.ip().is_loopback() {
+            return Err("--forward-to: only loopback addresses".into());
+        }
+        if !(0.0..=3600.0).contains(&args.closed_for) {
+            return Err("--closed-for must be in [0, 3600] seconds".into());
+        }
+        return Ok(());
+    }
     let url = reqwest::Url::parse(&args.url).map_err(|e| format!("--url: {e}"))?;
     if url.scheme() != "http" {
         return Err("--url must be http:// (loopback)".into());
@@ -321,6 +378,8 @@ async fn run(args: Args) -> Result<Value, BoxError> {
         "latency_p50_ms": ms(0.50),
         "latency_p99_ms": ms(0.99),
         "latency_max_ms": ms(1.0),
+        // Tencent waits 2 s for an answer.
+        "over_2s": latencies.iter().filter(|&&l| l > 2_000_000).count(),
         "batch_mean": batch["mean"],
         "lost": verify["lost"],
     });
