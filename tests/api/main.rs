@@ -8,3 +8,4 @@ mod lifecycle;
 mod model;
 mod operations;
 mod process;
+mod rows;
