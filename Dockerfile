@@ -69,7 +69,8 @@ LABEL org.opencontainers.image.title="roomsync" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
 # No packages added: roomsync links only glibc, libm and libgcc_s (all in the base), and its TLS
 # is rustls with the root certificates compiled in (webpki-roots), so it needs neither OpenSSL
-# nor ca-certificates (with their dependencies, about 9 MB).
+# nor ca-certificates (with their dependencies, about 10 MB). The image is about 90 MB: the base
+# (about 75 MB) and the binary (about 14 MB).
 RUN groupadd --system --gid 10001 roomsync \
     && useradd --system --no-log-init --uid 10001 --gid roomsync \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin roomsync \
