@@ -22,7 +22,14 @@ RUN cargo chef prepare --recipe-path recipe.json --bin roomsync
 # ---- builder: cook dependencies (cached), then build roomsync ---------------------------------
 FROM chef AS builder
 # The query macros read the committed .sqlx/ data; the build never talks to a database.
-ENV SQLX_OFFLINE=true
+# No debug info in the image: Cargo.toml's `debug = "line-tables-only"` (kept for local
+# profiling and benchmarks) makes the binary about 70 MB, nearly all of it DWARF. Stripping
+# only the debug info keeps the symbol table, so a backtrace (RUST_BACKTRACE=1) still names
+# every function, and a panic message still carries its file:line; only per-frame line numbers
+# go. Set before `cook` as well, so the cached dependencies are built with the same profile.
+ENV SQLX_OFFLINE=true \
+    CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=debuginfo
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --bin roomsync --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock ./
@@ -60,12 +67,11 @@ FROM debian:bookworm-slim AS runtime
 LABEL org.opencontainers.image.title="roomsync" \
       org.opencontainers.image.description="Receiver for Tencent Cloud Room callbacks that keeps a synchronized membership view in PostgreSQL" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
-# See the migrate stage for why versions are not pinned.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 roomsync \
+# No packages added: roomsync links only glibc, libm and libgcc_s (all in the base), and its TLS
+# is rustls with the root certificates compiled in (webpki-roots), so it needs neither OpenSSL
+# nor ca-certificates (with their dependencies, about 10 MB). The image is about 90 MB: the base
+# (about 75 MB) and the binary (about 14 MB).
+RUN groupadd --system --gid 10001 roomsync \
     && useradd --system --no-log-init --uid 10001 --gid roomsync \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin roomsync \
     && install -d -o roomsync -g roomsync -m 0750 /var/lib/roomsync

@@ -1,4 +1,4 @@
-//! SPEC §3: every answer of POST /callback, and what each one leaves in the database.
+//! docs/http.md: every answer of POST /callback, and what each one leaves in the database.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +6,7 @@ use roomsync::callback::sign;
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
 #[sqlx::test]
 async fn fixture_enter_is_stored_and_shows_in_the_roster(pool: PgPool) {
@@ -96,7 +96,7 @@ async fn app_id_missing_or_foreign_is_403_and_keeps_nothing(pool: PgPool) {
         assert_eq!(answer["ActionStatus"], "FAIL");
         assert_eq!(answer["ErrorCode"], code);
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 0);
+    assert_eq!(history(&pool).await, 0);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM rejected_callbacks").await,
         0
@@ -135,10 +135,10 @@ async fn signature_is_required_when_a_token_is_set(pool: PgPool) {
             "{query}"
         );
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 0);
+    assert_eq!(history(&pool).await, 0);
     // Correctly signed: accepted.
     app.deliver(&enter("r", &["u"], 10)).await;
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 1);
+    assert_eq!(history(&pool).await, 1);
 }
 
 #[sqlx::test]
@@ -217,7 +217,7 @@ async fn invalid_bodies_are_400_and_kept_as_rejected(pool: PgPool) {
             "{answer}"
         );
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 0);
+    assert_eq!(history(&pool).await, 0);
     let kept: Vec<(i64, i32, String, String)> = sqlx::query_as(
         "SELECT sdk_app_id, error_code, query, body FROM rejected_callbacks ORDER BY id",
     )
@@ -254,12 +254,12 @@ async fn duplicate_delivery_is_stored_once(pool: PgPool) {
     for (status, answer) in futures_util::future::join_all(sends).await {
         assert_eq!((status, answer), (200, ok()));
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 1);
+    assert_eq!(history(&pool).await, 1);
     // A later leave then the old enter again: the duplicate must not undo the leave.
     app.deliver(&leave("r", &["a"], "Leave", 200)).await;
     app.deliver(&first).await;
     assert_eq!(roster(&pool, "r").await, vec!["b"]);
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 2);
+    assert_eq!(history(&pool).await, 2);
 }
 
 #[sqlx::test]

@@ -1,4 +1,4 @@
-//! SPEC §6: nothing answered 200 is lost when PostgreSQL goes away, across restarts, and the
+//! docs/durability.md: nothing answered 200 is lost when PostgreSQL goes away, across restarts, and the
 //! journal's bound.
 
 use std::time::{Duration, Instant};
@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
+/// `n` enters into `room` of users `u0`, `u1`, ... at `from`, `from + 1`, ... ms.
 fn enters(room: &str, n: i64, from: i64) -> Vec<Value> {
     (0..n)
         .map(|i| enter(room, &[&format!("u{i}")], from + i))
         .collect()
-}
-
-async fn history(pool: &PgPool) -> i64 {
-    count(pool, "SELECT count(*) FROM room_events").await
 }
 
 #[sqlx::test]
@@ -84,7 +81,8 @@ async fn outage_is_journaled_then_drained_exactly_once(pool: PgPool) {
 #[sqlx::test]
 async fn a_restart_with_a_full_journal_drains_when_the_database_returns(pool: PgPool) {
     let proxy = Proxy::start(server_of(&pool)).await;
-    let journal = scratch_dir().join("shared.redb");
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir.path().join("shared.redb");
     let journal = journal.to_str().unwrap();
     let first = spawn_app_with(proxy.pool_for(&pool), &[("JOURNAL_PATH", journal)]).await;
     proxy.cut();

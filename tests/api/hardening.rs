@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
 /// The value of one sample of `/metrics`, 0 when absent.
 async fn metric(app: &TestApp, sample: &str) -> f64 {
@@ -220,8 +220,8 @@ async fn a_journaled_record_the_database_refuses_does_not_block_the_others(pool:
 
 #[sqlx::test]
 async fn a_journal_record_an_older_version_took_is_kept_when_it_no_longer_parses(pool: PgPool) {
-    let dir = scratch_dir();
-    let path = dir.join("journal.redb");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.redb");
     {
         let journal = Journal::open(&path, 1 << 20).unwrap();
         let record = |body: String| Record {

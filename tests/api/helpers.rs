@@ -1,18 +1,54 @@
-use std::{collections::HashMap, time::Duration};
+//! Running the application in-process and talking to it as Tencent does; the callback bodies
+//! the tests send; a cuttable TCP proxy in front of PostgreSQL; polling.
+//!
+//! `TEST_LOG=1` (or a tracing filter such as `TEST_LOG=roomsync=debug`) shows the application's
+//! logs for the tests that run (`scripts/test -- --nocapture` or a failure prints them).
+
+use std::{collections::HashMap, sync::Once, time::Duration};
 
 use roomsync::{callback::sign, config::Config, startup::Application};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+/// The app id the tests send as; `spawn_app` serves it and `1400000002`.
 pub const APP_ID: i64 = 1_400_000_001;
+/// A callback token for tests that switch signatures on (`CALLBACK_TOKEN`).
 pub const TOKEN: &str = "test-token";
 
+/// One running application (in this process) and a client for it.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub token: Option<String>,
     server: actix_web::dev::ServerHandle,
     running: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Holds the default journal file; removed when the app is dropped.
+    _journal_dir: tempfile::TempDir,
+}
+
+/// The tracing filter `TEST_LOG` asks for: `None` when unset, empty or `0`; `1`/`true` mean
+/// `info`; anything else is a filter as in `RUST_LOG`.
+pub fn test_log_filter() -> Option<String> {
+    let value = std::env::var("TEST_LOG").ok()?;
+    match value.trim() {
+        "" | "0" | "false" | "no" | "off" => None,
+        "1" | "true" | "yes" | "on" => Some("info".to_owned()),
+        filter => Some(filter.to_owned()),
+    }
+}
+
+/// With `TEST_LOG`, installs (once per process) a subscriber that writes to the test's
+/// captured output; without it, the application logs nowhere, as before.
+fn init_test_log() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if let Some(filter) = test_log_filter() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Starts the real application on 127.0.0.1:0 with the test's database.
@@ -20,8 +56,10 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, &[]).await
 }
 
-/// `overrides` are extra environment variables (e.g. `CALLBACK_TOKEN`).
+/// As [`spawn_app`], with `overrides` as extra or replaced environment variables (e.g.
+/// `CALLBACK_TOKEN`, or a `JOURNAL_PATH` that two applications share on purpose).
 pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    init_test_log();
     let mut vars: HashMap<String, String> = [
         // The pool is passed in; this URL is only validated.
         ("DATABASE_URL", "postgres://unused@127.0.0.1/unused"),
@@ -34,10 +72,14 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     // Each application its own journal, unless the test shares one on purpose.
-    let journal = scratch_dir().join("journal.redb");
+    let journal_dir = tempfile::tempdir().unwrap();
     vars.insert(
         "JOURNAL_PATH".into(),
-        journal.to_string_lossy().into_owned(),
+        journal_dir
+            .path()
+            .join("journal.redb")
+            .to_string_lossy()
+            .into_owned(),
     );
     for (k, v) in overrides {
         vars.insert((*k).to_owned(), (*v).to_owned());
@@ -69,6 +111,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         token,
         server,
         running,
+        _journal_dir: journal_dir,
     }
 }
 
@@ -118,6 +161,7 @@ impl TestApp {
         assert_eq!((status, &answer), (200, &ok()), "delivering {body}");
     }
 
+    /// GETs `path` (e.g. `/readyz`) on the application.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))
@@ -127,6 +171,7 @@ impl TestApp {
     }
 }
 
+/// Status and JSON body of a callback answer; asserts the JSON content type every answer has.
 pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let content_type = response
@@ -141,10 +186,12 @@ pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     (status, response.json().await.expect("JSON answer"))
 }
 
+/// The body of a 200 answer.
 pub fn ok() -> Value {
     json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})
 }
 
+/// A member-enter callback body: `users` enter `room` at `at` ms (the first user operates).
 pub fn enter(room: &str, users: &[&str], at: i64) -> Value {
     json!({
         "CallbackCommand": "Room.CallbackAfterMemberEnter", "Operator_Account": users.first().copied().unwrap_or("op"),
@@ -152,6 +199,7 @@ pub fn enter(room: &str, users: &[&str], at: i64) -> Value {
     })
 }
 
+/// A member-leave callback body with `Type` = `kind` and `Reason` = `reason-<kind>`.
 pub fn leave(room: &str, users: &[&str], kind: &str, at: i64) -> Value {
     json!({
         "CallbackCommand": "Room.CallbackAfterMemberLeave", "Operator_Account": "op", "RoomId": room,
@@ -159,10 +207,12 @@ pub fn leave(room: &str, users: &[&str], kind: &str, at: i64) -> Value {
     })
 }
 
+/// A destroy-room callback body.
 pub fn destroy(room: &str, at: i64) -> Value {
     json!({"CallbackCommand": "Room.CallbackAfterDestroyRoom", "Operator_Account": "admin", "RoomId": room, "EventTime": at})
 }
 
+/// A create-room callback body: a `Meeting` named `name`, owned by `owner`, for 50.
 pub fn create(room: &str, name: &str, at: i64) -> Value {
     json!({
         "CallbackCommand": "Room.CallbackAfterCreateRoom", "Operator_Account": "admin",
@@ -171,70 +221,15 @@ pub fn create(room: &str, name: &str, at: i64) -> Value {
     })
 }
 
+/// A callback body from `tests/fixtures/`.
 pub fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A member row as the SQL contract shows it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct MemberRow {
-    pub user_id: String,
-    pub in_room: bool,
-    pub entered_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub left_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub leave_type: Option<String>,
-    pub leave_reason: Option<String>,
-    pub last_event_at: chrono::DateTime<chrono::Utc>,
-}
-
-pub async fn member(pool: &PgPool, room: &str, user: &str) -> Option<MemberRow> {
-    sqlx::query_as(
-        "SELECT user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at
-         FROM room_members WHERE sdk_app_id = $1 AND room_id = $2 AND user_id = $3",
-    )
-    .bind(APP_ID)
-    .bind(room)
-    .bind(user)
-    .fetch_optional(pool)
-    .await
-    .unwrap()
-}
-
-pub async fn roster(pool: &PgPool, room: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT user_id FROM room_roster WHERE sdk_app_id = $1 AND room_id = $2 ORDER BY user_id",
-    )
-    .bind(APP_ID)
-    .bind(room)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
+/// The timestamp the tables hold for an `EventTime` of `at` ms.
 pub fn ms(at: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(at).unwrap()
-}
-
-/// A fresh directory under the system temp dir.
-pub fn scratch_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "roomsync-test-{}-{nanos}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A TCP forwarder in front of PostgreSQL that a test can cut and restore: the database
@@ -246,6 +241,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
     pub async fn start(target: std::net::SocketAddr) -> Self {
         use std::sync::{
             Arc, Mutex,
@@ -282,6 +278,7 @@ impl Proxy {
         }
     }
 
+    /// Accepts connections again.
     pub fn restore(&self) {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }

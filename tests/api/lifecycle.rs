@@ -1,50 +1,13 @@
-//! SPEC §5: every command's effect, each ordering rule, and live notifications.
+//! docs/semantics.md: every command's effect, each ordering rule, and live notifications.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgListener};
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
-#[derive(Debug, PartialEq, sqlx::FromRow)]
-struct RoomRow {
-    member_count: Option<i32>,
-    room_name: Option<String>,
-    room_type: Option<String>,
-    owner_account: Option<String>,
-    max_member_count: Option<i32>,
-    room_info: Option<Value>,
-    created_at: Option<chrono::DateTime<chrono::Utc>>,
-    destroyed_at: Option<chrono::DateTime<chrono::Utc>>,
-    last_event_at: chrono::DateTime<chrono::Utc>,
-}
-
-async fn room(pool: &PgPool, room: &str) -> RoomRow {
-    sqlx::query_as(
-        "SELECT member_count, room_name, room_type, owner_account, max_member_count, room_info,
-                created_at, destroyed_at, last_event_at
-         FROM rooms WHERE sdk_app_id = $1 AND room_id = $2",
-    )
-    .bind(APP_ID)
-    .bind(room)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-async fn seats(pool: &PgPool, room: &str) -> Vec<(i32, Option<String>, bool, bool, bool)> {
-    sqlx::query_as(
-        "SELECT seat_index, member_account, is_taken_disabled, is_video_disabled, is_audio_disabled
-         FROM room_seats WHERE sdk_app_id = $1 AND room_id = $2 ORDER BY seat_index",
-    )
-    .bind(APP_ID)
-    .bind(room)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
+/// A seat-change callback body with `seats` as its `SeatList`.
 fn seat_change(room: &str, at: i64, seats: Value) -> Value {
     json!({"CallbackCommand": "Mic.CallbackAfterSeatInfoChanged", "Operator_Account": "op", "RoomId": room, "SeatList": seats, "EventTime": at})
 }
@@ -264,7 +227,7 @@ async fn seats_follow_the_newest_change(pool: PgPool) {
 
 #[sqlx::test]
 async fn late_enter_after_a_destroy_stays_out(pool: PgPool) {
-    // SPEC §5.6, first example.
+    // docs/semantics.md#late-enter-after-a-destroy
     let app = spawn_app(pool.clone()).await;
     app.deliver(&destroy("r", 200)).await;
     app.deliver(&enter("r", &["u"], 100)).await;
@@ -279,7 +242,7 @@ async fn late_enter_after_a_destroy_stays_out(pool: PgPool) {
 
 #[sqlx::test]
 async fn late_leave_after_a_destroy_becomes_the_leave(pool: PgPool) {
-    // SPEC §5.6, second example.
+    // docs/semantics.md#late-leave-after-a-destroy
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("r", &["u"], 100)).await;
     app.deliver(&destroy("r", 200)).await;
@@ -294,7 +257,8 @@ async fn late_leave_after_a_destroy_becomes_the_leave(pool: PgPool) {
 
 #[sqlx::test]
 async fn late_destroy_does_not_end_a_later_enter(pool: PgPool) {
-    // SPEC §5.6, third example; the destroy still becomes the member's latest exit.
+    // docs/semantics.md#destroy-older-than-an-enter; the destroy still becomes the member's
+    // latest exit.
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("r", &["u"], 100)).await;
     app.deliver(&enter("r", &["u"], 300)).await;

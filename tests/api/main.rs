@@ -9,3 +9,4 @@ mod lifecycle;
 mod model;
 mod operations;
 mod process;
+mod rows;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
 #[sqlx::test]
 async fn retention_prunes_old_history_and_keeps_the_view(pool: PgPool) {
@@ -19,7 +19,7 @@ async fn retention_prunes_old_history_and_keeps_the_view(pool: PgPool) {
         .unwrap();
     let pruning = spawn_app_with(pool.clone(), &[("EVENT_RETENTION_DAYS", "2")]).await;
     let pruned = eventually(Duration::from_secs(10), || async {
-        count(&pool, "SELECT count(*) FROM room_events").await == 1
+        history(&pool).await == 1
     })
     .await;
     assert!(pruned, "the two old rows are gone, the recent one stays");
@@ -43,5 +43,5 @@ async fn pruning_works_in_batches(pool: PgPool) {
     .unwrap();
     let deleted = roomsync::store::retention::prune(&pool, 7).await.unwrap();
     assert_eq!(deleted, 2500);
-    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 0);
+    assert_eq!(history(&pool).await, 0);
 }

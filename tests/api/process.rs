@@ -1,5 +1,5 @@
 //! The real binary as an operator runs it: SIGTERM under load, and `kill -9` at any moment
-//! (SPEC §6). Nothing answered 200 may be lost.
+//! (docs/durability.md). Nothing answered 200 may be lost.
 
 use std::{
     collections::BTreeSet,
@@ -10,24 +10,44 @@ use std::{
 
 use sqlx::PgPool;
 
-use crate::helpers::*;
+use crate::{helpers::*, rows::*};
 
+/// A running `roomsync` binary. Dropping it kills the process (a failed assertion leaves
+/// nothing running) and removes its working directory.
 struct Process {
     child: Child,
     address: String,
+    _work_dir: tempfile::TempDir,
 }
 
-/// Starts `roomsync` against `pool`'s database through `proxy`, with its own journal file.
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Errors mean it has already exited (and been waited for): nothing to clean up.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `roomsync` against `pool`'s database through `proxy`, with the journal file
+/// `journal`, and waits until it answers `/healthz`. Its logs go to this process's stderr with
+/// `TEST_LOG` (at that filter), else nowhere.
 async fn start(pool: &PgPool, proxy: &Proxy, journal: &std::path::Path) -> Process {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let dir = scratch_dir();
-    let log = std::fs::File::create(dir.join("roomsync.log")).unwrap();
+    let work_dir = tempfile::tempdir().unwrap();
+    let log_filter = test_log_filter();
+    let output = || {
+        if log_filter.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        }
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_roomsync"))
         // Away from any developer .env file.
-        .current_dir(&dir)
+        .current_dir(work_dir.path())
         .env("DATABASE_URL", database_url(pool, proxy.port))
         .env("SDK_APP_ID", APP_ID.to_string())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -35,20 +55,25 @@ async fn start(pool: &PgPool, proxy: &Proxy, journal: &std::path::Path) -> Proce
         .env("JOURNAL_PATH", journal)
         .env("DATABASE_ACQUIRE_TIMEOUT_MS", "500")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
+        .env("RUST_LOG", log_filter.as_deref().unwrap_or("warn"))
+        .stdout(output())
+        .stderr(output())
         .spawn()
         .expect("roomsync starts");
-    let address = format!("http://127.0.0.1:{port}");
+    // Owned from here on, so an assertion below cannot leave it running.
+    let process = Process {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+        _work_dir: work_dir,
+    };
     let client = reqwest::Client::new();
     let up = eventually(Duration::from_secs(15), || {
-        let request = client.get(format!("{address}/healthz")).send();
+        let request = client.get(format!("{}/healthz", process.address)).send();
         async move { request.await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
     assert!(up, "roomsync answered /healthz");
-    Process { child, address }
+    process
 }
 
 /// The test database's URL, through the proxy, with the credentials the tests use.
@@ -97,31 +122,23 @@ async fn stream(address: String, first: i64, limit: i64, acked: Arc<Mutex<BTreeS
     futures_util::future::join_all(senders).await;
 }
 
-async fn stored_times(pool: &PgPool) -> BTreeSet<i64> {
-    let times: Vec<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("SELECT event_at FROM room_events")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-    times.into_iter().map(|t| t.timestamp_millis()).collect()
-}
-
-async fn wait_until_acked(pool: &PgPool, acked: &Mutex<BTreeSet<i64>>, count: usize) {
+/// Waits (at most 20 s) until `count` callbacks have been answered 200.
+async fn wait_until_acked(acked: &Mutex<BTreeSet<i64>>, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while acked.lock().unwrap().len() < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = pool;
 }
 
 #[sqlx::test]
 async fn sigterm_under_load_exits_0_and_loses_nothing(pool: PgPool) {
     let proxy = Proxy::start(server_of(&pool)).await;
-    let journal = scratch_dir().join("journal.redb");
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir.path().join("journal.redb");
     let mut process = start(&pool, &proxy, &journal).await;
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let load = tokio::spawn(stream(process.address.clone(), 1, 3000, acked.clone()));
-    wait_until_acked(&pool, &acked, 100).await;
+    wait_until_acked(&acked, 100).await;
     let term = Command::new("kill")
         .args(["-TERM", &process.child.id().to_string()])
         .status()
@@ -142,7 +159,7 @@ async fn sigterm_under_load_exits_0_and_loses_nothing(pool: PgPool) {
     load.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 100);
-    let stored = stored_times(&pool).await;
+    let stored = history_times(&pool).await;
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(
         lost.is_empty(),
@@ -154,7 +171,8 @@ async fn sigterm_under_load_exits_0_and_loses_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn kill_9_at_any_moment_loses_nothing_answered_200(pool: PgPool) {
     let proxy = Proxy::start(server_of(&pool)).await;
-    let journal = scratch_dir().join("journal.redb");
+    let journal_dir = tempfile::tempdir().unwrap();
+    let journal = journal_dir.path().join("journal.redb");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     // Round 1 runs with the database away, so the kill lands while writing the journal.
     for round in 0..4_i64 {
@@ -171,7 +189,7 @@ async fn kill_9_at_any_moment_loses_nothing_answered_200(pool: PgPool) {
             5000,
             acked.clone(),
         ));
-        wait_until_acked(&pool, &acked, before + 50 + 40 * round as usize).await;
+        wait_until_acked(&acked, before + 50 + 40 * round as usize).await;
         process.child.kill().unwrap(); // SIGKILL
         process.child.wait().unwrap();
         load.await.unwrap();
@@ -181,21 +199,17 @@ async fn kill_9_at_any_moment_loses_nothing_answered_200(pool: PgPool) {
     let mut process = start(&pool, &proxy, &journal).await;
     let acked = acked.lock().unwrap().clone();
     let complete = eventually(Duration::from_secs(30), || async {
-        acked.is_subset(&stored_times(&pool).await)
+        acked.is_subset(&history_times(&pool).await)
     })
     .await;
-    let stored = stored_times(&pool).await;
+    let stored = history_times(&pool).await;
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(
         complete && lost.is_empty(),
         "{} answered 200 but not stored: {lost:?}",
         lost.len()
     );
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM room_events").await,
-        stored.len() as i64,
-        "no duplicates"
-    );
+    assert_eq!(history(&pool).await, stored.len() as i64, "no duplicates");
     process.child.kill().unwrap();
     process.child.wait().unwrap();
 }
