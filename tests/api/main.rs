@@ -3,8 +3,10 @@
 
 mod callback;
 mod durability;
+mod fake_tencent;
 mod helpers;
 mod lifecycle;
 mod model;
 mod operations;
 mod process;
+mod tencent_client;
