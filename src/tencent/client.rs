@@ -51,7 +51,7 @@ pub const INTERNAL_ERROR: i64 = 100_001;
 pub struct ClientOptions {
     /// Whole-call deadline: connect, send, and read the answer.
     pub timeout: Duration,
-    /// `Count` of each `get_room_member_list` page.
+    /// `Count` of each `get_room_member_list` page (at least 1).
     pub member_page_size: u32,
     /// See [`DEFAULT_MAX_MEMBER_PAGES`].
     pub max_member_pages: usize,
@@ -335,7 +335,7 @@ impl TencentClient {
         for _ in 0..self.options.max_member_pages {
             let body = json!({
                 "RoomId": room.as_str(),
-                "Count": self.options.member_page_size,
+                "Count": self.options.member_page_size.max(1),
                 "Next": next,
             });
             let raw = self
