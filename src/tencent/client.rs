@@ -241,19 +241,9 @@ impl TencentClient {
         keys: &BTreeMap<SdkAppId, Secret>,
         options: ClientOptions,
     ) -> Result<Self, TencentError> {
-        // rustls with ring and Mozilla's roots, as sqlx connects to PostgreSQL: no OpenSSL, no
-        // dependence on the host's CA bundle, and no process-wide default provider to install.
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TencentError::Network(format!("TLS set-up: {e}")))?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
+        // rustls, verified against the system's root certificates (the container image ships
+        // them).
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
             .timeout(options.timeout)
             .connect_timeout(options.timeout)
             .user_agent(concat!("roomsync/", env!("CARGO_PKG_VERSION")))
