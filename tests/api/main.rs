@@ -3,6 +3,7 @@
 
 mod callback;
 mod durability;
+mod fake_tencent;
 mod hardening;
 mod helpers;
 mod lifecycle;
@@ -10,3 +11,4 @@ mod model;
 mod operations;
 mod process;
 mod rows;
+mod tencent_client;

@@ -1,0 +1,32 @@
+//! Tencent's Room REST API, for drift repair: the views that callbacks keep can drift from
+//! Tencent's own state when a callback is lost, and these calls tell what Tencent sees.
+//!
+//! - [`config`]: the `TENCENT_*` and `RECONCILE_*` variables ([`DriftRepairConfig`]).
+//! - [`usersig`]: the UserSig every call is signed with, cached per app ([`UserSigCache`]).
+//! - [`client`]: the calls themselves ([`TencentClient`]), typed answers ([`Answer`]) and errors
+//!   ([`TencentError`]).
+//!
+//! ```no_run
+//! # async fn example(config: &roomsync::tencent::DriftRepairConfig) {
+//! use roomsync::{callback::Id, tencent::{TencentClient, TencentError}};
+//!
+//! let client = TencentClient::new(config).expect("TLS set-up");
+//! let room = Id::parse("room-1").unwrap();
+//! for app in client.apps().collect::<Vec<_>>() {
+//!     match client.get_room_member_list(app, &room).await {
+//!         Ok(answer) => println!("{} members; payload {}", answer.data.len(), answer.raw),
+//!         Err(TencentError::RoomNotFound) => println!("room gone"),
+//!         Err(e) if e.is_auth_error() => eprintln!("fix the key: {e}"),
+//!         Err(e) => eprintln!("skip this turn ({}): {e}", e.error_code_label()),
+//!     }
+//! }
+//! # }
+//! ```
+
+pub mod client;
+pub mod config;
+pub mod usersig;
+
+pub use client::{Answer, ClientOptions, RoomDetails, TencentClient, TencentError};
+pub use config::DriftRepairConfig;
+pub use usersig::{UserSigCache, UserSigError, UserSigFields};
