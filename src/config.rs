@@ -1,4 +1,4 @@
-//! Configuration: every variable of SPEC §2, read once at start-up and validated.
+//! Configuration: every variable of docs/configuration.md, read once at start-up and validated.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -54,7 +54,7 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     pub http_workers: usize,
     pub batch_max_events: usize,
-    /// The local journal file (SPEC §6).
+    /// The local journal file (docs/durability.md#the-local-journal).
     pub journal_path: PathBuf,
     /// Past this many bytes of pending callbacks the journal refuses more (503).
     pub journal_max_bytes: u64,

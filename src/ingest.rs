@@ -1,5 +1,5 @@
 //! Where an accepted callback goes: PostgreSQL when it is reachable, else the local journal
-//! (SPEC §6); and the task that drains the journal into PostgreSQL.
+//! (docs/durability.md); and the task that drains the journal into PostgreSQL.
 
 use std::{
     sync::{
@@ -213,7 +213,7 @@ impl Ingest {
         if !up {
             tracing::info!(depth = self.journal.depth(), "database reachable again");
         }
-        // New callbacks go straight to the database again; order does not matter (SPEC §5).
+        // New callbacks go straight to the database again; order does not matter (docs/semantics.md#the-rule).
         self.database_up.store(true, Ordering::Relaxed);
         while self.journal.depth() > 0 {
             self.drain_batch().await?;

@@ -1,4 +1,4 @@
-//! The local durable journal of SPEC §6: where callbacks go, fsync'd, when PostgreSQL cannot
+//! The local durable journal (docs/durability.md#the-local-journal): where callbacks go, fsync'd, when PostgreSQL cannot
 //! take them, until the drain task moves them there.
 //!
 //! Storage is [redb](https://docs.rs/redb): an embedded, crash-safe key-value store whose

@@ -1,5 +1,5 @@
 //! Validated callback types. Constructors are the only way in, so a value of these types is
-//! always within the bounds of SPEC §3.
+//! always within the bounds of docs/protocol.md#bounds.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -92,7 +92,7 @@ impl Command {
             "Room.CallbackAfterMemberLeave" => Self::MemberLeave,
             "Room.CallbackAfterCreateRoom" => Self::CreateRoom,
             "Room.CallbackAfterDestroyRoom" => Self::DestroyRoom,
-            // The older name is the same event (SPEC §1.3).
+            // The older name is the same event (docs/protocol.md#commands-and-bodies).
             "Room.CallbackAfterUpdateRoomInfo" | "Room.CallbackUpdateRoomInfo" => {
                 Self::UpdateRoomInfo
             }
@@ -226,7 +226,7 @@ impl Callback {
         }
     }
 
-    /// What makes two deliveries "the same callback" (SPEC §5): app, command, room, EventTime,
+    /// What makes two deliveries "the same callback" (docs/semantics.md#exactly-once): app, command, room, EventTime,
     /// Type and the member set, order-insensitive. The app is a column of its own.
     /// Unknown commands without an EventTime carry their whole body instead.
     pub(super) fn compute_dedup_key(&self, event_time_was_sent: bool) -> [u8; 32] {

@@ -1,4 +1,4 @@
-//! The wire protocol of SPEC §1: query string, signature, and the body parsed into domain types.
+//! The wire protocol (docs/protocol.md): query string, signature, and the body parsed into domain types.
 //!
 //! Everything past this module works with [`Callback`]: once parsed, nothing is checked again.
 

@@ -1,4 +1,4 @@
-//! Body parsing: JSON -> [`Callback`], with an error that names the field (SPEC §1.3, §3).
+//! Body parsing: JSON -> [`Callback`], with an error that names the field (docs/protocol.md#commands-and-bodies, #bounds).
 
 use serde_json::{Map, Value};
 
@@ -6,7 +6,7 @@ use super::{
     Callback, CallbackQuery, Command, Event, EventTime, Id, MemberChange, RoomInfo, SdkAppId, Seat,
 };
 
-/// Most entries any list may hold (SPEC §3).
+/// Most entries any list may hold (docs/protocol.md#bounds).
 pub const MAX_LIST_ENTRIES: usize = 10_000;
 
 /// Why a body was refused: the kind fixes the ErrorCode, `info` names the field or problem.

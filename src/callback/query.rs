@@ -1,4 +1,4 @@
-//! The query string Tencent appends to the callback URL (SPEC §1.1). Keys are matched
+//! The query string Tencent appends to the callback URL (docs/protocol.md#transport-and-query-string). Keys are matched
 //! case-insensitively because Tencent's own documents spell them several ways.
 
 use percent_encoding::percent_decode_str;

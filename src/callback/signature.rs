@@ -1,4 +1,4 @@
-//! Tencent's callback authentication (SPEC §1.4):
+//! Tencent's callback authentication (docs/protocol.md#signature):
 //! `Sign = lowercase_hex(SHA-256(token ‖ RequestTime))`, with a replay window on `RequestTime`.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `POST /callback`: size, app id, signature, body, then the store (SPEC §3, in that order).
+//! `POST /callback`: size, app id, signature, body, then the store (docs/http.md#order-of-the-checks).
 
 use std::{
     pin::Pin,

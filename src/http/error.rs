@@ -1,4 +1,4 @@
-//! The one error type of the callback boundary and its mapping to SPEC §3.
+//! The one error type of the callback boundary and its mapping to HTTP answers (docs/http.md#error-codes).
 
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::json;
@@ -31,7 +31,7 @@ pub enum CallbackError {
 }
 
 impl CallbackError {
-    /// Each distinct failure has its own code (the README lists them).
+    /// Each distinct failure has its own code (docs/http.md#error-codes lists them).
     pub fn code(&self) -> u32 {
         match self {
             Self::Invalid(rejection) => match rejection.kind {

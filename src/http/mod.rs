@@ -1,4 +1,4 @@
-//! The HTTP layer of SPEC §3: routes, the callback receiver, and the error mapping.
+//! The HTTP layer (docs/http.md): routes, the callback receiver, and the error mapping.
 
 mod callback;
 mod error;

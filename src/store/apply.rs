@@ -175,7 +175,7 @@ async fn member_event(
         .collect();
     let (id, applied, in_room) = match enter_after {
         Some(last_destroy_at) => {
-            // The first destroy at or after this enter ends it again (SPEC §5, rule 3).
+            // The first destroy at or after this enter ends it again (docs/semantics.md#destroy).
             let ended_by = match last_destroy_at {
                 Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
                 _ => None,
@@ -459,7 +459,7 @@ async fn enter(
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
     let users = user_ids(change);
-    // The first destroy at or after this enter ends it again (SPEC §5, rule 3).
+    // The first destroy at or after this enter ends it again (docs/semantics.md#destroy).
     let ended_by = match last_destroy_at {
         Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
         _ => None,
@@ -551,7 +551,7 @@ async fn destroy(
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
     // Members whose newest event is an enter before this destroy, and who are in the room or
-    // were ended by a later destroy: this one ends them (SPEC §5, rule 3).
+    // were ended by a later destroy: this one ends them (docs/semantics.md#destroy).
     let ended = sqlx::query_scalar!(
         r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = 'RoomDestroyed'
            WHERE sdk_app_id = $1 AND room_id = $2

@@ -1,4 +1,4 @@
-//! The sequential rules of SPEC §5 for one member, as a pure fold. The database applies events
+//! The sequential rules (docs/semantics.md) for one member, as a pure fold. The database applies events
 //! incrementally when they arrive in order; when they do not, a member's row is recomputed with
 //! this fold over the room's history.
 
@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 pub const ROOM_DESTROYED: &str = "RoomDestroyed";
 
-/// Rank at equal EventTime (SPEC §5): enters and creates, then leaves, then destroys.
+/// Rank at equal EventTime (docs/semantics.md#equal-eventtime): enters and creates, then leaves, then destroys.
 pub const RANK_ENTER: i16 = 0;
 pub const RANK_LEAVE: i16 = 1;
 pub const RANK_DESTROY: i16 = 2;
