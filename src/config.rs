@@ -50,7 +50,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub database_max_connections: u32,
-    /// How long a callback may wait for a database connection before it is answered 503.
+    /// How long a callback may wait for a database connection before it goes to the journal.
     pub database_acquire_timeout: Duration,
     pub http_workers: usize,
     pub batch_max_events: usize,

@@ -21,7 +21,7 @@ use crate::{
 /// write, well inside Tencent's 2 s.
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1200);
 
-/// See the server's settings in [`Application::build_with_pool`] (and the README's limits).
+/// See the server's settings in [`Application::build_with_pool`] (and docs/limits.md).
 const HTTP_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(5);
 

@@ -73,7 +73,8 @@ impl EventTime {
     }
 }
 
-/// The six known commands; anything else is kept as sent.
+/// The six known commands; anything else is kept as sent. [`Command::Reconcile`] is roomsync's
+/// own: a drift-repair correction, never accepted from the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command {
     MemberEnter,
@@ -82,8 +83,17 @@ pub enum Command {
     DestroyRoom,
     UpdateRoomInfo,
     SeatInfoChanged,
+    Reconcile,
     Other(String),
 }
+
+/// `room_events.callback_command` of a correction (docs/drift-repair.md).
+pub const RECONCILE_COMMAND: &str = "roomsync.Reconcile";
+/// Commands under this prefix are roomsync's own; a callback may not use them.
+pub const RESERVED_PREFIX: &str = "roomsync.";
+/// `leave_type` of a membership ended by a destroy, and by a correction.
+pub const ROOM_DESTROYED: &str = "RoomDestroyed";
+pub const RECONCILED: &str = "Reconciled";
 
 impl Command {
     pub fn parse(raw: &str) -> Self {
@@ -97,6 +107,7 @@ impl Command {
                 Self::UpdateRoomInfo
             }
             "Mic.CallbackAfterSeatInfoChanged" => Self::SeatInfoChanged,
+            // A correction is made by roomsync, never parsed from a callback.
             other => Self::Other(other.to_owned()),
         }
     }
@@ -110,6 +121,7 @@ impl Command {
             Self::DestroyRoom => "Room.CallbackAfterDestroyRoom",
             Self::UpdateRoomInfo => "Room.CallbackAfterUpdateRoomInfo",
             Self::SeatInfoChanged => "Mic.CallbackAfterSeatInfoChanged",
+            Self::Reconcile => RECONCILE_COMMAND,
             Self::Other(name) => name,
         }
     }
@@ -123,6 +135,7 @@ impl Command {
             Self::DestroyRoom => "destroy_room",
             Self::UpdateRoomInfo => "update_room_info",
             Self::SeatInfoChanged => "seat_info_changed",
+            Self::Reconcile => "reconcile",
             Self::Other(_) => "other",
         }
     }
@@ -219,6 +232,54 @@ pub struct Callback {
 }
 
 impl Callback {
+    /// A drift-repair correction observed at `at`: `event` is an enter, a leave, a destroy or
+    /// a seat list; `payload` is the REST answer it came from.
+    pub fn correction(
+        sdk_app_id: SdkAppId,
+        room_id: Id,
+        at: EventTime,
+        event: Event,
+        payload: &Value,
+    ) -> Self {
+        let mut callback = Self {
+            sdk_app_id,
+            command: Command::Reconcile,
+            room_id: Some(room_id),
+            operator: None,
+            event_time: at,
+            event,
+            meta: Meta::default(),
+            payload: payload.to_string(),
+            dedup_key: [0; 32],
+        };
+        callback.dedup_key = callback.compute_dedup_key(true);
+        callback
+    }
+
+    /// `room_events.event_type`: a member event's `Type`; a correction's kind (`Enter`,
+    /// `Leave`, `Destroy`, `Seats`).
+    pub fn event_type(&self) -> Option<&str> {
+        if self.command == Command::Reconcile {
+            return Some(match self.event {
+                Event::MemberEnter(_) => "Enter",
+                Event::MemberLeave(_) => "Leave",
+                Event::DestroyRoom => "Destroy",
+                _ => "Seats",
+            });
+        }
+        self.member_change().and_then(|c| c.kind.as_deref())
+    }
+
+    /// The `leave_type` a membership gets when this event ends it.
+    pub fn exit_type(&self) -> Option<&str> {
+        match (&self.command, &self.event) {
+            (Command::Reconcile, Event::MemberLeave(_) | Event::DestroyRoom) => Some(RECONCILED),
+            (_, Event::MemberLeave(change)) => change.kind.as_deref(),
+            (_, Event::DestroyRoom) => Some(ROOM_DESTROYED),
+            _ => None,
+        }
+    }
+
     pub fn member_change(&self) -> Option<&MemberChange> {
         match &self.event {
             Event::MemberEnter(change) | Event::MemberLeave(change) => Some(change),
@@ -247,12 +308,7 @@ impl Callback {
             part(&self.event_time.millis().to_le_bytes());
         }
         let change = self.member_change();
-        part(
-            change
-                .and_then(|c| c.kind.as_deref())
-                .unwrap_or("")
-                .as_bytes(),
-        );
+        part(self.event_type().unwrap_or("").as_bytes());
         let members = change
             .map(MemberChange::distinct_members)
             .unwrap_or_default();

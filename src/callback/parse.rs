@@ -3,7 +3,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Callback, CallbackQuery, Command, Event, EventTime, Id, MemberChange, RoomInfo, SdkAppId, Seat,
+    Callback, CallbackQuery, Command, Event, EventTime, Id, MemberChange, RESERVED_PREFIX,
+    RoomInfo, SdkAppId, Seat,
 };
 
 /// Most entries any list may hold (docs/protocol.md#bounds).
@@ -105,7 +106,9 @@ pub fn parse_body(
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Rejection::new(RejectionKind::NotJson, format!("body is not JSON: {e}")))?;
-    if let Some(name) = query.not_utf8.first() {
+    // Only the values that are stored as text; the others fail their own checks.
+    let stored = ["CallbackCommand", "ClientIP", "OptPlatform"];
+    if let Some(name) = query.not_utf8.iter().find(|n| stored.contains(n)) {
         let info = format!("{name} in the query is not UTF-8 text");
         return Err(Rejection::new(RejectionKind::WrongType, info));
     }
@@ -137,6 +140,12 @@ pub fn parse_body(
             return Err(Rejection::new(
                 RejectionKind::CommandMismatch,
                 format!("CallbackCommand differs: {q:?} in the query, {b:?} in the body"),
+            ));
+        }
+        (Some(name), _) | (None, Some(name)) if name.starts_with(RESERVED_PREFIX) => {
+            return Err(Rejection::bounds(
+                "CallbackCommand",
+                &format!("{name:?} is reserved for roomsync's own corrections"),
             ));
         }
         (Some(name), _) | (None, Some(name)) if !name.is_empty() => Command::parse(name),
@@ -180,7 +189,7 @@ pub fn parse_body(
                 seats: body.seats()?,
             },
         ),
-        Command::Other(_) => (body.opt_id("RoomId")?, Event::Other),
+        Command::Other(_) | Command::Reconcile => (body.opt_id("RoomId")?, Event::Other),
     };
 
     let payload = text.to_owned();
@@ -718,6 +727,7 @@ mod tests {
             (r#"{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":[{"Index":1,"Member_Account":-3}]}"#.into(), RejectionKind::WrongType, "SeatList[0].Member_Account"),
             (r#"{"CallbackCommand":"Room.CallbackAfterDestroyRoom","EventTime":5}"#.into(), RejectionKind::MissingField, "RoomId"),
             (r#"{"CallbackCommand":5,"RoomId":"r","EventTime":5}"#.into(), RejectionKind::WrongType, "CallbackCommand"),
+            (r#"{"CallbackCommand":"roomsync.Reconcile","RoomId":"r","EventTime":5}"#.into(), RejectionKind::OutOfBounds, "reserved"),
         ];
         for (body, kind, field) in cases {
             let r = rejected(&body);
@@ -821,7 +831,7 @@ mod tests {
         let r = parse_with(ENTER, "ClientIP=%C3%28").unwrap_err();
         assert_eq!(r.kind, RejectionKind::WrongType);
         assert!(r.info.contains("ClientIP"));
-        let ok = parse_with(ENTER, "ClientIP=%E4%B8%AD").unwrap();
+        let ok = parse_with(ENTER, "ClientIP=%E4%B8%AD&Sign=%FF").unwrap();
         assert_eq!(ok.meta.client_ip.as_deref(), Some("中"));
     }
 

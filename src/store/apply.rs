@@ -14,10 +14,13 @@ use sqlx::PgConnection;
 
 use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
 use crate::callback::{Callback, Event, MemberChange, RoomInfo, Seat};
+use crate::callback::{RECONCILE_COMMAND, RECONCILED, ROOM_DESTROYED};
 
 const ENTER: &str = "Room.CallbackAfterMemberEnter";
 const LEAVE: &str = "Room.CallbackAfterMemberLeave";
 const DESTROY: &str = "Room.CallbackAfterDestroyRoom";
+/// Corrections: `event_type` `Enter`, `Leave` or `Destroy` act as those events.
+const RECONCILE: &str = RECONCILE_COMMAND;
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 const NOTIFY_MAX_PAYLOAD: usize = 7999;
@@ -180,6 +183,7 @@ async fn member_event(
                 Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
                 _ => None,
             };
+            let (ended_at, exit) = ended_by.unzip();
             let row = sqlx::query!(
                 r#"WITH ev AS (
                        INSERT INTO room_events
@@ -199,8 +203,7 @@ async fn member_event(
                        INSERT INTO room_members AS m
                            (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
                             last_event_at, last_event_rank)
-                       SELECT $1, $3, u, $14::timestamptz IS NULL, $8, $14,
-                              CASE WHEN $14::timestamptz IS NULL THEN NULL ELSE 'RoomDestroyed' END, $8, 0
+                       SELECT $1, $3, u, $14::timestamptz IS NULL, $8, $14, $15, $8, 0
                        FROM UNNEST($13::text[]) AS t(u)
                        WHERE EXISTS (SELECT 1 FROM ev)
                        ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
@@ -218,7 +221,7 @@ async fn member_event(
                 callback.command.as_str(),
                 room.id,
                 callback.operator.as_deref(),
-                change.kind.as_deref(),
+                callback.event_type(),
                 &as_sent,
                 change.member_count,
                 at,
@@ -227,11 +230,12 @@ async fn member_event(
                 callback.payload.as_str(),
                 &callback.dedup_key[..],
                 &users,
-                ended_by,
+                ended_at,
+                exit,
             )
             .fetch_one(&mut *conn)
             .await?;
-            (row.id, row.applied, ended_by.is_none())
+            (row.id, row.applied, ended_at.is_none())
         }
         None => {
             // At equal time two leaves are ordered by (Type, Reason), as in membership::fold.
@@ -254,7 +258,7 @@ async fn member_event(
                        INSERT INTO room_members AS m
                            (sdk_app_id, room_id, user_id, in_room, left_at, leave_type, leave_reason,
                             last_event_at, last_event_rank)
-                       SELECT $1, $3, u, false, $8, $5, $14, $8, 1
+                       SELECT $1, $3, u, false, $8, $15, $14, $8, 1
                        FROM UNNEST($13::text[]) AS t(u)
                        WHERE EXISTS (SELECT 1 FROM ev)
                        ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
@@ -275,7 +279,7 @@ async fn member_event(
                 callback.command.as_str(),
                 room.id,
                 callback.operator.as_deref(),
-                change.kind.as_deref(),
+                callback.event_type(),
                 &as_sent,
                 change.member_count,
                 at,
@@ -285,6 +289,7 @@ async fn member_event(
                 &callback.dedup_key[..],
                 &users,
                 change.reason.as_deref(),
+                callback.exit_type(),
             )
             .fetch_one(&mut *conn)
             .await?;
@@ -345,9 +350,12 @@ async fn apply_effects(
         }
         Event::MemberLeave(change) => {
             set_member_count(conn, room, at, RANK_LEAVE, change).await?;
-            leave(conn, room, at, change, notify).await?;
+            leave(conn, room, at, change, callback.exit_type(), notify).await?;
         }
-        Event::DestroyRoom => destroy(conn, room, at, notify).await?,
+        Event::DestroyRoom => {
+            let exit = callback.exit_type().unwrap_or(ROOM_DESTROYED);
+            destroy(conn, room, at, exit, notify).await?
+        }
         Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
         Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
         Event::SeatInfoChanged { seats } => {
@@ -409,7 +417,7 @@ async fn insert_event(
         callback.command.as_str(),
         callback.room_id.as_ref().map(|r| r.as_str()),
         callback.operator.as_deref(),
-        change.and_then(|c| c.kind.as_deref()),
+        callback.event_type(),
         &members,
         change.and_then(|c| c.member_count),
         change.and_then(|c| c.reason.as_deref()),
@@ -464,12 +472,12 @@ async fn enter(
         Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
         _ => None,
     };
+    let (ended_at, exit) = ended_by.unzip();
     let applied = sqlx::query_scalar!(
         r#"INSERT INTO room_members AS m
                (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
                 last_event_at, last_event_rank)
-           SELECT $1, $2, u, $4::timestamptz IS NULL, $3, $4,
-                  CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE 'RoomDestroyed' END, $3, 0
+           SELECT $1, $2, u, $4::timestamptz IS NULL, $3, $4, $6, $3, 0
            FROM UNNEST($5::text[]) AS t(u)
            ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
                in_room = EXCLUDED.in_room,
@@ -483,13 +491,14 @@ async fn enter(
         room.app,
         room.id,
         at,
-        ended_by,
+        ended_at,
         &users,
+        exit,
     )
     .fetch_all(&mut *conn)
     .await?;
     let mut changes = Changes::new(room, at);
-    changes.add(applied, ended_by.is_none());
+    changes.add(applied, ended_at.is_none());
     let late = missing(&users, &changes);
     changes.recompute(conn, late).await?;
     if notify == Notify::Yes {
@@ -503,6 +512,7 @@ async fn leave(
     room: Room<'_>,
     at: DateTime<Utc>,
     change: &MemberChange,
+    exit: Option<&str>,
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
     let users = user_ids(change);
@@ -528,7 +538,7 @@ async fn leave(
         room.app,
         room.id,
         at,
-        change.kind.as_deref(),
+        exit,
         change.reason.as_deref(),
         &users,
     )
@@ -548,19 +558,25 @@ async fn destroy(
     conn: &mut PgConnection,
     room: Room<'_>,
     at: DateTime<Utc>,
+    exit: &str,
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
     // Members whose newest event is an enter before this destroy, and who are in the room or
     // were ended by a later destroy: this one ends them (docs/semantics.md#destroy).
     let ended = sqlx::query_scalar!(
-        r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = 'RoomDestroyed'
+        r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = $4
            WHERE sdk_app_id = $1 AND room_id = $2
              AND last_event_rank = 0 AND last_event_at <= $3
-             AND (in_room OR (leave_type = 'RoomDestroyed' AND left_at > $3))
+             AND (in_room
+                  OR (leave_type IN ($5, $6)
+                      AND (left_at > $3 OR (left_at = $3 AND leave_type COLLATE "C" > $4))))
            RETURNING user_id"#,
         room.app,
         room.id,
         at,
+        exit,
+        ROOM_DESTROYED,
+        RECONCILED,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -570,10 +586,12 @@ async fn destroy(
     let later = sqlx::query_scalar!(
         r#"SELECT user_id FROM room_members
            WHERE sdk_app_id = $1 AND room_id = $2 AND in_room AND last_event_at > $3
-             AND (left_at IS NULL OR left_at <= $3 OR leave_type = 'RoomDestroyed')"#,
+             AND (left_at IS NULL OR left_at <= $3 OR leave_type IN ($4, $5))"#,
         room.app,
         room.id,
         at,
+        ROOM_DESTROYED,
+        RECONCILED,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -596,21 +614,36 @@ async fn destroy(
     Ok(())
 }
 
+/// The first destroy (callback or correction) at or after `at`, and the exit it gives.
 async fn first_destroy_since(
     conn: &mut PgConnection,
     room: Room<'_>,
     at: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT min(event_at) FROM room_events
-           WHERE sdk_app_id = $1 AND room_id = $2 AND callback_command = $3 AND event_at >= $4"#,
+) -> Result<Option<(DateTime<Utc>, &'static str)>, sqlx::Error> {
+    let first = sqlx::query!(
+        r#"SELECT event_at, callback_command = $4 AS "reconciled!" FROM room_events
+           WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
+             AND (callback_command = $5 OR (callback_command = $4 AND event_type = 'Destroy'))
+           ORDER BY event_at, callback_command = $4 DESC
+           LIMIT 1"#,
         room.app,
         room.id,
-        DESTROY,
         at,
+        RECONCILE,
+        DESTROY,
     )
-    .fetch_one(conn)
-    .await
+    .fetch_optional(conn)
+    .await?;
+    // At one time, "Reconciled" sorts before "RoomDestroyed": it applies first (the fold's order).
+    Ok(first.map(|row| (row.event_at, exit_of(row.reconciled))))
+}
+
+fn exit_of(reconciled: bool) -> &'static str {
+    if reconciled {
+        RECONCILED
+    } else {
+        ROOM_DESTROYED
+    }
 }
 
 /// Recomputes members from the room's history (late or reordered events): one read of the
@@ -628,13 +661,15 @@ async fn recompute_members(
         r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
            WHERE sdk_app_id = $1 AND room_id = $2
              AND (callback_command = $3
-                  OR (callback_command IN ($4, $5) AND member_list && $6::text[]))"#,
+                  OR (callback_command = $7 AND event_type = 'Destroy')
+                  OR (callback_command IN ($4, $5, $7) AND member_list && $6::text[]))"#,
         room.app,
         room.id,
         DESTROY,
         ENTER,
         LEAVE,
         users,
+        RECONCILE,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -642,15 +677,22 @@ async fn recompute_members(
     let mut events: HashMap<&str, Vec<MemberEvent>> =
         users.iter().map(|u| (u.as_str(), Vec::new())).collect();
     for row in &rows {
-        let event = match row.callback_command.as_str() {
-            ENTER => MemberEvent::Enter { at: row.event_at },
-            LEAVE => MemberEvent::Leave {
-                at: row.event_at,
+        let at = row.event_at;
+        let event = match (row.callback_command.as_str(), row.event_type.as_deref()) {
+            (ENTER, _) | (RECONCILE, Some("Enter")) => MemberEvent::Enter { at },
+            (LEAVE, _) => MemberEvent::Leave {
+                at,
                 kind: row.event_type.clone(),
                 reason: row.reason.clone(),
             },
-            _ => {
-                destroys.push(MemberEvent::Destroy { at: row.event_at });
+            (RECONCILE, Some("Leave")) => MemberEvent::Leave {
+                at,
+                kind: Some(RECONCILED.to_owned()),
+                reason: row.reason.clone(),
+            },
+            (command, _) => {
+                let exit = exit_of(command == RECONCILE);
+                destroys.push(MemberEvent::Destroy { at, exit });
                 continue;
             }
         };

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-pub const ROOM_DESTROYED: &str = "RoomDestroyed";
+pub use crate::callback::{RECONCILED, ROOM_DESTROYED};
 
 /// Rank at equal EventTime (docs/semantics.md#equal-eventtime): enters and creates, then leaves, then destroys.
 pub const RANK_ENTER: i16 = 0;
@@ -34,8 +34,11 @@ pub enum MemberEvent {
         kind: Option<String>,
         reason: Option<String>,
     },
+    /// A destroy, or a correction that found the room gone: `exit` is the `leave_type` it
+    /// gives ([`ROOM_DESTROYED`] or [`RECONCILED`]).
     Destroy {
         at: DateTime<Utc>,
+        exit: &'static str,
     },
 }
 
@@ -51,7 +54,8 @@ impl MemberEvent {
                 kind.as_deref().unwrap_or(""),
                 reason.as_deref().unwrap_or(""),
             ),
-            Self::Destroy { at } => (*at, RANK_DESTROY, "", ""),
+            // Two destroys at one time: the first in byte order of `exit` ends the membership.
+            Self::Destroy { at, exit } => (*at, RANK_DESTROY, exit, ""),
         }
     }
 }
@@ -78,12 +82,12 @@ pub fn fold(mut events: Vec<MemberEvent>) -> Option<MemberState> {
                 s.last_event_at = at;
                 s.last_event_rank = RANK_LEAVE;
             }
-            MemberEvent::Destroy { at } => {
+            MemberEvent::Destroy { at, exit } => {
                 // Only ends a membership; leave_reason and last_event_at are the member's own.
                 if let Some(s) = state.as_mut().filter(|s| s.in_room) {
                     s.in_room = false;
                     s.left_at = Some(at);
-                    s.leave_type = Some(ROOM_DESTROYED.to_owned());
+                    s.leave_type = Some(exit.to_owned());
                 }
             }
         }
@@ -121,7 +125,10 @@ mod tests {
         }
     }
     fn destroy(ms: i64) -> MemberEvent {
-        MemberEvent::Destroy { at: t(ms) }
+        MemberEvent::Destroy {
+            at: t(ms),
+            exit: ROOM_DESTROYED,
+        }
     }
 
     #[test]
@@ -169,6 +176,21 @@ mod tests {
         let mut reversed = events;
         reversed.reverse();
         assert_eq!(fold(reversed), expected);
+    }
+
+    #[test]
+    fn a_destroy_correction_ends_with_its_own_exit_and_ties_are_ordered() {
+        let reconciled = MemberEvent::Destroy {
+            at: t(200),
+            exit: RECONCILED,
+        };
+        let s = fold(vec![enter(100), reconciled.clone()]).unwrap();
+        assert_eq!(s.leave_type.as_deref(), Some(RECONCILED));
+        // Same time as a destroy callback: the result does not depend on the input order.
+        let a = fold(vec![enter(100), destroy(200), reconciled.clone()]);
+        let b = fold(vec![enter(100), reconciled, destroy(200)]);
+        assert_eq!(a, b);
+        assert_eq!(a.unwrap().leave_type.as_deref(), Some(RECONCILED));
     }
 
     #[test]

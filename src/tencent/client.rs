@@ -552,7 +552,7 @@ fn account_id(value: &Value) -> Result<Id, String> {
         }
         _ => return Err("is not a string".into()),
     };
-    Id::parse(&text).map_err(str::to_owned)
+    Id::parse(&text).map_err(|e| e.to_string())
 }
 
 /// An integer, also when sent as decimal text.

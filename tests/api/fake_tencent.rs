@@ -163,8 +163,11 @@ async fn handle(
     body: web::Bytes,
     state: web::Data<Mutex<State>>,
 ) -> HttpResponse {
+    // Decoded as Tencent's server would (form encoding).
     let query: HashMap<String, String> =
-        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+        reqwest::Url::parse(&format!("http://fake/?{}", req.query_string()))
+            .map(|url| url.query_pairs().into_owned().collect())
+            .unwrap_or_default();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let room = body_json
         .get("RoomId")

@@ -356,8 +356,9 @@ async fn an_unfinished_body_is_answered_and_its_connection_closed(pool: PgPool) 
     app.stop().await;
 }
 
-/// Requests the HTTP layer cannot take as HTTP (a head over its 32 KiB buffer) are answered
-/// before roomsync sees them: a bare 4xx without a JSON body, and the connection closed.
+/// Requests the HTTP layer cannot take as HTTP (here a request target over its 65,534-byte
+/// limit) are answered before roomsync sees them: a bare 4xx without a JSON body, and the
+/// connection closed.
 #[sqlx::test]
 async fn a_head_too_large_for_http_gets_a_bare_4xx(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -369,7 +370,7 @@ async fn a_head_too_large_for_http_gets_a_bare_4xx(pool: PgPool) {
     let status: u16 = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((400..500).contains(&status), "{raw}");
     assert!(closed.is_some());
-    // Under the buffer, the same long query gets the JSON answer of a callback.
+    // Under the limit, a long query gets the JSON answer of a callback.
     let (status, answer) = answer(
         app.post_raw(&format!("Pad={}", "x".repeat(20_000)), "{}")
             .await,
