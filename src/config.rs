@@ -2,7 +2,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use crate::callback::SdkAppId;
+use crate::{callback::SdkAppId, tencent::DriftRepairConfig};
 
 /// Invalid or missing configuration; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,8 @@ pub struct Config {
     /// Bounds of `rejected_callbacks`: bytes of a body kept, rows kept per second (a burst of
     /// ten seconds' worth), and days kept.
     pub rejected: RejectedLimits,
+    /// Drift repair (docs/drift-repair.md); `None` without `TENCENT_SECRET_KEY`.
+    pub drift_repair: Option<DriftRepairConfig>,
 }
 
 /// How much of what was refused is kept for an operator (see [`Config::rejected`]).
@@ -108,6 +110,7 @@ impl Config {
             ));
         }
         let callback_token = get("CALLBACK_TOKEN").map(Secret::new);
+        let drift_repair = DriftRepairConfig::from_lookup(&lookup, &sdk_app_ids)?;
         let skew_secs: u64 = parse_or(&get, "SIGNATURE_MAX_SKEW_SECS", 60)?;
         let workers_default = std::thread::available_parallelism().map_or(2, |n| n.get());
         let config = Self {
@@ -156,6 +159,7 @@ impl Config {
                 max_per_sec: parse_or(&get, "REJECTED_MAX_PER_SEC", 10)?,
                 retention_days: parse_or(&get, "REJECTED_RETENTION_DAYS", 30)?,
             },
+            drift_repair,
         };
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod reconcile;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

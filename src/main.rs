@@ -26,6 +26,20 @@ enum Command {
     Healthcheck,
     /// Recompute rooms, room_members and room_seats from the room_events history, then exit.
     Rebuild,
+    /// Compare live rooms with Tencent's REST API now, print what differs, and store the
+    /// corrections (drift repair; needs TENCENT_SECRET_KEY). Exit 0 when every room asked for
+    /// could be checked.
+    Reconcile {
+        /// Only this app (default: every app with a key).
+        #[arg(long)]
+        app: Option<i64>,
+        /// Only this room (default: every live room).
+        #[arg(long)]
+        room: Option<String>,
+        /// Print the differences, store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -51,6 +65,9 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate(&config).await,
         Command::Healthcheck => healthcheck::probe(config.listen_addr).await,
         Command::Rebuild => rebuild(&config).await,
+        Command::Reconcile { app, room, dry_run } => {
+            reconcile(config, app, room.as_deref(), dry_run).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +132,65 @@ async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         "rebuilt from {} history rows ({} skipped)",
         report.replayed, report.skipped
     );
+    Ok(())
+}
+
+async fn reconcile(
+    config: Config,
+    app: Option<i64>,
+    room: Option<&str>,
+    dry_run: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use roomsync::{
+        callback::{Id, SdkAppId},
+        reconcile::{Mode, Reconciler},
+        tencent::TencentClient,
+    };
+    let drift = config
+        .drift_repair
+        .clone()
+        .ok_or("drift repair is not configured: set TENCENT_SECRET_KEY")?;
+    let apps = match app {
+        None => Vec::new(),
+        Some(raw) => vec![SdkAppId::from_i64(raw).ok_or("--app must be a positive integer")?],
+    };
+    let room = room
+        .map(Id::parse)
+        .transpose()
+        .map_err(|e| format!("--room {e}"))?;
+    let pool = startup::database_pool(&config).map_err(chain)?;
+    let client = TencentClient::new(&drift).map_err(chain)?;
+    let metrics = std::sync::Arc::new(telemetry::Metrics::new());
+    let reconciler = Reconciler::new(pool.clone(), client, drift, metrics);
+    if let Some(app) = apps.first().filter(|a| !reconciler.knows(**a)) {
+        return Err(format!("app {} has no key in TENCENT_SECRET_KEY", app.get()).into());
+    }
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let rooms = reconciler.rooms_to_check(&apps, room.as_ref()).await?;
+    let mut failed = 0;
+    for (app, room) in &rooms {
+        let label = format!("app {} room {:?}", app.get(), room.as_str());
+        match reconciler.check_room(*app, room, mode).await {
+            Ok(report) => println!("{label}: {report}"),
+            Err(error) => {
+                failed += 1;
+                println!("{label}: not checked: {}", telemetry::error_chain(&error));
+            }
+        }
+    }
+    let stored = if dry_run {
+        "dry run: nothing stored"
+    } else {
+        "corrections stored"
+    };
+    println!(
+        "{} rooms checked, {failed} failed ({stored})",
+        rooms.len() - failed
+    );
+    pool.close().await;
+    if failed > 0 {
+        return Err(format!("{failed} of {} rooms could not be checked", rooms.len()).into());
+    }
     Ok(())
 }
 

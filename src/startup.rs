@@ -13,8 +13,10 @@ use crate::{
     http::{self, AppContext},
     ingest::Ingest,
     journal::{Journal, JournalError},
+    reconcile::Reconciler,
     store::{self, Writer, WriterOptions},
     telemetry::{Metrics, RequestSpan},
+    tencent::{TencentClient, TencentError},
 };
 
 /// How long a request may wait for its commit before the journal takes it: with the journal
@@ -33,6 +35,8 @@ pub enum StartupError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("cannot open the local journal")]
     Journal(#[source] JournalError),
+    #[error("cannot set up the client of Tencent's REST API")]
+    Tencent(#[source] TencentError),
     #[error("could not listen on {addr}")]
     Listen {
         addr: String,
@@ -47,6 +51,7 @@ pub struct Application {
     writer_tasks: JoinSet<()>,
     drain: JoinHandle<()>,
     retention: JoinHandle<()>,
+    reconciler: Option<JoinHandle<()>>,
     journal: Journal,
 }
 
@@ -109,6 +114,15 @@ impl Application {
             config.event_retention_days,
             config.rejected.retention_days,
         );
+        let reconciler = match &config.drift_repair {
+            Some(drift) if !drift.interval.is_zero() => {
+                let client = TencentClient::new(drift).map_err(StartupError::Tencent)?;
+                let reconciler =
+                    Reconciler::new(pool.clone(), client, drift.clone(), metrics.clone());
+                Some(reconciler.spawn())
+            }
+            _ => None,
+        };
         let workers = config.http_workers;
         // actix counts connections per worker.
         let per_worker = config.http_max_connections.div_ceil(workers);
@@ -147,6 +161,7 @@ impl Application {
             writer_tasks,
             drain,
             retention,
+            reconciler,
             journal,
         })
     }
@@ -169,6 +184,9 @@ impl Application {
         self.drain.abort();
         let _ = (&mut self.drain).await;
         self.retention.abort();
+        if let Some(reconciler) = self.reconciler.take() {
+            reconciler.abort();
+        }
         // The server dropped its request handlers, so the writer queue closes once drained.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             while self.writer_tasks.join_next().await.is_some() {}

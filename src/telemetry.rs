@@ -95,6 +95,13 @@ pub struct Metrics {
     pub store_slow: IntCounter,
     /// Rejected callbacks not kept in `rejected_callbacks` (over the budget).
     pub rejected_dropped: IntCounter,
+    /// Drift repair: rooms checked, corrections by kind, REST calls, REST errors by code,
+    /// seconds since the last complete pass.
+    pub reconcile_rooms_checked: IntCounter,
+    pub reconcile_corrections: IntCounterVec,
+    pub reconcile_rest_calls: IntCounter,
+    pub reconcile_rest_errors: IntCounterVec,
+    pub reconcile_since_last_pass: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -142,6 +149,37 @@ impl Metrics {
             "Refused callbacks not kept in rejected_callbacks because of its budget",
         )
         .expect("valid metric");
+        let reconcile_rooms_checked = IntCounter::new(
+            "reconcile_rooms_checked_total",
+            "Rooms compared with Tencent's REST API",
+        )
+        .expect("valid metric");
+        let reconcile_corrections = IntCounterVec::new(
+            Opts::new(
+                "reconcile_corrections_total",
+                "Corrections stored, by kind (enter, leave, destroy, seats)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let reconcile_rest_calls = IntCounter::new(
+            "reconcile_rest_calls_total",
+            "Calls made to Tencent's REST API",
+        )
+        .expect("valid metric");
+        let reconcile_rest_errors = IntCounterVec::new(
+            Opts::new(
+                "reconcile_rest_errors_total",
+                "Failed checks of a room, by Tencent ErrorCode or failure",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let reconcile_since_last_pass = prometheus::Gauge::new(
+            "reconcile_seconds_since_last_pass",
+            "Seconds since every due room was last checked (since start, before the first pass)",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(callbacks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -151,6 +189,11 @@ impl Metrics {
             Box::new(journal_drained.clone()),
             Box::new(store_slow.clone()),
             Box::new(rejected_dropped.clone()),
+            Box::new(reconcile_rooms_checked.clone()),
+            Box::new(reconcile_corrections.clone()),
+            Box::new(reconcile_rest_calls.clone()),
+            Box::new(reconcile_rest_errors.clone()),
+            Box::new(reconcile_since_last_pass.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -164,6 +207,11 @@ impl Metrics {
             journal_drained,
             store_slow,
             rejected_dropped,
+            reconcile_rooms_checked,
+            reconcile_corrections,
+            reconcile_rest_calls,
+            reconcile_rest_errors,
+            reconcile_since_last_pass,
         }
     }
 

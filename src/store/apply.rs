@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
 use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
-use crate::callback::{Callback, Event, MemberChange, RoomInfo, Seat};
+use crate::callback::{Callback, Command, Event, MemberChange, RoomInfo, Seat};
 use crate::callback::{RECONCILE_COMMAND, RECONCILED, ROOM_DESTROYED};
 
 const ENTER: &str = "Room.CallbackAfterMemberEnter";
@@ -362,6 +362,10 @@ async fn apply_effects(
             // A destroy at or after this change has already cleared the seats.
             if last_destroy_at.is_none_or(|d| d < at) {
                 change_seats(conn, room, at, seats).await?;
+                // A correction is Tencent's whole list: seats it does not list are gone.
+                if callback.command == Command::Reconcile {
+                    remove_unlisted_seats(conn, room, at, seats).await?;
+                }
             }
         }
         Event::Other => {}
@@ -883,6 +887,27 @@ async fn change_seats(
         &taken,
         &video,
         &audio,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn remove_unlisted_seats(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    at: DateTime<Utc>,
+    seats: &[Seat],
+) -> Result<(), sqlx::Error> {
+    let listed: Vec<i32> = seats.iter().map(|s| s.index).collect();
+    sqlx::query!(
+        r#"DELETE FROM room_seats
+           WHERE sdk_app_id = $1 AND room_id = $2 AND last_event_at <= $3
+             AND seat_index <> ALL($4::int4[])"#,
+        room.app,
+        room.id,
+        at,
+        &listed,
     )
     .execute(conn)
     .await?;

@@ -7,6 +7,7 @@
 mod apply;
 pub mod membership;
 pub mod rebuild;
+pub mod reconcile;
 mod rejected;
 pub mod retention;
 mod writer;

@@ -5,7 +5,10 @@ use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
 use super::apply::replay_callback;
-use crate::callback::{CallbackQuery, parse_stored};
+use crate::{
+    callback::{CallbackQuery, RECONCILE_COMMAND, parse_stored},
+    reconcile::correction_from_history,
+};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
@@ -32,6 +35,7 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
     let mut reader = pool.acquire().await?;
     let mut rows = sqlx::query!(
         r#"SELECT sdk_app_id, callback_command, client_ip, opt_platform, received_at,
+                  room_id AS "room_id!", event_type, member_list, member_count, reason, event_at,
                   payload::text AS "payload!"
            FROM room_events
            WHERE room_id IS NOT NULL
@@ -40,26 +44,42 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
     .fetch(&mut *reader);
     let mut report = RebuildReport::default();
     while let Some(row) = rows.try_next().await? {
-        let query = CallbackQuery {
-            command: Some(row.callback_command),
-            client_ip: row.client_ip,
-            opt_platform: row.opt_platform,
-            ..CallbackQuery::default()
+        // A correction's payload is Tencent's answer, not a callback: its columns say it all.
+        let parsed = if row.callback_command == RECONCILE_COMMAND {
+            let payload = serde_json::from_str(&row.payload).unwrap_or_default();
+            correction_from_history(
+                row.sdk_app_id,
+                &row.room_id,
+                row.event_type.as_deref(),
+                &row.member_list,
+                row.member_count,
+                row.reason.as_deref(),
+                row.event_at,
+                &payload,
+            )
+        } else {
+            let query = CallbackQuery {
+                command: Some(row.callback_command),
+                client_ip: row.client_ip,
+                opt_platform: row.opt_platform,
+                ..CallbackQuery::default()
+            };
+            parse_stored(
+                row.sdk_app_id,
+                &query,
+                row.payload.as_bytes(),
+                row.received_at,
+            )
+            .map_err(|rejection| rejection.info)
         };
-        let parsed = parse_stored(
-            row.sdk_app_id,
-            &query,
-            row.payload.as_bytes(),
-            row.received_at,
-        );
         match parsed {
             Ok(callback) => {
                 replay_callback(&mut tx, &callback).await?;
                 report.replayed += 1;
             }
-            Err(rejection) => {
+            Err(info) => {
                 tracing::warn!(
-                    info = rejection.info,
+                    info,
                     "a history row no longer parses; left out of the rebuild"
                 );
                 report.skipped += 1;

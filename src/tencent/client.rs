@@ -90,6 +90,10 @@ pub enum TencentError {
     /// The client has no key for this app (a caller's mistake, not Tencent's).
     #[error("no secret key configured for app {0}")]
     NoKey(i64),
+    /// The shared rate budget could not be consulted (its database is unreachable): no call
+    /// was made.
+    #[error("the REST call budget is unavailable: {0}")]
+    Budget(String),
 }
 
 impl TencentError {
@@ -110,7 +114,7 @@ impl TencentError {
                 *code == INTERNAL_ERROR || *code == 60008 || is_rate_limit(*code)
             }
             Self::Http(status) => *status == 429 || (500..600).contains(status),
-            Self::Timeout | Self::Network(_) => true,
+            Self::Timeout | Self::Network(_) | Self::Budget(_) => true,
             Self::RoomNotFound | Self::Malformed(_) | Self::NoKey(_) => false,
         }
     }
@@ -173,6 +177,7 @@ impl TencentError {
             Self::Network(_) => "network",
             Self::Malformed(_) => "malformed",
             Self::NoKey(_) => "no_key",
+            Self::Budget(_) => "budget",
         }
     }
 }
@@ -210,6 +215,15 @@ pub struct TencentClient {
     admin_account: String,
     sigs: Arc<BTreeMap<SdkAppId, UserSigCache>>,
     options: ClientOptions,
+    gate: Option<Arc<dyn RateGate>>,
+}
+
+/// Admits each REST call (every page of a member list too) within a rate bound that may be
+/// shared with other processes; see `store::reconcile::RateBudget`.
+pub trait RateGate: Send + Sync {
+    /// Returns once one more call for `app` is within the bound; an error when the bound
+    /// cannot be known (then no call is made).
+    fn admit(&self, app: SdkAppId) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
 }
 
 impl fmt::Debug for TencentClient {
@@ -259,10 +273,17 @@ impl TencentClient {
             admin_account: admin_account.to_owned(),
             sigs: Arc::new(sigs),
             options,
+            gate: None,
         })
     }
 
     /// The apps this client has keys for.
+    /// Every call first passes `gate` (the rate bound of drift repair).
+    pub fn with_gate(mut self, gate: Arc<dyn RateGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
     pub fn apps(&self) -> impl Iterator<Item = SdkAppId> + '_ {
         self.sigs.keys().copied()
     }
@@ -382,11 +403,11 @@ impl TencentClient {
         api: &str,
         body: &Value,
     ) -> Result<Value, TencentError> {
-        let sig = self
-            .sigs
-            .get(&app)
-            .ok_or(TencentError::NoKey(app.get()))?
-            .get();
+        let sigs = self.sigs.get(&app).ok_or(TencentError::NoKey(app.get()))?;
+        if let Some(gate) = &self.gate {
+            gate.admit(app).await.map_err(TencentError::Budget)?;
+        }
+        let sig = sigs.get();
         let mut url = self.base.clone();
         url.set_path(&format!(
             "{}/v4/{service}/{api}",
@@ -493,6 +514,11 @@ fn member_page(answer: &Value) -> Result<(Vec<Id>, String), TencentError> {
         Some(_) => return Err(malformed("Response.Next is not a string")),
     };
     Ok((members, next))
+}
+
+/// The seats of a `get_seat_list` answer (also as stored in a seats correction's payload).
+pub fn seats_of_answer(answer: &Value) -> Result<Vec<Seat>, TencentError> {
+    seat_list(response(answer)?)
 }
 
 fn seat_list(response: &Map<String, Value>) -> Result<Vec<Seat>, TencentError> {

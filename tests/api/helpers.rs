@@ -323,3 +323,17 @@ where
     }
     probe().await
 }
+
+/// The test database's URL on `port` (the server's, or a proxy's), with the credentials the tests use.
+pub fn database_url(pool: &PgPool, port: u16) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let credentials = base
+        .rsplit_once('@')
+        .map_or("postgres://postgres", |(c, _)| c);
+    let database = pool
+        .connect_options()
+        .get_database()
+        .unwrap_or("postgres")
+        .to_owned();
+    format!("{credentials}@127.0.0.1:{port}/{database}")
+}

@@ -2,6 +2,7 @@
 //! database per test (`#[sqlx::test]`). One binary, one link step.
 
 mod callback;
+mod drift;
 mod durability;
 mod fake_tencent;
 mod hardening;

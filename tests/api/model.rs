@@ -370,20 +370,6 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     );
 }
 
-/// The view as JSON text, every column, in a fixed order.
-async fn view_snapshot(pool: &PgPool) -> [String; 3] {
-    let mut out = [String::new(), String::new(), String::new()];
-    let queries: [&'static str; 3] = [
-        "SELECT coalesce(json_agg(to_jsonb(r) ORDER BY sdk_app_id, room_id), '[]')::text FROM rooms r",
-        "SELECT coalesce(json_agg(to_jsonb(m) ORDER BY sdk_app_id, room_id, user_id), '[]')::text FROM room_members m",
-        "SELECT coalesce(json_agg(to_jsonb(s) ORDER BY sdk_app_id, room_id, seat_index), '[]')::text FROM room_seats s",
-    ];
-    for (slot, sql) in out.iter_mut().zip(queries) {
-        *slot = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
-    }
-    out
-}
-
 #[sqlx::test]
 async fn rebuild_from_history_reproduces_the_live_view(pool: PgPool) {
     let seed = seed("rebuild");

@@ -76,20 +76,6 @@ async fn start(pool: &PgPool, proxy: &Proxy, journal: &std::path::Path) -> Proce
     process
 }
 
-/// The test database's URL, through the proxy, with the credentials the tests use.
-fn database_url(pool: &PgPool, port: u16) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let credentials = base
-        .rsplit_once('@')
-        .map_or("postgres://postgres", |(c, _)| c);
-    let database = pool
-        .connect_options()
-        .get_database()
-        .unwrap_or("postgres")
-        .to_owned();
-    format!("{credentials}@127.0.0.1:{port}/{database}")
-}
-
 /// Sends unique enters (EventTime from `first`) with 8 in flight until the server stops
 /// answering or `limit` is reached; returns the EventTimes answered 200.
 async fn stream(address: String, first: i64, limit: i64, acked: Arc<Mutex<BTreeSet<i64>>>) {

@@ -105,3 +105,18 @@ pub async fn history_times(pool: &PgPool) -> std::collections::BTreeSet<i64> {
 pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
+
+/// The three view tables as JSON text, every column, in key order: two snapshots are equal
+/// when the views are.
+pub async fn view_snapshot(pool: &PgPool) -> [String; 3] {
+    let mut out = [String::new(), String::new(), String::new()];
+    let queries: [&'static str; 3] = [
+        "SELECT coalesce(json_agg(to_jsonb(r) ORDER BY sdk_app_id, room_id), '[]')::text FROM rooms r",
+        "SELECT coalesce(json_agg(to_jsonb(m) ORDER BY sdk_app_id, room_id, user_id), '[]')::text FROM room_members m",
+        "SELECT coalesce(json_agg(to_jsonb(s) ORDER BY sdk_app_id, room_id, seat_index), '[]')::text FROM room_seats s",
+    ];
+    for (slot, sql) in out.iter_mut().zip(queries) {
+        *slot = sqlx::query_scalar(sql).fetch_one(pool).await.unwrap();
+    }
+    out
+}

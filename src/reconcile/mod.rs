@@ -1,0 +1,496 @@
+//! Drift repair (docs/drift-repair.md): compares the view of each live room with Tencent's REST
+//! API and stores what differs as corrections, events of their own (`roomsync.Reconcile`) that
+//! the ordering rules fold like callbacks.
+//!
+//! In `roomsync serve` a background task checks every live room once per interval, oldest-checked
+//! first, sharing the rooms with other instances through leases in `room_checks` and the REST
+//! budget through `reconcile_budget`. It holds no database connection while it waits for
+//! Tencent, and never runs on the callback path. `roomsync reconcile` checks on demand.
+
+pub mod diff;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::{
+    callback::{Callback, Event, EventTime, Id, MemberChange, SdkAppId},
+    store::{
+        self, StoreError,
+        reconcile::{RateBudget, RoomRef},
+    },
+    telemetry::Metrics,
+    tencent::{DriftRepairConfig, TencentClient, TencentError, client::RateGate},
+};
+
+/// How long an instance holds a room it checks; a check that takes longer is cut.
+const LEASE: Duration = Duration::from_secs(120);
+/// Rooms claimed at a time.
+const CLAIM: i64 = 16;
+/// Pause when no room is due (and after a failure to claim).
+const IDLE: Duration = Duration::from_secs(5);
+/// Backoff after a failed check: this, doubled per failure in a row, at most the interval.
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+
+/// Why a room could not be checked (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("Tencent's REST API: {0}")]
+    Tencent(#[from] TencentError),
+    #[error("the database")]
+    Store(#[source] StoreError),
+}
+
+impl From<sqlx::Error> for CheckError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<StoreError> for CheckError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl CheckError {
+    /// The metrics label: Tencent's `ErrorCode` or the kind of failure.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Tencent(e) => e.error_code_label(),
+            Self::Store(_) => "database",
+        }
+    }
+}
+
+/// What one check found (and, unless it was a dry run, stored).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoomReport {
+    pub enter: Vec<String>,
+    pub leave: Vec<String>,
+    pub destroyed: bool,
+    pub seats: bool,
+    /// Differences left alone because of the grace period.
+    pub held_back: Vec<String>,
+}
+
+impl RoomReport {
+    pub fn differs(&self) -> bool {
+        !self.enter.is_empty() || !self.leave.is_empty() || self.destroyed || self.seats
+    }
+}
+
+impl fmt::Display for RoomReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.destroyed {
+            parts.push("gone at Tencent: destroy".to_owned());
+        }
+        if !self.enter.is_empty() {
+            parts.push(format!("enter {:?}", self.enter));
+        }
+        if !self.leave.is_empty() {
+            parts.push(format!("leave {:?}", self.leave));
+        }
+        if self.seats {
+            parts.push("seats take Tencent's list".to_owned());
+        }
+        if !self.held_back.is_empty() {
+            parts.push(format!(
+                "held back by the grace period {:?}",
+                self.held_back
+            ));
+        }
+        if parts.is_empty() {
+            f.write_str("no difference")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
+/// Whether a check stores its corrections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    DryRun,
+}
+
+/// Checks rooms; cheap to clone.
+#[derive(Clone)]
+pub struct Reconciler {
+    pool: PgPool,
+    client: TencentClient,
+    config: Arc<DriftRepairConfig>,
+    metrics: Arc<Metrics>,
+    /// When each app's credentials were last reported broken (logged once per interval).
+    auth_logged: Arc<Mutex<HashMap<SdkAppId, Instant>>>,
+}
+
+impl Reconciler {
+    /// A reconciler whose REST calls stay within `RECONCILE_MAX_RPS` per app for all
+    /// instances together.
+    pub fn new(
+        pool: PgPool,
+        client: TencentClient,
+        config: DriftRepairConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let gate = CountedBudget {
+            budget: RateBudget::new(pool.clone(), config.max_rps),
+            metrics: metrics.clone(),
+        };
+        Self {
+            pool,
+            client: client.with_gate(Arc::new(gate)),
+            config: Arc::new(config),
+            metrics,
+            auth_logged: Arc::default(),
+        }
+    }
+
+    fn apps(&self) -> Vec<i64> {
+        self.config.keys.keys().map(|app| app.get()).collect()
+    }
+
+    /// The background task of `roomsync serve`; runs until aborted.
+    pub fn spawn(self) -> JoinHandle<()> {
+        let owner = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+        tokio::spawn(async move {
+            let mut last_pass = Instant::now();
+            loop {
+                self.metrics
+                    .reconcile_since_last_pass
+                    .set(last_pass.elapsed().as_secs_f64());
+                let due = store::reconcile::claim_due(
+                    &self.pool,
+                    &self.apps(),
+                    &owner,
+                    self.config.interval,
+                    LEASE,
+                    CLAIM,
+                )
+                .await;
+                let rooms = match due {
+                    Ok(rooms) => rooms,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "drift repair: cannot claim rooms; will retry");
+                        tokio::time::sleep(IDLE).await;
+                        continue;
+                    }
+                };
+                if rooms.is_empty() {
+                    // Every due room has been checked: a complete pass.
+                    last_pass = Instant::now();
+                    self.metrics.reconcile_since_last_pass.set(0.0);
+                    tokio::time::sleep(IDLE.min(self.config.interval)).await;
+                    continue;
+                }
+                for room in rooms {
+                    self.check_claimed(&room, &owner).await;
+                }
+            }
+        })
+    }
+
+    async fn check_claimed(&self, room: &RoomRef, owner: &str) {
+        let (Some(app), Ok(id)) = (
+            SdkAppId::from_i64(room.sdk_app_id),
+            Id::parse(&room.room_id),
+        ) else {
+            return;
+        };
+        let checked = tokio::time::timeout(LEASE - IDLE, self.check_room(app, &id, Mode::Apply))
+            .await
+            .unwrap_or(Err(CheckError::Tencent(TencentError::Timeout)));
+        let failure = match &checked {
+            Ok(report) => {
+                if report.differs() {
+                    tracing::info!(sdk_app_id = app.get(), room = %id.as_str(), corrections = %report, "drift repaired");
+                }
+                None
+            }
+            Err(error) => {
+                self.report_failure(app, &id, error);
+                let failures = store::reconcile::failures(&self.pool, room)
+                    .await
+                    .unwrap_or(0);
+                // Doubling from BACKOFF_BASE, but never longer than the interval.
+                let backoff = BACKOFF_BASE
+                    .saturating_mul(1 << failures.clamp(0, 16))
+                    .min(self.config.interval);
+                Some((crate::telemetry::error_chain(error), backoff))
+            }
+        };
+        let failure = failure
+            .as_ref()
+            .map(|(text, backoff)| (text.as_str(), *backoff));
+        if let Err(error) = store::reconcile::finish_check(&self.pool, room, owner, failure).await {
+            tracing::warn!(error = %error, "drift repair: cannot record a check; the lease expires instead");
+        }
+    }
+
+    fn report_failure(&self, app: SdkAppId, room: &Id, error: &CheckError) {
+        self.metrics
+            .reconcile_rest_errors
+            .with_label_values(&[error.label()])
+            .inc();
+        if let CheckError::Tencent(e) = error
+            && e.is_auth_error()
+        {
+            // Every room fails the same way until the key is fixed: say it once per interval.
+            let mut logged = self.auth_logged.lock().expect("auth log");
+            let due = logged
+                .get(&app)
+                .is_none_or(|at| at.elapsed() >= self.config.interval.max(IDLE));
+            if due {
+                logged.insert(app, Instant::now());
+                tracing::error!(sdk_app_id = app.get(), error = %e, "drift repair: Tencent refuses our credentials; check TENCENT_SECRET_KEY and TENCENT_ADMIN_ACCOUNT");
+            }
+            return;
+        }
+        tracing::warn!(sdk_app_id = app.get(), room = %room.as_str(), error = %crate::telemetry::error_chain(error), "drift repair: room skipped until its next turn");
+    }
+
+    /// Compares one room with Tencent and (in [`Mode::Apply`]) stores the corrections, all in
+    /// one transaction. An error changes nothing.
+    pub async fn check_room(
+        &self,
+        app: SdkAppId,
+        room: &Id,
+        mode: Mode,
+    ) -> Result<RoomReport, CheckError> {
+        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
+        let mut report = RoomReport::default();
+        let mut corrections = Vec::new();
+        let view = store::reconcile::room_view(&self.pool, app, room).await?;
+        let observed_at = Utc::now();
+        let (info, members) = match self.room_state(app, room).await? {
+            Some(state) => state,
+            None => {
+                // Gone at Tencent: a destroy, unless the view knows it or is too fresh.
+                if !view.destroyed && !diff::too_recent(&view, observed_at, grace) {
+                    let payload = json!({
+                        "ActionStatus": "FAIL",
+                        "ErrorCode": crate::tencent::client::ROOM_NOT_FOUND,
+                        "ErrorInfo": "the room does not exist",
+                    });
+                    corrections.push(correction(
+                        app,
+                        room,
+                        observed_at,
+                        Event::DestroyRoom,
+                        &payload,
+                    ));
+                    report.destroyed = true;
+                } else if !view.destroyed {
+                    report.held_back.push("(room)".into());
+                }
+                return self.finish(app, room, mode, corrections, report).await;
+            }
+        };
+        let member_count = info
+            .data
+            .member_count
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n >= 0);
+        let found = diff::members(&view, &members.data, observed_at, grace);
+        report.held_back = found.held_back;
+        let answer = json!({"get_room_info": info.raw, "get_room_member_list": members.raw});
+        for (list, enter) in [(found.enter, true), (found.leave, false)] {
+            if list.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = list.iter().map(|m| m.as_str().to_owned()).collect();
+            let change = MemberChange {
+                members: list,
+                member_count,
+                kind: None,
+                reason: (!enter).then(|| "absent from Tencent's member list".to_owned()),
+            };
+            let event = if enter {
+                report.enter = names;
+                Event::MemberEnter(change)
+            } else {
+                report.leave = names;
+                Event::MemberLeave(change)
+            };
+            corrections.push(correction(app, room, observed_at, event, &answer));
+        }
+        if diff::has_seats(&view, info.data.is_seat_enabled) {
+            let seats = self.client.get_seat_list(app, room).await?;
+            if diff::seats_differ(&view.seats, &seats.data) {
+                let event = Event::SeatInfoChanged { seats: seats.data };
+                corrections.push(correction(app, room, observed_at, event, &seats.raw));
+                report.seats = true;
+            }
+        }
+        self.finish(app, room, mode, corrections, report).await
+    }
+
+    /// Tencent's room and member list; `None` when the room is gone.
+    async fn room_state(
+        &self,
+        app: SdkAppId,
+        room: &Id,
+    ) -> Result<
+        Option<(
+            crate::tencent::Answer<crate::tencent::RoomDetails>,
+            crate::tencent::Answer<Vec<Id>>,
+        )>,
+        CheckError,
+    > {
+        let info = match self.client.get_room_info(app, room).await {
+            Ok(info) => info,
+            Err(TencentError::RoomNotFound) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        match self.client.get_room_member_list(app, room).await {
+            Ok(members) => Ok(Some((info, members))),
+            Err(TencentError::RoomNotFound) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn finish(
+        &self,
+        app: SdkAppId,
+        room: &Id,
+        mode: Mode,
+        corrections: Vec<Callback>,
+        report: RoomReport,
+    ) -> Result<RoomReport, CheckError> {
+        if mode == Mode::Apply && !corrections.is_empty() {
+            let refs: Vec<&Callback> = corrections.iter().collect();
+            store::write_batch(&self.pool, &refs).await?;
+            for callback in &corrections {
+                let kind = match callback.event {
+                    Event::MemberEnter(_) => "enter",
+                    Event::MemberLeave(_) => "leave",
+                    Event::DestroyRoom => "destroy",
+                    _ => "seats",
+                };
+                self.metrics
+                    .reconcile_corrections
+                    .with_label_values(&[kind])
+                    .inc();
+            }
+        }
+        self.metrics.reconcile_rooms_checked.inc();
+        tracing::debug!(sdk_app_id = app.get(), room = %room.as_str(), %report, "room checked");
+        Ok(report)
+    }
+
+    /// Every live room of `apps` (all configured apps when empty), or only `room`.
+    pub async fn rooms_to_check(
+        &self,
+        apps: &[SdkAppId],
+        room: Option<&Id>,
+    ) -> Result<Vec<(SdkAppId, Id)>, sqlx::Error> {
+        let apps: Vec<i64> = if apps.is_empty() {
+            self.apps()
+        } else {
+            apps.iter().map(|a| a.get()).collect()
+        };
+        if let Some(room) = room {
+            return Ok(apps
+                .iter()
+                .filter_map(|a| SdkAppId::from_i64(*a))
+                .map(|a| (a, room.clone()))
+                .collect());
+        }
+        let rooms = store::reconcile::live_rooms(&self.pool, &apps).await?;
+        Ok(rooms
+            .into_iter()
+            .filter_map(|r| {
+                Some((
+                    SdkAppId::from_i64(r.sdk_app_id)?,
+                    Id::parse(&r.room_id).ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Whether this app has a key (can be checked).
+    pub fn knows(&self, app: SdkAppId) -> bool {
+        self.config.keys.contains_key(&app)
+    }
+}
+
+/// A correction again, from its history row (`roomsync rebuild`): the kind, members and reason
+/// are columns; a seat list is read from the stored REST answer.
+#[allow(clippy::too_many_arguments)]
+pub fn correction_from_history(
+    sdk_app_id: i64,
+    room_id: &str,
+    event_type: Option<&str>,
+    member_list: &[String],
+    member_count: Option<i32>,
+    reason: Option<&str>,
+    event_at: DateTime<Utc>,
+    payload: &Value,
+) -> Result<Callback, String> {
+    let app = SdkAppId::from_i64(sdk_app_id).ok_or("bad sdk_app_id")?;
+    let room = Id::parse(room_id).map_err(|e| format!("room_id {e}"))?;
+    let members = || {
+        member_list
+            .iter()
+            .map(|m| Id::parse(m).map_err(|e| format!("member_list {e}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let change = |reason: Option<&str>| -> Result<MemberChange, String> {
+        Ok(MemberChange {
+            members: members()?,
+            member_count,
+            kind: None,
+            reason: reason.map(str::to_owned),
+        })
+    };
+    let event = match event_type {
+        Some("Enter") => Event::MemberEnter(change(None)?),
+        Some("Leave") => Event::MemberLeave(change(reason)?),
+        Some("Destroy") => Event::DestroyRoom,
+        Some("Seats") => Event::SeatInfoChanged {
+            seats: crate::tencent::client::seats_of_answer(payload).map_err(|e| e.to_string())?,
+        },
+        other => return Err(format!("unknown correction {other:?}")),
+    };
+    Ok(correction(app, &room, event_at, event, payload))
+}
+
+fn correction(
+    app: SdkAppId,
+    room: &Id,
+    observed_at: DateTime<Utc>,
+    event: Event,
+    payload: &Value,
+) -> Callback {
+    let at =
+        EventTime::from_millis(observed_at.timestamp_millis()).expect("the clock is after 1970");
+    Callback::correction(app, room.clone(), at, event, payload)
+}
+
+/// The shared budget, counting every call it admits.
+struct CountedBudget {
+    budget: RateBudget,
+    metrics: Arc<Metrics>,
+}
+
+impl RateGate for CountedBudget {
+    fn admit(&self, app: SdkAppId) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.budget.admit(app).await?;
+            self.metrics.reconcile_rest_calls.inc();
+            Ok(())
+        })
+    }
+}

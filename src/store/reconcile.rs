@@ -1,0 +1,254 @@
+//! Drift repair's storage (docs/drift-repair.md): which rooms are due for a check and who holds
+//! them, the REST call budget that all instances share, and what the view says of one room.
+//! Corrections themselves are written like callbacks, through [`super::write_batch`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use sqlx::PgPool;
+
+use crate::{
+    callback::{Id, SdkAppId},
+    tencent::client::RateGate,
+};
+
+/// A room to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRef {
+    pub sdk_app_id: i64,
+    pub room_id: String,
+}
+
+/// Claims up to `limit` live rooms of `apps` that are due: never checked, or checked more than
+/// `interval` ago, oldest first, not in backoff, not held by another instance. Each claimed
+/// room is held by `owner` for `lease` (or until [`finish_check`]).
+pub async fn claim_due(
+    pool: &PgPool,
+    apps: &[i64],
+    owner: &str,
+    interval: Duration,
+    lease: Duration,
+    limit: i64,
+) -> Result<Vec<RoomRef>, sqlx::Error> {
+    // ON CONFLICT re-checks the lease on the row's newest version, so two instances that
+    // picked the same room cannot both take it.
+    sqlx::query_as!(
+        RoomRef,
+        r#"INSERT INTO room_checks AS c (sdk_app_id, room_id, lease_owner, lease_until)
+           SELECT r.sdk_app_id, r.room_id, $2, clock_timestamp() + make_interval(secs => $4)
+           FROM rooms r
+           LEFT JOIN room_checks k ON k.sdk_app_id = r.sdk_app_id AND k.room_id = r.room_id
+           WHERE r.sdk_app_id = ANY($1)
+             AND r.destroyed_at IS NULL
+             AND (r.created_at > now() - interval '1 day'
+                  OR EXISTS (SELECT 1 FROM room_members m
+                             WHERE m.sdk_app_id = r.sdk_app_id AND m.room_id = r.room_id
+                               AND m.in_room))
+             AND (k.checked_at IS NULL OR k.checked_at < now() - make_interval(secs => $3))
+             AND (k.next_attempt_at IS NULL OR k.next_attempt_at <= now())
+             AND (k.lease_until IS NULL OR k.lease_until < clock_timestamp())
+           ORDER BY k.checked_at NULLS FIRST, r.sdk_app_id, r.room_id
+           LIMIT $5
+           ON CONFLICT (sdk_app_id, room_id) DO UPDATE
+               SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+               WHERE c.lease_until IS NULL OR c.lease_until < clock_timestamp()
+           RETURNING sdk_app_id, room_id"#,
+        apps,
+        owner,
+        interval.as_secs_f64(),
+        lease.as_secs_f64(),
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Ends `owner`'s hold on a room: a success records the check; a failure counts it and sets
+/// the backoff (`retry_after`).
+pub async fn finish_check(
+    pool: &PgPool,
+    room: &RoomRef,
+    owner: &str,
+    failure: Option<(&str, Duration)>,
+) -> Result<(), sqlx::Error> {
+    let (error, retry_after) = failure.unzip();
+    sqlx::query!(
+        r#"UPDATE room_checks SET
+               lease_owner = NULL, lease_until = NULL,
+               checked_at = CASE WHEN $4::text IS NULL THEN now() ELSE checked_at END,
+               failures = CASE WHEN $4::text IS NULL THEN 0 ELSE failures + 1 END,
+               next_attempt_at = CASE WHEN $4::text IS NULL THEN NULL
+                                      ELSE now() + make_interval(secs => $5) END,
+               last_error = $4
+           WHERE sdk_app_id = $1 AND room_id = $2 AND lease_owner = $3"#,
+        room.sdk_app_id,
+        room.room_id,
+        owner,
+        error,
+        retry_after.map(|d| d.as_secs_f64()),
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Failed checks in a row of a room (for the backoff).
+pub async fn failures(pool: &PgPool, room: &RoomRef) -> Result<i32, sqlx::Error> {
+    let failures = sqlx::query_scalar!(
+        "SELECT failures FROM room_checks WHERE sdk_app_id = $1 AND room_id = $2",
+        room.sdk_app_id,
+        room.room_id,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(failures.unwrap_or(0))
+}
+
+/// The live rooms of one app, or all (`roomsync reconcile` without `--room`).
+pub async fn live_rooms(pool: &PgPool, apps: &[i64]) -> Result<Vec<RoomRef>, sqlx::Error> {
+    sqlx::query_as!(
+        RoomRef,
+        r#"SELECT r.sdk_app_id, r.room_id FROM rooms r
+           WHERE r.sdk_app_id = ANY($1)
+             AND r.destroyed_at IS NULL
+             AND (r.created_at > now() - interval '1 day'
+                  OR EXISTS (SELECT 1 FROM room_members m
+                             WHERE m.sdk_app_id = r.sdk_app_id AND m.room_id = r.room_id
+                               AND m.in_room))
+           ORDER BY r.sdk_app_id, r.room_id"#,
+        apps,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// One member as the view has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewMember {
+    pub user_id: String,
+    pub in_room: bool,
+    pub last_event_at: DateTime<Utc>,
+}
+
+/// One seat as the view has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewSeat {
+    pub seat_index: i32,
+    pub member_account: Option<String>,
+    pub is_taken_disabled: bool,
+    pub is_video_disabled: bool,
+    pub is_audio_disabled: bool,
+}
+
+/// What the view says of one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomView {
+    /// `None`: no such row.
+    pub last_event_at: Option<DateTime<Utc>>,
+    pub destroyed: bool,
+    pub member_count: Option<i32>,
+    pub seats_enabled: bool,
+    pub members: Vec<ViewMember>,
+    pub seats: Vec<ViewSeat>,
+}
+
+pub async fn room_view(pool: &PgPool, app: SdkAppId, room: &Id) -> Result<RoomView, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let row = sqlx::query!(
+        r#"SELECT last_event_at, destroyed_at IS NOT NULL AS "destroyed!", member_count,
+                  COALESCE(room_info -> 'IsSeatEnabled' = 'true'::jsonb, false) AS "seats_enabled!"
+           FROM rooms WHERE sdk_app_id = $1 AND room_id = $2"#,
+        app.get(),
+        room.as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let members = sqlx::query_as!(
+        ViewMember,
+        r#"SELECT user_id, in_room, last_event_at FROM room_members
+           WHERE sdk_app_id = $1 AND room_id = $2"#,
+        app.get(),
+        room.as_str(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let seats = sqlx::query_as!(
+        ViewSeat,
+        r#"SELECT seat_index, member_account, is_taken_disabled, is_video_disabled,
+                  is_audio_disabled
+           FROM room_seats WHERE sdk_app_id = $1 AND room_id = $2 ORDER BY seat_index"#,
+        app.get(),
+        room.as_str(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(RoomView {
+        last_event_at: row.as_ref().map(|r| r.last_event_at),
+        destroyed: row.as_ref().is_some_and(|r| r.destroyed),
+        member_count: row.as_ref().and_then(|r| r.member_count),
+        seats_enabled: row.as_ref().is_some_and(|r| r.seats_enabled),
+        members,
+        seats,
+    })
+}
+
+/// `RECONCILE_MAX_RPS` for all instances together: calls are counted per app and per second
+/// of the database's clock, in one row each app.
+pub struct RateBudget {
+    pool: PgPool,
+    max_rps: i32,
+}
+
+impl RateBudget {
+    pub fn new(pool: PgPool, max_rps: u32) -> Self {
+        Self {
+            pool,
+            max_rps: i32::try_from(max_rps).unwrap_or(i32::MAX),
+        }
+    }
+
+    /// Takes one call of this second's budget; `false` when it is spent.
+    pub async fn try_take(&self, app: SdkAppId) -> Result<bool, sqlx::Error> {
+        let taken = sqlx::query_scalar!(
+            r#"INSERT INTO reconcile_budget AS b (sdk_app_id, second, used)
+               VALUES ($1, date_trunc('second', clock_timestamp()), 1)
+               ON CONFLICT (sdk_app_id) DO UPDATE SET
+                   used = CASE WHEN b.second = EXCLUDED.second THEN b.used + 1 ELSE 1 END,
+                   second = EXCLUDED.second
+               WHERE b.second <> EXCLUDED.second OR b.used < $2
+               RETURNING used"#,
+            app.get(),
+            self.max_rps,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(taken.is_some())
+    }
+}
+
+/// How long one call may wait for the budget before the check gives up on it.
+const BUDGET_WAIT: Duration = Duration::from_secs(30);
+
+impl RateGate for RateBudget {
+    fn admit(&self, app: SdkAppId) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
+            loop {
+                match self.try_take(app).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {}
+                    Err(error) => return Err(error.to_string()),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("no budget within {} s", BUDGET_WAIT.as_secs()));
+                }
+                // The next second starts within a second; a little jitter spreads the
+                // instances that wait for it.
+                let to_next = 1000 - u64::from(Utc::now().timestamp_subsec_millis()).min(999);
+                let jitter = u64::from(rand::random::<u8>() % 20);
+                tokio::time::sleep(Duration::from_millis(to_next + jitter)).await;
+            }
+        })
+    }
+}
