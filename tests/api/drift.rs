@@ -366,7 +366,12 @@ async fn two_instances_share_the_rooms_and_the_rate_bound(pool: PgPool) {
             );
         }
     }
-    assert_eq!(runs.len(), rooms.len(), "every room was checked: {} calls", calls.len());
+    assert_eq!(
+        runs.len(),
+        rooms.len(),
+        "every room was checked: {} calls",
+        calls.len()
+    );
     fake.stop().await;
 }
 

@@ -41,7 +41,25 @@ enum Ev {
         room: String,
         at: i64,
     },
+    /// Drift-repair corrections (docs/drift-repair.md), stored by the library as the
+    /// reconciler stores them.
+    FixEnter {
+        room: String,
+        users: Vec<String>,
+        at: i64,
+    },
+    FixLeave {
+        room: String,
+        users: Vec<String>,
+        at: i64,
+    },
+    FixDestroy {
+        room: String,
+        at: i64,
+    },
 }
+
+const FIX_REASON: &str = "absent from Tencent's member list";
 
 impl Ev {
     fn at(&self) -> i64 {
@@ -49,7 +67,10 @@ impl Ev {
             Ev::Enter { at, .. }
             | Ev::Leave { at, .. }
             | Ev::Destroy { at, .. }
-            | Ev::Create { at, .. } => *at,
+            | Ev::Create { at, .. }
+            | Ev::FixEnter { at, .. }
+            | Ev::FixLeave { at, .. }
+            | Ev::FixDestroy { at, .. } => *at,
         }
     }
     fn room(&self) -> &str {
@@ -57,15 +78,20 @@ impl Ev {
             Ev::Enter { room, .. }
             | Ev::Leave { room, .. }
             | Ev::Destroy { room, .. }
-            | Ev::Create { room, .. } => room,
+            | Ev::Create { room, .. }
+            | Ev::FixEnter { room, .. }
+            | Ev::FixLeave { room, .. }
+            | Ev::FixDestroy { room, .. } => room,
         }
     }
     // Fields the dedup key does not cover are derived from the ones it does, so two events
     // with one key are the same event.
     fn member_count(&self) -> i32 {
         match self {
-            Ev::Enter { users, at, .. } => (at % 50) as i32 + users.len() as i32,
-            Ev::Leave { at, .. } => (at % 40) as i32,
+            Ev::Enter { users, at, .. } | Ev::FixEnter { users, at, .. } => {
+                (at % 50) as i32 + users.len() as i32
+            }
+            Ev::Leave { at, .. } | Ev::FixLeave { at, .. } => (at % 40) as i32,
             _ => 0,
         }
     }
@@ -79,9 +105,14 @@ impl Ev {
     /// and creates, then leaves, then destroys; two leaves by (Type, Reason).
     fn order(&self) -> (i64, u8, String, String) {
         match self {
-            Ev::Enter { at, .. } | Ev::Create { at, .. } => (*at, 0, String::new(), String::new()),
+            Ev::Enter { at, .. } | Ev::Create { at, .. } | Ev::FixEnter { at, .. } => {
+                (*at, 0, String::new(), String::new())
+            }
             Ev::Leave { at, kind, .. } => (*at, 1, kind.clone(), Ev::reason(kind, *at)),
-            Ev::Destroy { at, .. } => (*at, 2, String::new(), String::new()),
+            Ev::FixLeave { at, .. } => (*at, 1, "Reconciled".into(), FIX_REASON.into()),
+            // Two destroys at one time: the exits in byte order ("Reconciled" first).
+            Ev::Destroy { at, .. } => (*at, 2, "RoomDestroyed".into(), String::new()),
+            Ev::FixDestroy { at, .. } => (*at, 2, "Reconciled".into(), String::new()),
         }
     }
     fn dedup_key(&self) -> String {
@@ -104,7 +135,35 @@ impl Ev {
             } => format!("leave/{room}/{at}/{kind}/{}", set(users)),
             Ev::Destroy { room, at } => format!("destroy/{room}/{at}"),
             Ev::Create { room, at } => format!("create/{room}/{at}"),
+            Ev::FixEnter { room, users, at } => format!("fix-enter/{room}/{at}/{}", set(users)),
+            Ev::FixLeave { room, users, at } => format!("fix-leave/{room}/{at}/{}", set(users)),
+            Ev::FixDestroy { room, at } => format!("fix-destroy/{room}/{at}"),
         }
+    }
+
+    /// How the event reaches roomsync: a callback over HTTP, or a correction the reconciler
+    /// stores.
+    fn delivery(&self) -> Delivery {
+        use roomsync::callback::{Callback, Event, EventTime, Id, MemberChange, SdkAppId};
+        let change = |users: &[String], reason: Option<&str>| MemberChange {
+            members: users.iter().map(|u| Id::parse(u).unwrap()).collect(),
+            member_count: Some(self.member_count()),
+            kind: None,
+            reason: reason.map(str::to_owned),
+        };
+        let event = match self {
+            Ev::FixEnter { users, .. } => Event::MemberEnter(change(users, None)),
+            Ev::FixLeave { users, .. } => Event::MemberLeave(change(users, Some(FIX_REASON))),
+            Ev::FixDestroy { .. } => Event::DestroyRoom,
+            _ => return Delivery::Http(self.to_json()),
+        };
+        Delivery::Fix(Callback::correction(
+            SdkAppId::from_i64(APP_ID).unwrap(),
+            Id::parse(self.room()).unwrap(),
+            EventTime::from_millis(self.at()).unwrap(),
+            event,
+            &json!({"model": true}),
+        ))
     }
     fn to_json(&self) -> Value {
         match self {
@@ -124,8 +183,42 @@ impl Ev {
             }
             Ev::Destroy { room, at } => destroy(room, *at),
             Ev::Create { room, at } => create(room, &Ev::room_name(room, *at), *at),
+            _ => unreachable!("corrections are not callbacks"),
         }
     }
+}
+
+#[derive(Clone)]
+enum Delivery {
+    Http(Value),
+    Fix(roomsync::callback::Callback),
+}
+
+/// Delivers everything, 16 at a time, the i-th through instance i % n (its app for a callback,
+/// its pool for a correction); the answers in order.
+async fn deliver_all(
+    apps: &[TestApp],
+    pools: &[PgPool],
+    deliveries: &[Delivery],
+) -> Vec<(u16, Value)> {
+    futures_util::stream::iter(deliveries.iter().enumerate())
+        .map(|(i, delivery)| {
+            let (app, pool) = (&apps[i % apps.len()], &pools[i % pools.len()]);
+            async move {
+                match delivery {
+                    Delivery::Http(body) => app.send(body).await,
+                    Delivery::Fix(correction) => {
+                        roomsync::store::write_batch(pool, &[correction])
+                            .await
+                            .expect("a correction is stored");
+                        (200, ok())
+                    }
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
 }
 
 fn generate(rng: &mut StdRng) -> Vec<Ev> {
@@ -155,8 +248,19 @@ fn generate(rng: &mut StdRng) -> Vec<Ev> {
                         at,
                     }
                 }
-                75..87 => Ev::Destroy { room, at },
-                _ => Ev::Create { room, at },
+                75..84 => Ev::Destroy { room, at },
+                84..92 => Ev::Create { room, at },
+                92..96 => Ev::FixLeave {
+                    room,
+                    users: pick_users(rng),
+                    at,
+                },
+                96..99 => Ev::FixEnter {
+                    room,
+                    users: pick_users(rng),
+                    at,
+                },
+                _ => Ev::FixDestroy { room, at },
             }
         })
         .collect()
@@ -220,7 +324,10 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
         let room = rooms.entry(ev.room().to_owned()).or_default();
         room.last_event_at = room.last_event_at.max(Some(t));
         match ev {
-            Ev::Enter { users, .. } | Ev::Leave { users, .. } => {
+            Ev::Enter { users, .. }
+            | Ev::Leave { users, .. }
+            | Ev::FixEnter { users, .. }
+            | Ev::FixLeave { users, .. } => {
                 let (_, rank, ..) = ev.order();
                 let version = (ev.at(), rank, ev.member_count());
                 let current = count_version.entry(ev.room().to_owned()).or_insert(version);
@@ -228,7 +335,7 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
                     *current = version;
                     room.member_count = Some(ev.member_count());
                 }
-                if let Ev::Enter { .. } = ev {
+                if let Ev::Enter { .. } | Ev::FixEnter { .. } = ev {
                     room.destroyed_at = None;
                 }
                 for user in users {
@@ -247,19 +354,29 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
                         m.left_at = Some(t);
                         m.leave_type = Some(kind.clone());
                         m.leave_reason = Some(Ev::reason(kind, *at));
+                    } else if let Ev::FixLeave { .. } = ev {
+                        m.in_room = false;
+                        m.left_at = Some(t);
+                        m.leave_type = Some("Reconciled".into());
+                        m.leave_reason = Some(FIX_REASON.into());
                     } else {
                         m.in_room = true;
                         m.entered_at = Some(t);
                     }
                 }
             }
-            Ev::Destroy { room: id, .. } => {
+            Ev::Destroy { room: id, .. } | Ev::FixDestroy { room: id, .. } => {
+                let exit = if let Ev::Destroy { .. } = ev {
+                    "RoomDestroyed"
+                } else {
+                    "Reconciled"
+                };
                 room.destroyed_at = Some(t);
                 for ((r, _), m) in members.iter_mut() {
                     if r == id && m.in_room {
                         m.in_room = false;
                         m.left_at = Some(t);
-                        m.leave_type = Some("RoomDestroyed".into());
+                        m.leave_type = Some(exit.into());
                     }
                 }
             }
@@ -283,13 +400,15 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
         distinct.entry(ev.dedup_key()).or_insert(ev);
     }
     let distinct: Vec<Ev> = distinct.into_values().collect();
-    // Every event once, a quarter of them again (some with the member list reordered).
-    let mut deliveries: Vec<Value> = distinct.iter().map(Ev::to_json).collect();
+    // Every event once, a quarter of them again (some with the member list reordered);
+    // corrections interleaved with the callbacks.
+    let mut deliveries: Vec<Delivery> = distinct.iter().map(Ev::delivery).collect();
     for _ in 0..distinct.len() / 4 {
-        let mut again = distinct[rng.random_range(0..distinct.len())].to_json();
-        if let Some(list) = again
-            .get_mut("MemberList_Account")
-            .and_then(Value::as_array_mut)
+        let mut again = distinct[rng.random_range(0..distinct.len())].delivery();
+        if let Delivery::Http(body) = &mut again
+            && let Some(list) = body
+                .get_mut("MemberList_Account")
+                .and_then(Value::as_array_mut)
         {
             list.reverse();
         }
@@ -302,12 +421,9 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .unwrap();
+    let pools = [pool.clone(), second_pool.clone()];
     let apps = [spawn_app(pool.clone()).await, spawn_app(second_pool).await];
-    let answers: Vec<(u16, Value)> = futures_util::stream::iter(deliveries.iter().enumerate())
-        .map(|(i, body)| apps[i % 2].send(body))
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let answers = deliver_all(&apps, &pools, &deliveries).await;
     for (status, answer) in &answers {
         assert_eq!((*status, answer), (200, &ok()), "seed {seed}");
     }
@@ -374,27 +490,24 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
 async fn rebuild_from_history_reproduces_the_live_view(pool: PgPool) {
     let seed = seed("rebuild");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut deliveries: Vec<Value> = generate(&mut rng).iter().map(Ev::to_json).collect();
+    let mut deliveries: Vec<Delivery> = generate(&mut rng).iter().map(Ev::delivery).collect();
     // Seats and room updates too, which the sequential model above does not cover.
     for i in 0..300 {
         let room = format!("room{}", rng.random_range(0..ROOMS));
         let at = BASE + rng.random_range(0..150);
-        deliveries.push(if i % 2 == 0 {
+        deliveries.push(Delivery::Http(if i % 2 == 0 {
             let user = format!("u{}", rng.random_range(0..USERS));
             json!({"CallbackCommand": "Mic.CallbackAfterSeatInfoChanged", "RoomId": room, "EventTime": at,
                    "SeatList": [{"Index": rng.random_range(0..4), "Member_Account": if at % 3 == 0 { String::new() } else { user }, "IsAudioDisabled": at % 2 == 0}]})
         } else {
             json!({"CallbackCommand": "Room.CallbackAfterUpdateRoomInfo", "EventTime": at,
                    "RoomInfo": {"RoomId": room, "RoomName": format!("upd-{at}"), "CustomInfo": format!("c{}", at % 7)}})
-        });
+        }));
     }
     deliveries.shuffle(&mut rng);
-    let app = spawn_app(pool.clone()).await;
-    let answers: Vec<(u16, Value)> = futures_util::stream::iter(&deliveries)
-        .map(|body| app.send(body))
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let apps = [spawn_app(pool.clone()).await];
+    let answers = deliver_all(&apps, std::slice::from_ref(&pool), &deliveries).await;
+    let [app] = apps;
     assert!(
         answers.iter().all(|(status, _)| *status == 200),
         "seed {seed}"
