@@ -194,14 +194,29 @@ pub struct Seat {
 pub enum Event {
     MemberEnter(MemberChange),
     MemberLeave(MemberChange),
-    CreateRoom { info: RoomInfo, invitees: Vec<Id> },
+    /// `ScheduleInviteeList_Account` is checked and kept in the payload; nothing reads it.
+    CreateRoom {
+        info: RoomInfo,
+    },
     DestroyRoom,
-    UpdateRoomInfo { info: RoomInfo },
-    SeatInfoChanged { seats: Vec<Seat> },
+    UpdateRoomInfo {
+        info: RoomInfo,
+    },
+    SeatInfoChanged {
+        seats: Vec<Seat>,
+    },
     Other,
 }
 
 impl Event {
+    /// The members of an enter or a leave.
+    pub fn member_change(&self) -> Option<&MemberChange> {
+        match self {
+            Self::MemberEnter(change) | Self::MemberLeave(change) => Some(change),
+            _ => None,
+        }
+    }
+
     /// Whether the event changes the view; unknown commands are history only.
     pub fn changes_state(&self) -> bool {
         !matches!(self, Self::Other)
@@ -227,7 +242,7 @@ pub struct Callback {
     pub meta: Meta,
     /// The body exactly as received (valid JSON without NUL characters).
     pub payload: String,
-    /// See [`Callback::compute_dedup_key`].
+    /// See [`CallbackParts`]'s dedup key.
     pub dedup_key: [u8; 32],
 }
 
@@ -241,33 +256,50 @@ impl Callback {
         event: Event,
         payload: &Value,
     ) -> Self {
-        let mut callback = Self {
+        Self::new(CallbackParts {
             sdk_app_id,
             command: Command::Reconcile,
             room_id: Some(room_id),
             operator: None,
             event_time: at,
+            event_time_was_sent: true,
             event,
             meta: Meta::default(),
             payload: payload.to_string(),
-            dedup_key: [0; 32],
-        };
-        callback.dedup_key = callback.compute_dedup_key(true);
-        callback
+        })
+    }
+
+    /// The callback of these parts, with its dedup key.
+    pub fn new(parts: CallbackParts) -> Self {
+        let dedup_key = parts.dedup_key();
+        let CallbackParts {
+            sdk_app_id,
+            command,
+            room_id,
+            operator,
+            event_time,
+            event,
+            meta,
+            payload,
+            ..
+        } = parts;
+        Self {
+            sdk_app_id,
+            command,
+            room_id,
+            operator,
+            event_time,
+            event,
+            meta,
+            payload,
+            dedup_key,
+        }
     }
 
     /// `room_events.event_type`: a member event's `Type`; a correction's kind (`Enter`,
     /// `Leave`, `Destroy`, `Seats`).
     pub fn event_type(&self) -> Option<&str> {
-        if self.command == Command::Reconcile {
-            return Some(match self.event {
-                Event::MemberEnter(_) => "Enter",
-                Event::MemberLeave(_) => "Leave",
-                Event::DestroyRoom => "Destroy",
-                _ => "Seats",
-            });
-        }
-        self.member_change().and_then(|c| c.kind.as_deref())
+        event_type(&self.command, &self.event)
     }
 
     /// The `leave_type` a membership gets when this event ends it.
@@ -281,16 +313,30 @@ impl Callback {
     }
 
     pub fn member_change(&self) -> Option<&MemberChange> {
-        match &self.event {
-            Event::MemberEnter(change) | Event::MemberLeave(change) => Some(change),
-            _ => None,
-        }
+        self.event.member_change()
     }
+}
 
-    /// What makes two deliveries "the same callback" (docs/semantics.md#exactly-once): app, command, room, EventTime,
-    /// Type and the member set, order-insensitive. The app is a column of its own.
-    /// Unknown commands without an EventTime carry their whole body instead.
-    pub(super) fn compute_dedup_key(&self, event_time_was_sent: bool) -> [u8; 32] {
+/// A callback before its dedup key: what the parser and the reconciler fill in, for
+/// [`Callback::new`].
+pub struct CallbackParts {
+    pub sdk_app_id: SdkAppId,
+    pub command: Command,
+    pub room_id: Option<Id>,
+    pub operator: Option<String>,
+    pub event_time: EventTime,
+    /// False for an unknown command without `EventTime` (the arrival time stands in).
+    pub event_time_was_sent: bool,
+    pub event: Event,
+    pub meta: Meta,
+    pub payload: String,
+}
+
+impl CallbackParts {
+    /// What makes two deliveries "the same callback" (docs/semantics.md#exactly-once): app,
+    /// command, room, EventTime, Type and the member set, order-insensitive. The app is a
+    /// column of its own. Unknown commands without an EventTime carry their whole body instead.
+    fn dedup_key(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
         // Length-prefixed parts, so no two different tuples hash the same bytes.
         let mut part = |bytes: &[u8]| {
@@ -304,23 +350,41 @@ impl Callback {
                 .map_or(&[][..], |r| r.as_str().as_bytes()),
         );
         // Without a sent EventTime the time is the arrival's, which a redelivery does not share.
-        if event_time_was_sent {
+        if self.event_time_was_sent {
             part(&self.event_time.millis().to_le_bytes());
         }
-        let change = self.member_change();
-        part(self.event_type().unwrap_or("").as_bytes());
-        let members = change
+        part(
+            event_type(&self.command, &self.event)
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        let members = self
+            .event
+            .member_change()
             .map(MemberChange::distinct_members)
             .unwrap_or_default();
         part(&(members.len() as u64).to_le_bytes());
         for member in members {
             part(member.as_str().as_bytes());
         }
-        if !event_time_was_sent {
+        if !self.event_time_was_sent {
             part(self.payload.as_bytes());
         }
         hash.finalize().into()
     }
+}
+
+/// `room_events.event_type` (see [`Callback::event_type`]).
+fn event_type<'a>(command: &Command, event: &'a Event) -> Option<&'a str> {
+    if *command == Command::Reconcile {
+        return Some(match event {
+            Event::MemberEnter(_) => "Enter",
+            Event::MemberLeave(_) => "Leave",
+            Event::DestroyRoom => "Destroy",
+            _ => "Seats",
+        });
+    }
+    event.member_change().and_then(|c| c.kind.as_deref())
 }
 
 #[cfg(test)]

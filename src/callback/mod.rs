@@ -8,8 +8,8 @@ mod query;
 mod signature;
 
 pub use domain::{
-    Callback, Command, Event, EventTime, Id, IdError, MemberChange, Meta, RECONCILE_COMMAND,
-    RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
+    Callback, CallbackParts, Command, Event, EventTime, Id, IdError, MemberChange, Meta,
+    RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
 };
 pub use parse::{
     MAX_LIST_ENTRIES, Rejection, RejectionKind, numeric::fits as numeric_fits, parse_body,

@@ -1,10 +1,11 @@
-//! Body parsing: JSON -> [`Callback`], with an error that names the field (docs/protocol.md#commands-and-bodies, #bounds).
+//! Body parsing: JSON -> [`Callback`], with an error that names the field
+//! (docs/protocol.md#commands-and-bodies, docs/protocol.md#bounds).
 
 use serde_json::{Map, Value};
 
 use super::{
-    Callback, CallbackQuery, Command, Event, EventTime, Id, MemberChange, RESERVED_PREFIX,
-    RoomInfo, SdkAppId, Seat,
+    Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange,
+    RESERVED_PREFIX, RoomInfo, SdkAppId, Seat,
 };
 
 /// Most entries any list may hold (docs/protocol.md#bounds).
@@ -167,17 +168,18 @@ pub fn parse_body(
     let (room_id, event) = match &command {
         Command::MemberEnter => (
             Some(body.id("RoomId")?),
-            Event::MemberEnter(body.change(false)?),
+            Event::MemberEnter(body.change(Direction::Enter)?),
         ),
         Command::MemberLeave => (
             Some(body.id("RoomId")?),
-            Event::MemberLeave(body.change(true)?),
+            Event::MemberLeave(body.change(Direction::Leave)?),
         ),
         Command::DestroyRoom => (Some(body.id("RoomId")?), Event::DestroyRoom),
         Command::CreateRoom => {
             let (room, info) = body.room_info()?;
-            let invitees = body.opt_id_list("ScheduleInviteeList_Account")?;
-            (Some(room), Event::CreateRoom { info, invitees })
+            // Checked for the bounds like any id list; it stays in the payload.
+            body.opt_id_list("ScheduleInviteeList_Account")?;
+            (Some(room), Event::CreateRoom { info })
         }
         Command::UpdateRoomInfo => {
             let (room, info) = body.room_info()?;
@@ -202,19 +204,17 @@ pub fn parse_body(
             Rejection::bounds("EventTime", "is missing and the clock is before 1970")
         })?,
     };
-    let mut callback = Callback {
+    Ok(Callback::new(CallbackParts {
         sdk_app_id,
         command,
         room_id,
         operator,
         event_time,
+        event_time_was_sent: sent_time,
         event,
         meta: query.meta(),
         payload,
-        dedup_key: [0; 32],
-    };
-    callback.dedup_key = callback.compute_dedup_key(sent_time);
-    Ok(callback)
+    }))
 }
 
 fn check_storable(value: &Value, path: &str) -> Result<(), Rejection> {
@@ -290,6 +290,13 @@ pub mod numeric {
         };
         leading + exponent < MAX_INTEGER_DIGITS
     }
+}
+
+/// Which way a member event goes.
+#[derive(Clone, Copy)]
+enum Direction {
+    Enter,
+    Leave,
 }
 
 /// A JSON object and its path, for messages that name the field.
@@ -390,7 +397,7 @@ impl<'a> Object<'a> {
             .ok_or_else(|| Rejection::bounds("EventTime", "is not a valid time in milliseconds"))
     }
 
-    fn change(&self, is_leave: bool) -> Result<MemberChange, Rejection> {
+    fn change(&self, direction: Direction) -> Result<MemberChange, Rejection> {
         if self.get("MemberList_Account").is_none() {
             return Err(Rejection::missing("MemberList_Account"));
         }
@@ -400,10 +407,10 @@ impl<'a> Object<'a> {
                 .opt_integer("MemberCount", 0, i32::MAX.into())?
                 .map(|n| n as i32),
             kind: self.opt_text("Type")?,
-            reason: if is_leave {
-                self.opt_text("Reason")?
-            } else {
-                None
+            // Only a leave has a Reason.
+            reason: match direction {
+                Direction::Leave => self.opt_text("Reason")?,
+                Direction::Enter => None,
             },
         })
     }
@@ -568,13 +575,20 @@ mod tests {
     fn fixture_create_room() {
         let cb = parse(include_str!("../../tests/fixtures/create_room.json")).unwrap();
         assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
-        let Event::CreateRoom { info, invitees } = &cb.event else {
+        let Event::CreateRoom { info } = &cb.event else {
             panic!("not a create")
         };
         assert_eq!(info.text("RoomName"), Some("tandy-test-rest"));
         assert_eq!(info.integer("MaxMemberCount"), Some(300));
-        // Duplicates are kept as sent.
-        assert_eq!(invitees.len(), 3);
+        // Duplicates are kept as sent, in the payload.
+        let payload: Value = serde_json::from_str(&cb.payload).unwrap();
+        assert_eq!(
+            payload["ScheduleInviteeList_Account"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ use crate::{
 
 /// How long an instance holds a room it checks; a check that takes longer is cut.
 const LEASE: Duration = Duration::from_secs(120);
-/// Rooms claimed at a time.
-const CLAIM: i64 = 16;
+/// Rooms claimed at a time: one, so that a lease starts when its check does.
+const CLAIM: i64 = 1;
 /// Pause when no room is due (and after a failure to claim).
 const IDLE: Duration = Duration::from_secs(5);
 /// Backoff after a failed check: this, doubled per failure in a row, at most the interval.
@@ -44,7 +44,7 @@ const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// Why a room could not be checked (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("Tencent's REST API: {0}")]
+    #[error(transparent)]
     Tencent(#[from] TencentError),
     #[error("the database")]
     Store(#[source] StoreError),
@@ -81,6 +81,8 @@ pub struct RoomReport {
     pub seats: bool,
     /// Differences left alone because of the grace period.
     pub held_back: Vec<String>,
+    /// The view has no such room: nothing to compare, nothing stored.
+    pub unknown: bool,
 }
 
 impl RoomReport {
@@ -91,6 +93,9 @@ impl RoomReport {
 
 impl fmt::Display for RoomReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.unknown {
+            return f.write_str("not a room of the view: nothing compared");
+        }
         let mut parts = Vec::new();
         if self.destroyed {
             parts.push("gone at Tencent: destroy".to_owned());
@@ -189,9 +194,13 @@ impl Reconciler {
                     }
                 };
                 if rooms.is_empty() {
-                    // Every due room has been checked: a complete pass.
-                    last_pass = Instant::now();
-                    self.metrics.reconcile_since_last_pass.set(0.0);
+                    // Every due room has been checked: a complete pass, unless some live room
+                    // is waiting out a failure (then the gauge keeps growing).
+                    let failing = store::reconcile::failing(&self.pool, &self.apps()).await;
+                    if failing.is_ok_and(|n| n == 0) {
+                        last_pass = Instant::now();
+                        self.metrics.reconcile_since_last_pass.set(0.0);
+                    }
                     tokio::time::sleep(IDLE.min(self.config.interval)).await;
                     continue;
                 }
@@ -207,6 +216,9 @@ impl Reconciler {
             SdkAppId::from_i64(room.sdk_app_id),
             Id::parse(&room.room_id),
         ) else {
+            // Not a room a callback could have made; let it rest for an interval.
+            let failure = Some(("not a valid app or room id", self.config.interval));
+            let _ = store::reconcile::finish_check(&self.pool, room, owner, failure).await;
             return;
         };
         let checked = tokio::time::timeout(LEASE - IDLE, self.check_room(app, &id, Mode::Apply))
@@ -273,6 +285,11 @@ impl Reconciler {
         let mut report = RoomReport::default();
         let mut corrections = Vec::new();
         let view = store::reconcile::room_view(&self.pool, app, room).await?;
+        if view.last_event_at.is_none() {
+            // A room the view never saw (a mistyped --room, another app): never invent one.
+            report.unknown = true;
+            return Ok(report);
+        }
         let observed_at = Utc::now();
         let (info, members) = match self.room_state(app, room).await? {
             Some(state) => state,

@@ -573,7 +573,9 @@ async fn destroy(
              AND last_event_rank = 0 AND last_event_at <= $3
              AND (in_room
                   OR (leave_type IN ($5, $6)
-                      AND (left_at > $3 OR (left_at = $3 AND leave_type COLLATE "C" > $4))))
+                      AND (left_at > $3
+                           -- At one time a destroy callback goes before a correction.
+                           OR (left_at = $3 AND leave_type = $6 AND $4 = $5))))
            RETURNING user_id"#,
         room.app,
         room.id,
@@ -628,7 +630,7 @@ async fn first_destroy_since(
         r#"SELECT event_at, callback_command = $4 AS "reconciled!" FROM room_events
            WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
              AND (callback_command = $5 OR (callback_command = $4 AND event_type = 'Destroy'))
-           ORDER BY event_at, callback_command = $4 DESC
+           ORDER BY event_at, callback_command = $4
            LIMIT 1"#,
         room.app,
         room.id,
@@ -638,7 +640,7 @@ async fn first_destroy_since(
     )
     .fetch_optional(conn)
     .await?;
-    // At one time, "Reconciled" sorts before "RoomDestroyed": it applies first (the fold's order).
+    // At one time a destroy callback applies before a correction (the fold's order).
     Ok(first.map(|row| (row.event_at, exit_of(row.reconciled))))
 }
 
@@ -791,10 +793,9 @@ async fn merge_room_info(
         info,
         at.timestamp_millis(),
     );
-    let text = |key: &str| merged.get(key).and_then(Value::as_str).map(str::to_owned);
+    let text = |key: &str| merged.text(key).map(str::to_owned);
     let max_members = merged
-        .get("MaxMemberCount")
-        .and_then(Value::as_i64)
+        .integer("MaxMemberCount")
         .and_then(|n| i32::try_from(n).ok());
     sqlx::query!(
         r#"UPDATE rooms SET
@@ -804,7 +805,7 @@ async fn merge_room_info(
            WHERE sdk_app_id = $1 AND room_id = $2"#,
         room.app,
         room.id,
-        Value::Object(merged.clone()),
+        Value::Object(merged.fields.clone()),
         Value::Object(versions),
         text("RoomName"),
         text("RoomType"),
@@ -825,7 +826,7 @@ fn merge_fields(
     versions: Value,
     info: &RoomInfo,
     at_ms: i64,
-) -> (Map<String, Value>, Map<String, Value>) {
+) -> (RoomInfo, Map<String, Value>) {
     let mut merged = match current {
         Some(Value::Object(map)) => map,
         _ => Map::new(),
@@ -848,7 +849,7 @@ fn merge_fields(
             versions.insert(key.clone(), json!(at_ms));
         }
     }
-    (merged, versions)
+    (RoomInfo { fields: merged }, versions)
 }
 
 async fn change_seats(
@@ -1063,12 +1064,12 @@ mod tests {
         let a = info(json!({"RoomName": "a", "MaxMemberCount": 10}));
         let b = info(json!({"RoomName": "b"}));
         let (m1, v1) = merge_fields(None, json!({}), &a, 100);
-        let (m1, _) = merge_fields(Some(Value::Object(m1)), Value::Object(v1), &b, 200);
+        let (m1, _) = merge_fields(Some(Value::Object(m1.fields)), Value::Object(v1), &b, 200);
         let (m2, v2) = merge_fields(None, json!({}), &b, 200);
-        let (m2, _) = merge_fields(Some(Value::Object(m2)), Value::Object(v2), &a, 100);
+        let (m2, _) = merge_fields(Some(Value::Object(m2.fields)), Value::Object(v2), &a, 100);
         assert_eq!(m1, m2);
-        assert_eq!(m1["RoomName"], json!("b"));
-        assert_eq!(m1["MaxMemberCount"], json!(10));
+        assert_eq!(m1.text("RoomName"), Some("b"));
+        assert_eq!(m1.integer("MaxMemberCount"), Some(10));
     }
 
     #[test]
@@ -1110,7 +1111,7 @@ mod tests {
         let a = info(json!({"RoomName": "a"}));
         let b = info(json!({"RoomName": "b"}));
         let (m, v) = merge_fields(None, json!({}), &b, 5);
-        let (m, _) = merge_fields(Some(Value::Object(m)), Value::Object(v), &a, 5);
-        assert_eq!(m["RoomName"], json!("b"));
+        let (m, _) = merge_fields(Some(Value::Object(m.fields)), Value::Object(v), &a, 5);
+        assert_eq!(m.text("RoomName"), Some("b"));
     }
 }

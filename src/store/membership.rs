@@ -54,8 +54,12 @@ impl MemberEvent {
                 kind.as_deref().unwrap_or(""),
                 reason.as_deref().unwrap_or(""),
             ),
-            // Two destroys at one time: the first in byte order of `exit` ends the membership.
-            Self::Destroy { at, exit } => (*at, RANK_DESTROY, exit, ""),
+            // Two destroys at one time: the callback ends the membership before a correction
+            // does (it says more: who destroyed the room).
+            Self::Destroy { at, exit } => {
+                let second = if *exit == RECONCILED { "1" } else { "0" };
+                (*at, RANK_DESTROY, second, "")
+            }
         }
     }
 }
@@ -190,7 +194,7 @@ mod tests {
         let a = fold(vec![enter(100), destroy(200), reconciled.clone()]);
         let b = fold(vec![enter(100), reconciled, destroy(200)]);
         assert_eq!(a, b);
-        assert_eq!(a.unwrap().leave_type.as_deref(), Some(RECONCILED));
+        assert_eq!(a.unwrap().leave_type.as_deref(), Some(ROOM_DESTROYED));
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub async fn claim_due(
            LIMIT $5
            ON CONFLICT (sdk_app_id, room_id) DO UPDATE
                SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
-               WHERE c.lease_until IS NULL OR c.lease_until < clock_timestamp()
+               WHERE (c.lease_until IS NULL OR c.lease_until < clock_timestamp())
+                 AND (c.checked_at IS NULL OR c.checked_at < now() - make_interval(secs => $3))
+                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
            RETURNING sdk_app_id, room_id"#,
         apps,
         owner,
@@ -91,6 +93,18 @@ pub async fn finish_check(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Live rooms of `apps` whose last check failed (they wait out a backoff).
+pub async fn failing(pool: &PgPool, apps: &[i64]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM room_checks c
+           JOIN rooms r ON r.sdk_app_id = c.sdk_app_id AND r.room_id = c.room_id
+           WHERE c.sdk_app_id = ANY($1) AND c.failures > 0 AND r.destroyed_at IS NULL"#,
+        apps,
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Failed checks in a row of a room (for the backoff).

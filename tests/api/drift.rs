@@ -494,6 +494,20 @@ async fn the_reconcile_command_prints_and_stores_the_differences(pool: PgPool) {
     assert_eq!(roster(&pool, "r").await, ["a", "new"]);
     assert_eq!(corrections(&pool, "r").await.len(), 2);
 
+    // A room the view never saw is not invented (Tencent says it does not exist either).
+    let typo = reconcile_command(&pool, &fake, &["--room", "typo"], "warn").await;
+    assert!(typo.success, "{}{}", typo.stdout, typo.stderr);
+    assert!(
+        typo.stdout
+            .contains(r#"room "typo": not a room of the view"#),
+        "{}",
+        typo.stdout
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM rooms WHERE room_id = 'typo'").await,
+        0
+    );
+
     let again = reconcile_command(&pool, &fake, &[], "warn").await;
     assert!(
         again.stdout.contains(r#"room "r": no difference"#),

@@ -110,9 +110,9 @@ impl Ev {
             }
             Ev::Leave { at, kind, .. } => (*at, 1, kind.clone(), Ev::reason(kind, *at)),
             Ev::FixLeave { at, .. } => (*at, 1, "Reconciled".into(), FIX_REASON.into()),
-            // Two destroys at one time: the exits in byte order ("Reconciled" first).
-            Ev::Destroy { at, .. } => (*at, 2, "RoomDestroyed".into(), String::new()),
-            Ev::FixDestroy { at, .. } => (*at, 2, "Reconciled".into(), String::new()),
+            // Two destroys at one time: the callback first, then the correction.
+            Ev::Destroy { at, .. } => (*at, 2, "0".into(), String::new()),
+            Ev::FixDestroy { at, .. } => (*at, 2, "1".into(), String::new()),
         }
     }
     fn dedup_key(&self) -> String {
