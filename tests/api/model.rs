@@ -157,13 +157,13 @@ impl Ev {
             Ev::FixDestroy { .. } => Event::DestroyRoom,
             _ => return Delivery::Http(self.to_json()),
         };
-        Delivery::Fix(Callback::correction(
+        Delivery::Fix(Box::new(Callback::correction(
             SdkAppId::from_i64(APP_ID).unwrap(),
             Id::parse(self.room()).unwrap(),
             EventTime::from_millis(self.at()).unwrap(),
             event,
             &json!({"model": true}),
-        ))
+        )))
     }
     fn to_json(&self) -> Value {
         match self {
@@ -191,7 +191,7 @@ impl Ev {
 #[derive(Clone)]
 enum Delivery {
     Http(Value),
-    Fix(roomsync::callback::Callback),
+    Fix(Box<roomsync::callback::Callback>),
 }
 
 /// Delivers everything, 16 at a time, the i-th through instance i % n (its app for a callback,
@@ -208,7 +208,7 @@ async fn deliver_all(
                 match delivery {
                     Delivery::Http(body) => app.send(body).await,
                     Delivery::Fix(correction) => {
-                        roomsync::store::write_batch(pool, &[correction])
+                        roomsync::store::write_batch(pool, &[&**correction])
                             .await
                             .expect("a correction is stored");
                         (200, ok())
