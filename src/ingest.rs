@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -24,6 +24,8 @@ use crate::{
 const DRAIN_RETRY: Duration = Duration::from_millis(500);
 /// Records moved per drain transaction.
 const DRAIN_BATCH: usize = 256;
+/// How long the drain pauses between batches after PostgreSQL was found slow.
+const SLOW_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -75,6 +77,9 @@ pub struct Ingest {
     /// Wakes the drain task when something was journaled.
     wake_drain: Arc<tokio::sync::Notify>,
     rejected: Arc<RejectedStore>,
+    /// When a callback last went to the journal because PostgreSQL was slow (ms since the
+    /// epoch): the drain then gives way to live callbacks.
+    last_slow_ms: Arc<AtomicI64>,
 }
 
 impl Ingest {
@@ -98,6 +103,7 @@ impl Ingest {
             metrics,
             wake_drain: Arc::new(tokio::sync::Notify::new()),
             rejected: Arc::new(rejected),
+            last_slow_ms: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -152,6 +158,8 @@ impl Ingest {
                     // commit late; the history's dedup key makes the drain a no-op then).
                     tracing::debug!(error = ?error, "database slow; journaling this callback");
                     self.metrics.store_slow.inc();
+                    self.last_slow_ms
+                        .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
                 }
             }
         }
@@ -216,6 +224,13 @@ impl Ingest {
         // New callbacks go straight to the database again; order does not matter (docs/semantics.md#the-rule).
         self.database_up.store(true, Ordering::Relaxed);
         while self.journal.depth() > 0 {
+            // While live callbacks find PostgreSQL slow, the drain takes a small share of it:
+            // its batches lock rooms that live batches wait for.
+            let since_slow =
+                Utc::now().timestamp_millis() - self.last_slow_ms.load(Ordering::Relaxed);
+            if since_slow < SLOW_BACKOFF.as_millis() as i64 {
+                tokio::time::sleep(SLOW_BACKOFF).await;
+            }
             self.drain_batch().await?;
         }
         Ok(())

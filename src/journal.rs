@@ -20,6 +20,9 @@ use tokio::sync::oneshot::{self, Sender};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
 
+/// redb's page cache.
+const JOURNAL_CACHE_BYTES: usize = 16 << 20;
+
 /// Record layout version, first byte of every record.
 const RECORD_V1: u8 = 1;
 
@@ -125,7 +128,12 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
         }
-        let db = Database::create(path).map_err(|e| open_error(Box::new(e)))?;
+        // The journal is written once and read once per record: a large page cache only
+        // costs memory during a long outage.
+        let db = Database::builder()
+            .set_cache_size(JOURNAL_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_error(Box::new(e)))?;
         // Make sure the table exists, then measure it.
         let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
         tx.open_table(PENDING)

@@ -83,8 +83,29 @@ pub enum Command {
     DestroyRoom,
     UpdateRoomInfo,
     SeatInfoChanged,
+    /// TUILiveKit (docs/live.md): the same view for live rooms.
+    LiveCreateRoom,
+    LiveDestroyRoom,
+    LiveUpdateRoomInfo,
+    LiveMemberStateChanged,
     Reconcile,
     Other(String),
+}
+
+/// Which Tencent product a room belongs to (`rooms.product`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Product {
+    Room,
+    Live,
+}
+
+impl Product {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Room => "Room",
+            Self::Live => "Live",
+        }
+    }
 }
 
 /// `room_events.callback_command` of a correction (docs/drift-repair.md).
@@ -107,6 +128,13 @@ impl Command {
                 Self::UpdateRoomInfo
             }
             "Mic.CallbackAfterSeatInfoChanged" => Self::SeatInfoChanged,
+            "Live.CallbackAfterCreateRoom" => Self::LiveCreateRoom,
+            "Live.CallbackAfterDestroyRoom" => Self::LiveDestroyRoom,
+            "Live.CallbackAfterUpdateRoomInfo" => Self::LiveUpdateRoomInfo,
+            // Tencent's own documents use both names for one command.
+            "Live.CallbackAfterMemberStateChanged" | "Live.CallbackMemberStateChanged" => {
+                Self::LiveMemberStateChanged
+            }
             // A correction is made by roomsync, never parsed from a callback.
             other => Self::Other(other.to_owned()),
         }
@@ -121,8 +149,29 @@ impl Command {
             Self::DestroyRoom => "Room.CallbackAfterDestroyRoom",
             Self::UpdateRoomInfo => "Room.CallbackAfterUpdateRoomInfo",
             Self::SeatInfoChanged => "Mic.CallbackAfterSeatInfoChanged",
+            Self::LiveCreateRoom => "Live.CallbackAfterCreateRoom",
+            Self::LiveDestroyRoom => "Live.CallbackAfterDestroyRoom",
+            Self::LiveUpdateRoomInfo => "Live.CallbackAfterUpdateRoomInfo",
+            Self::LiveMemberStateChanged => "Live.CallbackAfterMemberStateChanged",
             Self::Reconcile => RECONCILE_COMMAND,
             Self::Other(name) => name,
+        }
+    }
+
+    /// The product whose rooms this command is about; `None` when it does not say (seat
+    /// changes come from both, corrections and unknown commands from neither).
+    pub fn product(&self) -> Option<Product> {
+        match self {
+            Self::MemberEnter
+            | Self::MemberLeave
+            | Self::CreateRoom
+            | Self::DestroyRoom
+            | Self::UpdateRoomInfo => Some(Product::Room),
+            Self::LiveCreateRoom
+            | Self::LiveDestroyRoom
+            | Self::LiveUpdateRoomInfo
+            | Self::LiveMemberStateChanged => Some(Product::Live),
+            Self::SeatInfoChanged | Self::Reconcile | Self::Other(_) => None,
         }
     }
 
@@ -135,6 +184,10 @@ impl Command {
             Self::DestroyRoom => "destroy_room",
             Self::UpdateRoomInfo => "update_room_info",
             Self::SeatInfoChanged => "seat_info_changed",
+            Self::LiveCreateRoom => "live_create_room",
+            Self::LiveDestroyRoom => "live_destroy_room",
+            Self::LiveUpdateRoomInfo => "live_update_room_info",
+            Self::LiveMemberStateChanged => "live_member_state_changed",
             Self::Reconcile => "reconcile",
             Self::Other(_) => "other",
         }
@@ -302,6 +355,11 @@ impl Callback {
         event_type(&self.command, &self.event)
     }
 
+    /// `room_events.reason`: a leave's `Reason`; a Live member event's `EventCause`.
+    pub fn history_reason(&self) -> Option<&str> {
+        history_reason(&self.command, &self.event)
+    }
+
     /// The `leave_type` a membership gets when this event ends it.
     pub fn exit_type(&self) -> Option<&str> {
         match (&self.command, &self.event) {
@@ -358,6 +416,14 @@ impl CallbackParts {
                 .unwrap_or("")
                 .as_bytes(),
         );
+        if self.command == Command::LiveMemberStateChanged {
+            // Offline by Leave and Offline by HeartbeatInterrupt are two events.
+            part(
+                history_reason(&self.command, &self.event)
+                    .unwrap_or("")
+                    .as_bytes(),
+            );
+        }
         let members = self
             .event
             .member_change()
@@ -374,8 +440,24 @@ impl CallbackParts {
     }
 }
 
+/// `room_events.reason` (see [`Callback::history_reason`]).
+fn history_reason<'a>(command: &Command, event: &'a Event) -> Option<&'a str> {
+    let change = event.member_change()?;
+    if *command == Command::LiveMemberStateChanged {
+        change.kind.as_deref()
+    } else {
+        change.reason.as_deref()
+    }
+}
+
 /// `room_events.event_type` (see [`Callback::event_type`]).
 fn event_type<'a>(command: &Command, event: &'a Event) -> Option<&'a str> {
+    if *command == Command::LiveMemberStateChanged {
+        return Some(match event {
+            Event::MemberLeave(_) => "Offline",
+            _ => "Online",
+        });
+    }
     if *command == Command::Reconcile {
         return Some(match event {
             Event::MemberEnter(_) => "Enter",

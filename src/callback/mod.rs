@@ -8,7 +8,7 @@ mod query;
 mod signature;
 
 pub use domain::{
-    Callback, CallbackParts, Command, Event, EventTime, Id, IdError, MemberChange, Meta,
+    Callback, CallbackParts, Command, Event, EventTime, Id, IdError, MemberChange, Meta, Product,
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
 };
 pub use parse::{

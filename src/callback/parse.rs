@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange,
+    Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange, Product,
     RESERVED_PREFIX, RoomInfo, SdkAppId, Seat,
 };
 
@@ -158,7 +158,13 @@ pub fn parse_body(
         }
     };
 
-    let event_time = match (body.opt_event_time()?, &command) {
+    // Live callbacks may carry EventTime inside RoomInfo instead (docs/live.md).
+    let event_time = match body.opt_event_time()? {
+        Some(t) => Some(t),
+        None if command.product() == Some(Product::Live) => body.room_info_event_time()?,
+        None => None,
+    };
+    let event_time = match (event_time, &command) {
         (Some(t), _) => Some(t),
         (None, Command::Other(_)) => None,
         (None, _) => return Err(Rejection::missing("EventTime")),
@@ -175,6 +181,25 @@ pub fn parse_body(
             Event::MemberLeave(body.change(Direction::Leave)?),
         ),
         Command::DestroyRoom => (Some(body.id("RoomId")?), Event::DestroyRoom),
+        Command::LiveDestroyRoom => {
+            // EventType (DestroyByUser, DestroyBySystem) and Statistic stay in the payload.
+            body.opt_text("EventType")?;
+            let room = match body.opt_id("RoomId")? {
+                Some(room) => room,
+                None if body.get("RoomInfo").is_some() => body.room_info()?.0,
+                None => return Err(Rejection::missing("RoomId")),
+            };
+            (Some(room), Event::DestroyRoom)
+        }
+        Command::LiveCreateRoom => {
+            let (room, info) = body.room_info()?;
+            (Some(room), Event::CreateRoom { info })
+        }
+        Command::LiveUpdateRoomInfo => {
+            let (room, info) = body.room_info()?;
+            (Some(room), Event::UpdateRoomInfo { info })
+        }
+        Command::LiveMemberStateChanged => (Some(body.id("RoomId")?), body.member_state()?),
         Command::CreateRoom => {
             let (room, info) = body.room_info()?;
             // Checked for the bounds like any id list; it stays in the payload.
@@ -397,6 +422,77 @@ impl<'a> Object<'a> {
             .ok_or_else(|| Rejection::bounds("EventTime", "is not a valid time in milliseconds"))
     }
 
+    /// `EventTime` inside `RoomInfo` (Live create and update).
+    fn room_info_event_time(&self) -> Result<Option<EventTime>, Rejection> {
+        match self.get("RoomInfo") {
+            Some(Value::Object(map)) => Object {
+                map,
+                path: "RoomInfo".into(),
+            }
+            .opt_event_time(),
+            _ => Ok(None),
+        }
+    }
+
+    /// `Live.CallbackAfterMemberStateChanged`: `Online` is an enter, `Offline` a leave whose
+    /// `leave_type` is the `EventCause` (an unknown cause is kept as sent).
+    fn member_state(&self) -> Result<Event, Rejection> {
+        let direction = match self.opt_text("EventType")?.as_deref() {
+            Some("Online") => Direction::Enter,
+            Some("Offline") => Direction::Leave,
+            Some(other) => {
+                return Err(Rejection::bounds(
+                    "EventType",
+                    &format!("{other:?} is neither Online nor Offline"),
+                ));
+            }
+            None => return Err(Rejection::missing("EventType")),
+        };
+        let cause = match self.opt_text("EventCause")? {
+            Some(cause) if !cause.is_empty() => cause,
+            Some(_) => return Err(Rejection::bounds("EventCause", "must not be empty")),
+            None => return Err(Rejection::missing("EventCause")),
+        };
+        let change = MemberChange {
+            members: self.member_objects("MemberList")?,
+            member_count: self
+                .opt_integer("MemberCount", 0, i32::MAX.into())?
+                .map(|n| n as i32),
+            kind: Some(cause),
+            reason: None,
+        };
+        Ok(match direction {
+            Direction::Enter => Event::MemberEnter(change),
+            Direction::Leave => Event::MemberLeave(change),
+        })
+    }
+
+    /// A non-empty list of `{"Member_Account": …}` objects (an account may be a bare number).
+    fn member_objects(&self, key: &str) -> Result<Vec<Id>, Rejection> {
+        let items = match self.get(key) {
+            None => return Err(Rejection::missing(key)),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(Rejection::wrong_type(key, "an array of objects")),
+        };
+        if items.is_empty() {
+            return Err(Rejection::bounds(key, "must not be empty"));
+        }
+        if items.len() > MAX_LIST_ENTRIES {
+            return Err(too_many(key));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let path = format!("{key}[{i}]");
+                let Value::Object(map) = item else {
+                    return Err(Rejection::wrong_type(&path, "an object"));
+                };
+                Object { map, path }.id("Member_Account")
+            })
+            .collect()
+    }
+
     fn change(&self, direction: Direction) -> Result<MemberChange, Rejection> {
         if self.get("MemberList_Account").is_none() {
             return Err(Rejection::missing("MemberList_Account"));
@@ -450,6 +546,7 @@ impl<'a> Object<'a> {
             "IsScreenSharingDisabled",
             "IsCloudRecordingDisabled",
             "IsSeatEnabled",
+            "IsPublicVisible",
         ] {
             if let Some(b) = info.opt_bool(key)? {
                 fields.insert(key.to_owned(), Value::Bool(b));
@@ -757,6 +854,103 @@ mod tests {
         assert_eq!(bad_utf8.unwrap_err().kind, RejectionKind::NotJson);
         let nul_ip = parse_with(ENTER, "ClientIP=%00").unwrap_err();
         assert_eq!(nul_ip.kind, RejectionKind::NulCharacter);
+    }
+
+    #[test]
+    fn live_fixtures() {
+        let create = parse(include_str!("../../tests/fixtures/live_create_room.json")).unwrap();
+        assert_eq!(create.command, Command::LiveCreateRoom);
+        assert_eq!(create.command.product(), Some(Product::Live));
+        // EventTime inside RoomInfo, and extra RoomInfo fields kept.
+        assert_eq!(create.event_time.millis(), 1_703_589_922_780);
+        let Event::CreateRoom { info } = &create.event else {
+            panic!("not a create")
+        };
+        assert_eq!(info.fields["Category"], serde_json::json!([1, 7]));
+        assert_eq!(info.fields["IsPublicVisible"], Value::Bool(true));
+        assert_eq!(create.operator.as_deref(), Some("@TIM#SYSTEM"));
+
+        let online = parse(include_str!("../../tests/fixtures/live_member_online.json")).unwrap();
+        let Event::MemberEnter(change) = &online.event else {
+            panic!("Online is an enter")
+        };
+        let ids: Vec<&str> = change.members.iter().map(Id::as_str).collect();
+        assert_eq!(ids, ["jared", "144115212385832541"], "every digit kept");
+        assert_eq!(online.event_type(), Some("Online"));
+        assert_eq!(online.history_reason(), Some("Enter"));
+
+        let offline = parse(include_str!(
+            "../../tests/fixtures/live_member_offline.json"
+        ))
+        .unwrap();
+        assert!(matches!(offline.event, Event::MemberLeave(_)));
+        assert_eq!(offline.event_type(), Some("Offline"));
+        assert_eq!(offline.exit_type(), Some("HeartbeatInterrupt"));
+
+        let destroy = parse(include_str!("../../tests/fixtures/live_destroy_room.json")).unwrap();
+        assert_eq!(destroy.event, Event::DestroyRoom);
+        assert!(
+            destroy.payload.contains("TotalViewers"),
+            "Statistic kept in the payload"
+        );
+
+        let update = parse(include_str!(
+            "../../tests/fixtures/live_update_room_info.json"
+        ))
+        .unwrap();
+        assert_eq!(update.event_time.millis(), 1_703_590_022_780);
+        // The older URL name is the same command.
+        let alias = parse_with(
+            include_str!("../../tests/fixtures/live_member_online.json"),
+            "CallbackCommand=Live.CallbackMemberStateChanged",
+        )
+        .unwrap();
+        assert_eq!(alias.command, Command::LiveMemberStateChanged);
+        assert_eq!(alias.dedup_key, online.dedup_key);
+    }
+
+    #[test]
+    fn live_member_refusals_name_the_field() {
+        let state = |rest: &str| {
+            format!(
+                r#"{{"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":"r","EventTime":5,{rest}}}"#
+            )
+        };
+        let cases = [
+            (state(r#""EventCause":"Enter","MemberList":[{"Member_Account":"a"}]"#), RejectionKind::MissingField, "EventType"),
+            (state(r#""EventType":"Sleeping","EventCause":"Enter","MemberList":[{"Member_Account":"a"}]"#), RejectionKind::OutOfBounds, "EventType"),
+            (state(r#""EventType":7,"EventCause":"Enter","MemberList":[{"Member_Account":"a"}]"#), RejectionKind::WrongType, "EventType"),
+            (state(r#""EventType":"Online","MemberList":[{"Member_Account":"a"}]"#), RejectionKind::MissingField, "EventCause"),
+            (state(r#""EventType":"Online","EventCause":"","MemberList":[{"Member_Account":"a"}]"#), RejectionKind::OutOfBounds, "EventCause"),
+            (state(r#""EventType":"Online","EventCause":["Enter"],"MemberList":[{"Member_Account":"a"}]"#), RejectionKind::WrongType, "EventCause"),
+            (state(r#""EventType":"Online","EventCause":"Enter","MemberList":[]"#), RejectionKind::OutOfBounds, "MemberList"),
+            (state(r#""EventType":"Online","EventCause":"Enter""#), RejectionKind::MissingField, "MemberList"),
+            (state(r#""EventType":"Online","EventCause":"Enter","MemberList":["a"]"#), RejectionKind::WrongType, "MemberList[0]"),
+            (state(r#""EventType":"Online","EventCause":"Enter","MemberList":[{"NameCard":"a"}]"#), RejectionKind::MissingField, "MemberList[0].Member_Account"),
+            (state(r#""EventType":"Online","EventCause":"Enter","MemberList":[{"Member_Account":-5}]"#), RejectionKind::WrongType, "MemberList[0].Member_Account"),
+            (r#"{"CallbackCommand":"Live.CallbackAfterCreateRoom","RoomInfo":{"RoomId":"r"}}"#.to_owned(), RejectionKind::MissingField, "EventTime"),
+            (r#"{"CallbackCommand":"Live.CallbackAfterCreateRoom","RoomInfo":{"RoomId":"r","EventTime":"soon"}}"#.to_owned(), RejectionKind::WrongType, "RoomInfo.EventTime"),
+            (r#"{"CallbackCommand":"Live.CallbackAfterDestroyRoom","EventTime":5}"#.to_owned(), RejectionKind::MissingField, "RoomId"),
+        ];
+        for (body, kind, field) in cases {
+            let r = rejected(&body);
+            assert_eq!(r.kind, kind, "{body}: {r:?}");
+            assert!(r.info.contains(field), "{:?} should name {field}", r.info);
+        }
+        let many: Vec<String> = (0..10_001)
+            .map(|i| format!(r#"{{"Member_Account":"u{i}"}}"#))
+            .collect();
+        let body = state(&format!(
+            r#""EventType":"Online","EventCause":"Enter","MemberList":[{}]"#,
+            many.join(",")
+        ));
+        assert!(rejected(&body).info.contains("10000"));
+        // An unknown cause is kept as sent, like an unknown leave Type.
+        let kicked = parse(&state(
+            r#""EventType":"Offline","EventCause":"Kicked","MemberList":[{"Member_Account":"a"}]"#,
+        ))
+        .unwrap();
+        assert_eq!(kicked.exit_type(), Some("Kicked"));
     }
 
     #[test]

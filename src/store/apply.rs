@@ -13,12 +13,16 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
 use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
-use crate::callback::{Callback, Command, Event, MemberChange, RoomInfo, Seat};
+use crate::callback::{Callback, Command, Event, MemberChange, Product, RoomInfo, Seat};
 use crate::callback::{RECONCILE_COMMAND, RECONCILED, ROOM_DESTROYED};
 
 const ENTER: &str = "Room.CallbackAfterMemberEnter";
 const LEAVE: &str = "Room.CallbackAfterMemberLeave";
 const DESTROY: &str = "Room.CallbackAfterDestroyRoom";
+/// Live member events: `event_type` `Online` (an enter) or `Offline` (a leave whose
+/// `leave_type` is the `EventCause`, kept in `reason`).
+const LIVE_MEMBER: &str = "Live.CallbackAfterMemberStateChanged";
+const LIVE_DESTROY: &str = "Live.CallbackAfterDestroyRoom";
 /// Corrections: `event_type` `Enter`, `Leave` or `Destroy` act as those events.
 const RECONCILE: &str = RECONCILE_COMMAND;
 
@@ -146,8 +150,18 @@ async fn lock_rooms<'a>(
         &revive,
         &destroy,
     )
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
+    // Rooms start as TUIRoomKit rooms; a Live callback makes its room a Live room (a seat
+    // change alone says neither).
+    let live: Vec<(i64, &str)> = callbacks
+        .iter()
+        .filter(|c| c.command.product() == Some(Product::Live) && c.event.changes_state())
+        .filter_map(|c| Some((c.sdk_app_id.get(), c.room_id.as_ref()?.as_str())))
+        .collect();
+    if !live.is_empty() {
+        mark_live(conn, &live).await?;
+    }
     let mut out = HashMap::with_capacity(locked.len());
     for row in locked {
         if let Some(key) = rooms
@@ -158,6 +172,22 @@ async fn lock_rooms<'a>(
         }
     }
     Ok(out)
+}
+
+/// `rooms.product = 'Live'` for these (locked) rooms.
+async fn mark_live(conn: &mut PgConnection, rooms: &[(i64, &str)]) -> Result<(), sqlx::Error> {
+    let apps: Vec<i64> = rooms.iter().map(|(app, _)| *app).collect();
+    let ids: Vec<&str> = rooms.iter().map(|(_, id)| *id).collect();
+    sqlx::query!(
+        r#"UPDATE rooms r SET product = 'Live'
+           FROM UNNEST($1::int8[], $2::text[]) AS t(a, id)
+           WHERE r.sdk_app_id = t.a AND r.room_id = t.id AND r.product <> 'Live'"#,
+        &apps,
+        &ids as &[&str],
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// An enter (`last_destroy_at` given) or a leave: the history row, `member_count` and the
@@ -190,7 +220,7 @@ async fn member_event(
                            (sdk_app_id, callback_command, room_id, operator_account, event_type,
                             member_list, member_count, reason, event_at, client_ip, opt_platform,
                             payload, dedup_key)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, $9, $10, $11::text::jsonb, $12)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $16, $8, $9, $10, $11::text::jsonb, $12)
                        ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
                        RETURNING id
                    ), counted AS (
@@ -232,6 +262,7 @@ async fn member_event(
                 &users,
                 ended_at,
                 exit,
+                callback.history_reason(),
             )
             .fetch_one(&mut *conn)
             .await?;
@@ -245,7 +276,7 @@ async fn member_event(
                            (sdk_app_id, callback_command, room_id, operator_account, event_type,
                             member_list, member_count, reason, event_at, client_ip, opt_platform,
                             payload, dedup_key)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $14, $8, $9, $10, $11::text::jsonb, $12)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $16, $8, $9, $10, $11::text::jsonb, $12)
                        ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
                        RETURNING id
                    ), counted AS (
@@ -290,6 +321,7 @@ async fn member_event(
                 &users,
                 change.reason.as_deref(),
                 callback.exit_type(),
+                callback.history_reason(),
             )
             .fetch_one(&mut *conn)
             .await?;
@@ -325,6 +357,9 @@ pub async fn replay_callback(
     };
     let at = callback.event_time.to_datetime();
     let last_destroy_at = lock_room(conn, room, at, &callback.event).await?;
+    if callback.command.product() == Some(Product::Live) {
+        mark_live(conn, &[(room.app, room.id)]).await?;
+    }
     apply_effects(conn, callback, room, last_destroy_at, Notify::No).await
 }
 
@@ -424,7 +459,7 @@ async fn insert_event(
         callback.event_type(),
         &members,
         change.and_then(|c| c.member_count),
-        change.and_then(|c| c.reason.as_deref()),
+        callback.history_reason(),
         at,
         callback.meta.client_ip.as_deref(),
         callback.meta.opt_platform.as_deref(),
@@ -629,7 +664,7 @@ async fn first_destroy_since(
     let first = sqlx::query!(
         r#"SELECT event_at, callback_command = $4 AS "reconciled!" FROM room_events
            WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
-             AND (callback_command = $5 OR (callback_command = $4 AND event_type = 'Destroy'))
+             AND (callback_command IN ($5, $6) OR (callback_command = $4 AND event_type = 'Destroy'))
            ORDER BY event_at, callback_command = $4
            LIMIT 1"#,
         room.app,
@@ -637,6 +672,7 @@ async fn first_destroy_since(
         at,
         RECONCILE,
         DESTROY,
+        LIVE_DESTROY,
     )
     .fetch_optional(conn)
     .await?;
@@ -666,9 +702,9 @@ async fn recompute_members(
     let rows = sqlx::query!(
         r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
            WHERE sdk_app_id = $1 AND room_id = $2
-             AND (callback_command = $3
+             AND (callback_command IN ($3, $9)
                   OR (callback_command = $7 AND event_type = 'Destroy')
-                  OR (callback_command IN ($4, $5, $7) AND member_list && $6::text[]))"#,
+                  OR (callback_command IN ($4, $5, $7, $8) AND member_list && $6::text[]))"#,
         room.app,
         room.id,
         DESTROY,
@@ -676,6 +712,8 @@ async fn recompute_members(
         LEAVE,
         users,
         RECONCILE,
+        LIVE_MEMBER,
+        LIVE_DESTROY,
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -685,7 +723,14 @@ async fn recompute_members(
     for row in &rows {
         let at = row.event_at;
         let event = match (row.callback_command.as_str(), row.event_type.as_deref()) {
-            (ENTER, _) | (RECONCILE, Some("Enter")) => MemberEvent::Enter { at },
+            (ENTER, _) | (RECONCILE, Some("Enter")) | (LIVE_MEMBER, Some("Online")) => {
+                MemberEvent::Enter { at }
+            }
+            (LIVE_MEMBER, _) => MemberEvent::Leave {
+                at,
+                kind: row.reason.clone(),
+                reason: None,
+            },
             (LEAVE, _) => MemberEvent::Leave {
                 at,
                 kind: row.event_type.clone(),

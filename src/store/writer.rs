@@ -79,14 +79,24 @@ impl Writer {
     }
 }
 
+/// The next batch: whatever is queued, up to `max_batch`. A job whose request stopped waiting
+/// (it timed out, so the callback went to the journal) is left out: writing it here too would
+/// only add work when the database is already slow. (One that started before its request gave
+/// up is written twice; the history's dedup key makes the second a no-op.)
 async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> Option<Vec<Job>> {
     let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
-    let mut batch = vec![first];
-    while batch.len() < max_batch {
-        match receiver.try_recv() {
-            Ok(job) => batch.push(job),
-            Err(_) => break,
+    let mut batch = Vec::new();
+    while batch.is_empty() {
+        let first = receiver.recv().await?;
+        if !first.reply.is_closed() {
+            batch.push(first);
+        }
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) if job.reply.is_closed() => {}
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
         }
     }
     Some(batch)

@@ -8,6 +8,7 @@ mod fake_tencent;
 mod hardening;
 mod helpers;
 mod lifecycle;
+mod live;
 mod model;
 mod operations;
 mod process;

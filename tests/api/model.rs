@@ -16,6 +16,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use crate::{helpers::*, rows::*};
 
 const ROOMS: usize = 25;
+const LIVE_ROOMS: usize = 6;
 const USERS: usize = 12;
 const EVENTS: usize = 2500;
 const BASE: i64 = 1_700_000_000_000;
@@ -57,6 +58,23 @@ enum Ev {
         room: String,
         at: i64,
     },
+    /// TUILiveKit member events and destroys, in rooms of their own (docs/live.md).
+    LiveOnline {
+        room: String,
+        users: Vec<String>,
+        cause: String,
+        at: i64,
+    },
+    LiveOffline {
+        room: String,
+        users: Vec<String>,
+        cause: String,
+        at: i64,
+    },
+    LiveDestroy {
+        room: String,
+        at: i64,
+    },
 }
 
 const FIX_REASON: &str = "absent from Tencent's member list";
@@ -70,7 +88,10 @@ impl Ev {
             | Ev::Create { at, .. }
             | Ev::FixEnter { at, .. }
             | Ev::FixLeave { at, .. }
-            | Ev::FixDestroy { at, .. } => *at,
+            | Ev::FixDestroy { at, .. }
+            | Ev::LiveOnline { at, .. }
+            | Ev::LiveOffline { at, .. }
+            | Ev::LiveDestroy { at, .. } => *at,
         }
     }
     fn room(&self) -> &str {
@@ -81,7 +102,10 @@ impl Ev {
             | Ev::Create { room, .. }
             | Ev::FixEnter { room, .. }
             | Ev::FixLeave { room, .. }
-            | Ev::FixDestroy { room, .. } => room,
+            | Ev::FixDestroy { room, .. }
+            | Ev::LiveOnline { room, .. }
+            | Ev::LiveOffline { room, .. }
+            | Ev::LiveDestroy { room, .. } => room,
         }
     }
     // Fields the dedup key does not cover are derived from the ones it does, so two events
@@ -105,9 +129,12 @@ impl Ev {
     /// and creates, then leaves, then destroys; two leaves by (Type, Reason).
     fn order(&self) -> (i64, u8, String, String) {
         match self {
-            Ev::Enter { at, .. } | Ev::Create { at, .. } | Ev::FixEnter { at, .. } => {
-                (*at, 0, String::new(), String::new())
-            }
+            Ev::Enter { at, .. }
+            | Ev::Create { at, .. }
+            | Ev::FixEnter { at, .. }
+            | Ev::LiveOnline { at, .. } => (*at, 0, String::new(), String::new()),
+            Ev::LiveOffline { at, cause, .. } => (*at, 1, cause.clone(), String::new()),
+            Ev::LiveDestroy { at, .. } => (*at, 2, "0".into(), String::new()),
             Ev::Leave { at, kind, .. } => (*at, 1, kind.clone(), Ev::reason(kind, *at)),
             Ev::FixLeave { at, .. } => (*at, 1, "Reconciled".into(), FIX_REASON.into()),
             // Two destroys at one time: the callback first, then the correction.
@@ -138,6 +165,19 @@ impl Ev {
             Ev::FixEnter { room, users, at } => format!("fix-enter/{room}/{at}/{}", set(users)),
             Ev::FixLeave { room, users, at } => format!("fix-leave/{room}/{at}/{}", set(users)),
             Ev::FixDestroy { room, at } => format!("fix-destroy/{room}/{at}"),
+            Ev::LiveOnline {
+                room,
+                users,
+                cause,
+                at,
+            } => format!("live-online/{room}/{at}/{cause}/{}", set(users)),
+            Ev::LiveOffline {
+                room,
+                users,
+                cause,
+                at,
+            } => format!("live-offline/{room}/{at}/{cause}/{}", set(users)),
+            Ev::LiveDestroy { room, at } => format!("live-destroy/{room}/{at}"),
         }
     }
 
@@ -183,6 +223,38 @@ impl Ev {
             }
             Ev::Destroy { room, at } => destroy(room, *at),
             Ev::Create { room, at } => create(room, &Ev::room_name(room, *at), *at),
+            Ev::LiveOnline {
+                room,
+                users,
+                cause,
+                at,
+            }
+            | Ev::LiveOffline {
+                room,
+                users,
+                cause,
+                at,
+            } => {
+                let kind = if let Ev::LiveOnline { .. } = self {
+                    "Online"
+                } else {
+                    "Offline"
+                };
+                // Accounts as objects; a numeric-looking one as a bare number.
+                let list: Vec<Value> = users
+                    .iter()
+                    .map(|u| match u.parse::<u64>() {
+                        Ok(n) => json!({"Member_Account": n}),
+                        Err(_) => json!({"Member_Account": u}),
+                    })
+                    .collect();
+                json!({"CallbackCommand": "Live.CallbackAfterMemberStateChanged", "RoomId": room,
+                       "EventType": kind, "EventCause": cause, "MemberList": list, "EventTime": at})
+            }
+            Ev::LiveDestroy { room, at } => {
+                json!({"CallbackCommand": "Live.CallbackAfterDestroyRoom", "RoomId": room, "EventType": "DestroyByUser",
+                       "Statistic": {"TotalViewers": 3}, "EventTime": at})
+            }
             _ => unreachable!("corrections are not callbacks"),
         }
     }
@@ -233,6 +305,33 @@ fn generate(rng: &mut StdRng) -> Vec<Ev> {
             let room = format!("room{}", rng.random_range(0..ROOMS));
             // A narrow time range, so equal EventTimes happen often.
             let at = BASE + rng.random_range(0..150);
+            // One event in five is about a Live room.
+            if rng.random_range(0..5) == 0 {
+                let room = format!("live{}", rng.random_range(0..LIVE_ROOMS));
+                let mut users = pick_users(rng);
+                // Some audience accounts are numbers above 2^53.
+                if rng.random_range(0..4) == 0 {
+                    users.push(format!("1441152123858325{:02}", rng.random_range(0..10)));
+                }
+                let cause = |rng: &mut StdRng, causes: &[&str]| {
+                    causes[rng.random_range(0..causes.len())].to_owned()
+                };
+                return match rng.random_range(0..10) {
+                    0..5 => Ev::LiveOnline {
+                        room,
+                        users,
+                        cause: cause(rng, &["Enter", "HeartbeatRecover"]),
+                        at,
+                    },
+                    5..9 => Ev::LiveOffline {
+                        room,
+                        users,
+                        cause: cause(rng, &["Leave", "HeartbeatInterrupt", "Kicked"]),
+                        at,
+                    },
+                    _ => Ev::LiveDestroy { room, at },
+                };
+            }
             match rng.random_range(0..100) {
                 0..40 => Ev::Enter {
                     room,
@@ -280,6 +379,7 @@ struct Member {
 
 #[derive(Debug, Clone, PartialEq, Default, sqlx::FromRow)]
 struct Room {
+    product: String,
     member_count: Option<i32>,
     room_name: Option<String>,
     created_at: Option<Time>,
@@ -323,6 +423,12 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
         let t = ms(ev.at());
         let room = rooms.entry(ev.room().to_owned()).or_default();
         room.last_event_at = room.last_event_at.max(Some(t));
+        room.product = if ev.room().starts_with("live") {
+            "Live"
+        } else {
+            "Room"
+        }
+        .into();
         match ev {
             Ev::Enter { users, .. }
             | Ev::Leave { users, .. }
@@ -365,11 +471,40 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
                     }
                 }
             }
-            Ev::Destroy { room: id, .. } | Ev::FixDestroy { room: id, .. } => {
-                let exit = if let Ev::Destroy { .. } = ev {
-                    "RoomDestroyed"
-                } else {
+            Ev::LiveOnline { users, .. } | Ev::LiveOffline { users, .. } => {
+                room.destroyed_at = room
+                    .destroyed_at
+                    .filter(|_| matches!(ev, Ev::LiveOffline { .. }));
+                for user in users {
+                    let m = members
+                        .entry((ev.room().to_owned(), user.clone()))
+                        .or_insert(Member {
+                            in_room: false,
+                            entered_at: None,
+                            left_at: None,
+                            leave_type: None,
+                            leave_reason: None,
+                            last_event_at: t,
+                        });
+                    m.last_event_at = t;
+                    if let Ev::LiveOffline { cause, .. } = ev {
+                        m.in_room = false;
+                        m.left_at = Some(t);
+                        m.leave_type = Some(cause.clone());
+                        m.leave_reason = None;
+                    } else {
+                        m.in_room = true;
+                        m.entered_at = Some(t);
+                    }
+                }
+            }
+            Ev::Destroy { room: id, .. }
+            | Ev::FixDestroy { room: id, .. }
+            | Ev::LiveDestroy { room: id, .. } => {
+                let exit = if let Ev::FixDestroy { .. } = ev {
                     "Reconciled"
+                } else {
+                    "RoomDestroyed"
                 };
                 room.destroyed_at = Some(t);
                 for ((r, _), m) in members.iter_mut() {
@@ -455,7 +590,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     assert_eq!(got_members.len(), want_members.len(), "seed {seed}");
 
     let rows: Vec<RoomWithId> = sqlx::query_as(
-        "SELECT room_id, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
+        "SELECT room_id, product, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
     )
     .fetch_all(&pool)
     .await
