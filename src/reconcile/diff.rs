@@ -106,6 +106,7 @@ mod tests {
             destroyed: false,
             member_count: None,
             seats_enabled: false,
+            product: "Room".into(),
             members: members
                 .iter()
                 .map(|(u, in_room, at)| ViewMember {

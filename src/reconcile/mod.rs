@@ -23,13 +23,15 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::{
-    callback::{Callback, Event, EventTime, Id, MemberChange, SdkAppId},
+    callback::{Callback, Event, EventTime, Id, MemberChange, Product, SdkAppId},
     store::{
         self, StoreError,
         reconcile::{RateBudget, RoomRef},
     },
     telemetry::Metrics,
-    tencent::{DriftRepairConfig, TencentClient, TencentError, client::RateGate},
+    tencent::{
+        Answer, DriftRepairConfig, RoomDetails, TencentClient, TencentError, client::RateGate,
+    },
 };
 
 /// How long an instance holds a room it checks; a check that takes longer is cut.
@@ -38,6 +40,9 @@ const LEASE: Duration = Duration::from_secs(120);
 const CLAIM: i64 = 1;
 /// Pause when no room is due (and after a failure to claim).
 const IDLE: Duration = Duration::from_secs(5);
+/// Tencent refreshes a Live room's member list about every 40 s: a shorter grace would undo
+/// callbacks that are right.
+const LIVE_MIN_GRACE: Duration = Duration::from_secs(60);
 /// Backoff after a failed check: this, doubled per failure in a row, at most the interval.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 
@@ -83,6 +88,9 @@ pub struct RoomReport {
     pub held_back: Vec<String>,
     /// The view has no such room: nothing to compare, nothing stored.
     pub unknown: bool,
+    /// Tencent's list was cut (a Live room of more than 1,000): members absent from it were
+    /// not taken for gone.
+    pub list_cut: bool,
 }
 
 impl RoomReport {
@@ -114,6 +122,9 @@ impl fmt::Display for RoomReport {
                 "held back by the grace period {:?}",
                 self.held_back
             ));
+        }
+        if self.list_cut {
+            parts.push("Tencent's member list was cut: no leaves taken from it".to_owned());
         }
         if parts.is_empty() {
             f.write_str("no difference")
@@ -281,7 +292,6 @@ impl Reconciler {
         room: &Id,
         mode: Mode,
     ) -> Result<RoomReport, CheckError> {
-        let grace = chrono::Duration::from_std(self.config.grace).unwrap_or(chrono::Duration::MAX);
         let mut report = RoomReport::default();
         let mut corrections = Vec::new();
         let view = store::reconcile::room_view(&self.pool, app, room).await?;
@@ -290,8 +300,15 @@ impl Reconciler {
             report.unknown = true;
             return Ok(report);
         }
+        let live = view.product == Product::Live.as_str();
+        let grace = if live {
+            self.config.grace.max(LIVE_MIN_GRACE)
+        } else {
+            self.config.grace
+        };
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let observed_at = Utc::now();
-        let (info, members) = match self.room_state(app, room).await? {
+        let (info, members) = match self.room_state(app, room, live).await? {
             Some(state) => state,
             None => {
                 // Gone at Tencent: a destroy, unless the view knows it or is too fresh.
@@ -320,9 +337,14 @@ impl Reconciler {
             .member_count
             .and_then(|n| i32::try_from(n).ok())
             .filter(|n| *n >= 0);
-        let found = diff::members(&view, &members.data, observed_at, grace);
+        let mut found = diff::members(&view, &members.members, observed_at, grace);
+        if !members.complete && !found.leave.is_empty() {
+            // Absent from a cut list proves nothing.
+            found.leave.clear();
+            report.list_cut = true;
+        }
         report.held_back = found.held_back;
-        let answer = json!({"get_room_info": info.raw, "get_room_member_list": members.raw});
+        let answer = json!({"get_room_info": info.raw, members.api: members.raw});
         for (list, enter) in [(found.enter, true), (found.leave, false)] {
             if list.is_empty() {
                 continue;
@@ -343,7 +365,8 @@ impl Reconciler {
             };
             corrections.push(correction(app, room, observed_at, event, &answer));
         }
-        if diff::has_seats(&view, info.data.is_seat_enabled) {
+        // Seats of Live rooms are not compared: their seat list is not in this API family.
+        if !live && diff::has_seats(&view, info.data.is_seat_enabled) {
             let seats = self.client.get_seat_list(app, room).await?;
             if diff::seats_differ(&view.seats, &seats.data) {
                 let event = Event::SeatInfoChanged { seats: seats.data };
@@ -354,24 +377,49 @@ impl Reconciler {
         self.finish(app, room, mode, corrections, report).await
     }
 
-    /// Tencent's room and member list; `None` when the room is gone.
+    /// Tencent's room and member list (of the Room or the Live API); `None` when the room
+    /// is gone.
     async fn room_state(
         &self,
         app: SdkAppId,
         room: &Id,
-    ) -> Result<
-        Option<(
-            crate::tencent::Answer<crate::tencent::RoomDetails>,
-            crate::tencent::Answer<Vec<Id>>,
-        )>,
-        CheckError,
-    > {
-        let info = match self.client.get_room_info(app, room).await {
+        live: bool,
+    ) -> Result<Option<(Answer<RoomDetails>, Observed)>, CheckError> {
+        let info = if live {
+            self.client.get_live_room_info(app, room).await
+        } else {
+            self.client.get_room_info(app, room).await
+        };
+        let info = match info {
             Ok(info) => info,
             Err(TencentError::RoomNotFound) => return Ok(None),
             Err(error) => return Err(error.into()),
         };
-        match self.client.get_room_member_list(app, room).await {
+        let members = if live {
+            self.client
+                .get_live_member_list(app, room)
+                .await
+                .map(|answer| Observed {
+                    complete: answer
+                        .data
+                        .member_count
+                        .is_none_or(|n| n <= answer.data.members.len() as i64),
+                    members: answer.data.members,
+                    raw: answer.raw,
+                    api: "get_member_list",
+                })
+        } else {
+            self.client
+                .get_room_member_list(app, room)
+                .await
+                .map(|answer| Observed {
+                    members: answer.data,
+                    raw: answer.raw,
+                    complete: true,
+                    api: "get_room_member_list",
+                })
+        };
+        match members {
             Ok(members) => Ok(Some((info, members))),
             Err(TencentError::RoomNotFound) => Ok(None),
             Err(error) => Err(error.into()),
@@ -494,6 +542,16 @@ fn correction(
     let at =
         EventTime::from_millis(observed_at.timestamp_millis()).expect("the clock is after 1970");
     Callback::correction(app, room.clone(), at, event, payload)
+}
+
+/// Tencent's member list of a room.
+struct Observed {
+    members: Vec<Id>,
+    raw: Value,
+    /// False when Tencent listed fewer members than it counts.
+    complete: bool,
+    /// The API it came from (the key of its answers in a correction's payload).
+    api: &'static str,
 }
 
 /// The shared budget, counting every call it admits.

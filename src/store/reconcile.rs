@@ -163,6 +163,8 @@ pub struct RoomView {
     pub destroyed: bool,
     pub member_count: Option<i32>,
     pub seats_enabled: bool,
+    /// `rooms.product`: `Room` or `Live`.
+    pub product: String,
     pub members: Vec<ViewMember>,
     pub seats: Vec<ViewSeat>,
 }
@@ -171,7 +173,8 @@ pub async fn room_view(pool: &PgPool, app: SdkAppId, room: &Id) -> Result<RoomVi
     let mut conn = pool.acquire().await?;
     let row = sqlx::query!(
         r#"SELECT last_event_at, destroyed_at IS NOT NULL AS "destroyed!", member_count,
-                  COALESCE(room_info -> 'IsSeatEnabled' = 'true'::jsonb, false) AS "seats_enabled!"
+                  COALESCE(room_info -> 'IsSeatEnabled' = 'true'::jsonb, false) AS "seats_enabled!",
+                  product
            FROM rooms WHERE sdk_app_id = $1 AND room_id = $2"#,
         app.get(),
         room.as_str(),
@@ -202,6 +205,9 @@ pub async fn room_view(pool: &PgPool, app: SdkAppId, room: &Id) -> Result<RoomVi
         destroyed: row.as_ref().is_some_and(|r| r.destroyed),
         member_count: row.as_ref().and_then(|r| r.member_count),
         seats_enabled: row.as_ref().is_some_and(|r| r.seats_enabled),
+        product: row
+            .as_ref()
+            .map_or_else(|| "Room".to_owned(), |r| r.product.clone()),
         members,
         seats,
     })

@@ -30,6 +30,8 @@ use crate::{
 pub const ROOM_SERVICE: &str = "room_engine_http_srv";
 /// Seats (mics).
 pub const MIC_SERVICE: &str = "room_engine_http_mic";
+/// TUILiveKit's rooms and members.
+pub const LIVE_SERVICE: &str = "live_engine_http_srv";
 
 /// Tencent's reconciliation deadline per call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -196,6 +198,14 @@ pub struct Answer<T> {
     pub raw: Value,
 }
 
+/// The members of a Live room as `get_member_list` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMembers {
+    pub members: Vec<Id>,
+    /// `Response.MemberCount`: the whole room, which may be more than `members`.
+    pub member_count: Option<i64>,
+}
+
 /// `Response.RoomInfo` of `get_room_info`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoomDetails {
@@ -299,10 +309,76 @@ impl TencentClient {
         app: SdkAppId,
         room: &Id,
     ) -> Result<Answer<RoomDetails>, TencentError> {
+        self.room_info_of(ROOM_SERVICE, app, room).await
+    }
+
+    /// `live_engine_http_srv/get_room_info`: a TUILiveKit room, in the same shape.
+    pub async fn get_live_room_info(
+        &self,
+        app: SdkAppId,
+        room: &Id,
+    ) -> Result<Answer<RoomDetails>, TencentError> {
+        self.room_info_of(LIVE_SERVICE, app, room).await
+    }
+
+    /// `live_engine_http_srv/get_member_list`, every page. Tencent lists at most 1,000
+    /// members of a larger room, and refreshes the list about every 40 s; `member_count` is
+    /// its count of the whole room, so a caller can tell a cut list.
+    pub async fn get_live_member_list(
+        &self,
+        app: SdkAppId,
+        room: &Id,
+    ) -> Result<Answer<LiveMembers>, TencentError> {
+        let mut next = String::new();
+        let mut pages = Vec::new();
+        let mut members = Vec::new();
+        let mut seen = HashSet::new();
+        let mut member_count = None;
+        for _ in 0..self.options.max_member_pages {
+            let body = json!({ "RoomId": room.as_str(), "Next": next });
+            let raw = self
+                .call(app, LIVE_SERVICE, "get_member_list", &body)
+                .await?;
+            let (page, page_next) = member_page(&raw)?;
+            if let Some(count) = response(&raw)?.get("MemberCount") {
+                member_count = Some(
+                    integer(count)
+                        .ok_or_else(|| malformed("Response.MemberCount is not an integer"))?,
+                );
+            }
+            members.extend(page.into_iter().filter(|m| seen.insert(m.clone())));
+            pages.push(raw);
+            if page_next.is_empty() {
+                let data = LiveMembers {
+                    members,
+                    member_count,
+                };
+                return Ok(Answer {
+                    data,
+                    raw: Value::Array(pages),
+                });
+            }
+            if page_next == next {
+                return Err(malformed("Response.Next did not advance"));
+            }
+            next = page_next;
+        }
+        Err(TencentError::Malformed(format!(
+            "the member list did not end within {} pages",
+            self.options.max_member_pages
+        )))
+    }
+
+    async fn room_info_of(
+        &self,
+        service: &str,
+        app: SdkAppId,
+        room: &Id,
+    ) -> Result<Answer<RoomDetails>, TencentError> {
         let raw = self
             .call(
                 app,
-                ROOM_SERVICE,
+                service,
                 "get_room_info",
                 &json!({ "RoomId": room.as_str() }),
             )

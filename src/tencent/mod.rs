@@ -27,6 +27,6 @@ pub mod client;
 pub mod config;
 pub mod usersig;
 
-pub use client::{Answer, ClientOptions, RoomDetails, TencentClient, TencentError};
+pub use client::{Answer, ClientOptions, LiveMembers, RoomDetails, TencentClient, TencentError};
 pub use config::DriftRepairConfig;
 pub use usersig::{UserSigCache, UserSigError, UserSigFields};

@@ -521,3 +521,79 @@ async fn the_reconcile_command_prints_and_stores_the_differences(pool: PgPool) {
     assert!(failed.stdout.contains("not checked"), "{}", failed.stdout);
     fake.stop().await;
 }
+
+fn live_state(room: &str, kind: &str, members: &[&str], at: i64) -> Value {
+    let list: Vec<Value> = members
+        .iter()
+        .map(|m| json!({"Member_Account": m}))
+        .collect();
+    json!({"CallbackCommand": "Live.CallbackAfterMemberStateChanged", "RoomId": room,
+           "EventType": kind, "EventCause": "Enter", "MemberList": list, "EventTime": at})
+}
+
+#[sqlx::test]
+async fn live_rooms_are_repaired_through_the_live_api(pool: PgPool) {
+    let fake = fake().await;
+    fake.set_room(APP_ID, "live", FakeRoom::with_members(&["a", "new"]));
+    // 1,200 in the room, Tencent lists 1,000: absent from the list is no proof of leaving.
+    let crowd: Vec<String> = (0..1200).map(|i| format!("v{i:04}")).collect();
+    fake.set_room(APP_ID, "big", FakeRoom::with_members(&crowd));
+    let app = app_with_drift_repair(pool.clone(), &fake, "0").await;
+    app.deliver(&live_state("live", "Online", &["a", "ghost"], 100))
+        .await;
+    // Entered 10 s ago: younger than the Live grace of 60 s, whatever RECONCILE_GRACE_SECS.
+    app.deliver(&live_state(
+        "live",
+        "Online",
+        &["recent"],
+        now_ms() - 10_000,
+    ))
+    .await;
+    app.deliver(&live_state(
+        "big",
+        "Online",
+        &["v0000", "v1100", "big-ghost"],
+        100,
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            roster(&pool, "live").await == ["a", "new", "recent"]
+        })
+        .await,
+        "{:?}",
+        roster(&pool, "live").await
+    );
+    let ghost = member(&pool, "live", "ghost").await.unwrap();
+    assert_eq!(ghost.leave_type.as_deref(), Some("Reconciled"));
+    let payload: Value = sqlx::query_scalar(
+        "SELECT payload FROM room_events WHERE callback_command = 'roomsync.Reconcile' AND room_id = 'live' AND event_type = 'Leave'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        payload["get_member_list"].is_array(),
+        "from the Live API: {payload}"
+    );
+    let live_calls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v4/live_engine_http_srv/"))
+        .count();
+    assert!(live_calls >= 2);
+    // The big room: members listed are added, nobody is removed from a cut list.
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            roster(&pool, "big").await.len() == 1002
+        })
+        .await,
+        "{}",
+        roster(&pool, "big").await.len()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let big = roster(&pool, "big").await;
+    assert!(big.contains(&"big-ghost".to_owned()) && big.contains(&"v1100".to_owned()));
+    app.stop().await;
+    fake.stop().await;
+}

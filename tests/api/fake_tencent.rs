@@ -25,6 +25,9 @@ pub const ADMIN: &str = "administrator";
 
 /// Members Tencent returns per page when the request has no `Count`.
 const DEFAULT_COUNT: usize = 50;
+/// A Live member list: members per page, and most members listed at all.
+const LIVE_PAGE: usize = 100;
+const LIVE_LISTED: usize = 1000;
 
 /// A room as Tencent would describe it.
 #[derive(Debug, Clone, Default)]
@@ -221,6 +224,9 @@ fn answer(
         "/v4/room_engine_http_srv/get_room_info" => "get_room_info",
         "/v4/room_engine_http_srv/get_room_member_list" => "get_room_member_list",
         "/v4/room_engine_http_mic/get_seat_list" => "get_seat_list",
+        // TUILiveKit: rooms in the same shape; members without `Count`, at most 1,000 listed.
+        "/v4/live_engine_http_srv/get_room_info" => "get_room_info",
+        "/v4/live_engine_http_srv/get_member_list" => "live_get_member_list",
         _ => return fail(60009, "request resource error"),
     };
     if query.get("contenttype").map(String::as_str) != Some("json") {
@@ -304,6 +310,27 @@ fn answer(
                 };
                 json!({"MemberList": page, "Next": next})
             }
+        }
+        "live_get_member_list" => {
+            let listed = &room.members[..room.members.len().min(LIVE_LISTED)];
+            let start = match request.get("Next").and_then(Value::as_str).unwrap_or("") {
+                "" => 0,
+                token => match decode_next(token) {
+                    Some(offset) => offset,
+                    None => return fail(100_002, "invalid Next"),
+                },
+            };
+            let end = (start + LIVE_PAGE).min(listed.len());
+            let page: Vec<Value> = listed[start.min(end)..end]
+                .iter()
+                .map(|m| json!({"Member_Account": m}))
+                .collect();
+            let next = if end < listed.len() {
+                encode_next(end)
+            } else {
+                String::new()
+            };
+            json!({"MemberList": page, "Next": next, "MemberCount": room.member_count.unwrap_or(room.members.len() as i64)})
         }
         _ => json!({"SeatList": room.seats}),
     };
