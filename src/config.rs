@@ -195,14 +195,16 @@ impl Config {
 /// (quotes, escapes) plus a comma, so N ids of L plain bytes need about N * (L + 3) bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
-fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+/// The error for `var`, with why (never the value of a secret).
+pub(crate) fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         var,
         reason: reason.into(),
     }
 }
 
-fn parse_or<T>(
+/// `var` parsed, or `default` when it is not set.
+pub(crate) fn parse_or<T>(
     get: &impl Fn(&'static str) -> Option<String>,
     var: &'static str,
     default: T,

@@ -73,7 +73,8 @@ impl EventTime {
     }
 }
 
-/// The six known commands; anything else is kept as sent. [`Command::Reconcile`] is roomsync's
+/// The commands roomsync knows (six of TUIRoomKit, four of TUILiveKit); anything else is kept
+/// as sent. [`Command::Reconcile`] is roomsync's
 /// own: a drift-repair correction, never accepted from the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Command {

@@ -12,8 +12,8 @@ pub use domain::{
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
 };
 pub use parse::{
-    MAX_LIST_ENTRIES, Rejection, RejectionKind, numeric::fits as numeric_fits, parse_body,
-    parse_stored, printable,
+    MAX_LIST_ENTRIES, Rejection, RejectionKind, account_id, numeric::fits as numeric_fits,
+    parse_body, parse_stored, printable, seat_list_of,
 };
 pub use query::CallbackQuery;
 pub use signature::{SignatureError, sign, verify_signature};

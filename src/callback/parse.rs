@@ -417,9 +417,12 @@ impl<'a> Object<'a> {
         let Some(ms) = self.opt_integer("EventTime", 1, i64::MAX)? else {
             return Ok(None);
         };
-        EventTime::from_millis(ms)
-            .map(Some)
-            .ok_or_else(|| Rejection::bounds("EventTime", "is not a valid time in milliseconds"))
+        EventTime::from_millis(ms).map(Some).ok_or_else(|| {
+            Rejection::bounds(
+                &self.path_of("EventTime"),
+                "is not a valid time in milliseconds",
+            )
+        })
     }
 
     /// `EventTime` inside `RoomInfo` (Live create and update).
@@ -597,6 +600,21 @@ impl<'a> Object<'a> {
 
 fn too_many(path: &str) -> Rejection {
     Rejection::bounds(path, &format!("has more than {MAX_LIST_ENTRIES} entries"))
+}
+
+/// The seats of a `SeatList` in `map` (a seat callback, or Tencent's `get_seat_list` answer):
+/// one parser for both, so they tolerate the same quirks.
+pub fn seat_list_of(map: &Map<String, Value>) -> Result<Vec<Seat>, Rejection> {
+    Object {
+        map,
+        path: String::new(),
+    }
+    .seats()
+}
+
+/// An account as Tencent sends it (see [`id_from`]).
+pub fn account_id(value: &Value, path: &str) -> Result<Id, Rejection> {
+    id_from(value, path)
 }
 
 /// An id sent as a string, or as a bare integer (kept digit for digit).

@@ -43,6 +43,8 @@ const IDLE: Duration = Duration::from_secs(5);
 /// Tencent refreshes a Live room's member list about every 40 s: a shorter grace would undo
 /// callbacks that are right.
 const LIVE_MIN_GRACE: Duration = Duration::from_secs(60);
+/// Tencent lists at most this many members of a Live room.
+const LIVE_LIST_CUT: usize = 1000;
 /// Backoff after a failed check: this, doubled per failure in a row, at most the interval.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 
@@ -400,10 +402,11 @@ impl Reconciler {
                 .get_live_member_list(app, room)
                 .await
                 .map(|answer| Observed {
-                    complete: answer
-                        .data
-                        .member_count
-                        .is_none_or(|n| n <= answer.data.members.len() as i64),
+                    // Without Tencent's count, a list as long as its cut may be cut.
+                    complete: match answer.data.member_count {
+                        Some(n) => n <= answer.data.members.len() as i64,
+                        None => answer.data.members.len() < LIVE_LIST_CUT,
+                    },
                     members: answer.data.members,
                     raw: answer.raw,
                     api: "get_member_list",

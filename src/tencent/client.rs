@@ -21,7 +21,7 @@ use reqwest::Url;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    callback::{Id, SdkAppId, Seat},
+    callback::{Id, SdkAppId, Seat, account_id, seat_list_of},
     config::Secret,
     tencent::{config::DriftRepairConfig, usersig::UserSigCache},
 };
@@ -329,34 +329,52 @@ impl TencentClient {
         app: SdkAppId,
         room: &Id,
     ) -> Result<Answer<LiveMembers>, TencentError> {
+        let (members, pages) = self
+            .member_pages(
+                app,
+                LIVE_SERVICE,
+                "get_member_list",
+                |next| json!({ "RoomId": room.as_str(), "Next": next }),
+            )
+            .await?;
+        let mut member_count = None;
+        for page in &pages {
+            if let Some(count) = response(page)?.get("MemberCount") {
+                let count = integer(count)
+                    .ok_or_else(|| malformed("Response.MemberCount is not an integer"))?;
+                member_count = Some(count);
+            }
+        }
+        let data = LiveMembers {
+            members,
+            member_count,
+        };
+        Ok(Answer {
+            data,
+            raw: Value::Array(pages),
+        })
+    }
+
+    /// Every page of a member list: the members in Tencent's order, each once, and the
+    /// answers. `body` makes a page's request from the `Next` of the one before.
+    async fn member_pages(
+        &self,
+        app: SdkAppId,
+        service: &str,
+        api: &str,
+        body: impl Fn(&str) -> Value,
+    ) -> Result<(Vec<Id>, Vec<Value>), TencentError> {
         let mut next = String::new();
         let mut pages = Vec::new();
         let mut members = Vec::new();
         let mut seen = HashSet::new();
-        let mut member_count = None;
         for _ in 0..self.options.max_member_pages {
-            let body = json!({ "RoomId": room.as_str(), "Next": next });
-            let raw = self
-                .call(app, LIVE_SERVICE, "get_member_list", &body)
-                .await?;
+            let raw = self.call(app, service, api, &body(&next)).await?;
             let (page, page_next) = member_page(&raw)?;
-            if let Some(count) = response(&raw)?.get("MemberCount") {
-                member_count = Some(
-                    integer(count)
-                        .ok_or_else(|| malformed("Response.MemberCount is not an integer"))?,
-                );
-            }
             members.extend(page.into_iter().filter(|m| seen.insert(m.clone())));
             pages.push(raw);
             if page_next.is_empty() {
-                let data = LiveMembers {
-                    members,
-                    member_count,
-                };
-                return Ok(Answer {
-                    data,
-                    raw: Value::Array(pages),
-                });
+                return Ok((members, pages));
             }
             if page_next == next {
                 return Err(malformed("Response.Next did not advance"));
@@ -415,41 +433,19 @@ impl TencentClient {
         app: SdkAppId,
         room: &Id,
     ) -> Result<Answer<Vec<Id>>, TencentError> {
-        let mut next = String::new();
-        let mut pages = Vec::new();
-        let mut members = Vec::new();
-        let mut seen = HashSet::new();
-        for _ in 0..self.options.max_member_pages {
-            let body = json!({
-                "RoomId": room.as_str(),
-                "Count": self.options.member_page_size.max(1),
-                "Next": next,
-            });
-            let raw = self
-                .call(app, ROOM_SERVICE, "get_room_member_list", &body)
-                .await?;
-            let (page, page_next) = member_page(&raw)?;
-            for member in page {
-                if seen.insert(member.clone()) {
-                    members.push(member);
-                }
-            }
-            pages.push(raw);
-            if page_next.is_empty() {
-                return Ok(Answer {
-                    data: members,
-                    raw: Value::Array(pages),
-                });
-            }
-            if page_next == next {
-                return Err(malformed("Response.Next did not advance"));
-            }
-            next = page_next;
-        }
-        Err(TencentError::Malformed(format!(
-            "the member list did not end within {} pages",
-            self.options.max_member_pages
-        )))
+        let count = self.options.member_page_size.max(1);
+        let (members, pages) = self
+            .member_pages(
+                app,
+                ROOM_SERVICE,
+                "get_room_member_list",
+                |next| json!({ "RoomId": room.as_str(), "Count": count, "Next": next }),
+            )
+            .await?;
+        Ok(Answer {
+            data: members,
+            raw: Value::Array(pages),
+        })
     }
 
     /// `room_engine_http_mic/get_seat_list`: every seat, free ones with `member: None`.
@@ -579,9 +575,8 @@ fn member_page(answer: &Value) -> Result<(Vec<Id>, String), TencentError> {
             let account = item.get("Member_Account").ok_or_else(|| {
                 TencentError::Malformed(format!("MemberList[{i}].Member_Account is missing"))
             })?;
-            account_id(account).map_err(|problem| {
-                TencentError::Malformed(format!("MemberList[{i}].Member_Account {problem}"))
-            })
+            let path = format!("MemberList[{i}].Member_Account");
+            account_id(account, &path).map_err(|rejection| TencentError::Malformed(rejection.info))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let next = match response.get("Next") {
@@ -598,63 +593,12 @@ pub fn seats_of_answer(answer: &Value) -> Result<Vec<Seat>, TencentError> {
 }
 
 fn seat_list(response: &Map<String, Value>) -> Result<Vec<Seat>, TencentError> {
-    let items: &[Value] = match response.get("SeatList") {
-        None | Some(Value::Null) => &[],
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(malformed("Response.SeatList is not an array")),
-    };
-    let mut seats: Vec<Seat> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let bad = |what: &str| TencentError::Malformed(format!("SeatList[{i}].{what}"));
-        let Value::Object(seat) = item else {
-            return Err(bad("is not an object"));
-        };
-        let index = seat
-            .get("Index")
-            .and_then(integer)
-            .and_then(|v| i32::try_from(v).ok())
-            .filter(|v| *v >= 0)
-            .ok_or_else(|| bad("Index is missing or not a seat number"))?;
-        // Empty or absent means the seat is free.
-        let member = match seat.get("Member_Account") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(account) => Some(
-                account_id(account).map_err(|problem| bad(&format!("Member_Account {problem}")))?,
-            ),
-        };
-        let flag = |key: &str| match seat.get(key) {
-            None | Some(Value::Null) => Ok(false),
-            Some(v) => boolean(v).ok_or_else(|| bad(&format!("{key} is not a boolean"))),
-        };
-        let parsed = Seat {
-            index,
-            member,
-            is_taken_disabled: flag("IsTakenDisabled")?,
-            is_video_disabled: flag("IsVideoDisabled")?,
-            is_audio_disabled: flag("IsAudioDisabled")?,
-        };
-        // A seat listed twice: the later entry describes it, as for the seat callback.
-        seats.retain(|s| s.index != parsed.index);
-        seats.push(parsed);
-    }
-    Ok(seats)
-}
-
-/// An account sent as a string, or as a bare integer (kept digit for digit).
-fn account_id(value: &Value) -> Result<Id, String> {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => {
-            let digits = n.to_string();
-            if !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("is not a string or a non-negative integer".into());
-            }
-            digits
+    match response.get("SeatList") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(_) => {
+            seat_list_of(response).map_err(|rejection| TencentError::Malformed(rejection.info))
         }
-        _ => return Err("is not a string".into()),
-    };
-    Id::parse(&text).map_err(|e| e.to_string())
+    }
 }
 
 /// An integer, also when sent as decimal text.

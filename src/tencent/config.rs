@@ -25,13 +25,13 @@
 //!   typo fails at start-up instead of when the key is added.
 //! - No error text ever contains a key.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use reqwest::Url;
 
 use crate::{
     callback::SdkAppId,
-    config::{ConfigError, Secret},
+    config::{ConfigError, Secret, invalid, parse_or},
 };
 
 pub const DEFAULT_API_BASE: &str = "https://console.tim.qq.com";
@@ -256,31 +256,6 @@ fn parse_keys(raw: &str, apps: &[SdkAppId]) -> Result<BTreeMap<SdkAppId, Secret>
         ));
     }
     Ok(keys)
-}
-
-fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        var,
-        reason: reason.into(),
-    }
-}
-
-fn parse_or<T>(
-    get: &impl Fn(&'static str) -> Option<String>,
-    var: &'static str,
-    default: T,
-) -> Result<T, ConfigError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    match get(var) {
-        None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|e| invalid(var, format!("{raw:?}: {e}"))),
-    }
 }
 
 #[cfg(test)]
