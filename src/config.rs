@@ -50,6 +50,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub database_max_connections: u32,
+    /// How long a callback may wait for its commit before the journal takes it: with the
+    /// journal write, well inside Tencent's 2 s.
+    pub commit_timeout: Duration,
     /// How long a callback may wait for a database connection before it goes to the journal.
     pub database_acquire_timeout: Duration,
     pub http_workers: usize,
@@ -128,6 +131,7 @@ impl Config {
                 Some(v) => return Err(invalid("LOG_FORMAT", format!("{v:?}: use pretty or json"))),
             },
             database_max_connections: parse_or(&get, "DATABASE_MAX_CONNECTIONS", 10)?,
+            commit_timeout: Duration::from_millis(parse_or(&get, "COMMIT_TIMEOUT_MS", 1200)?),
             database_acquire_timeout: Duration::from_millis(parse_or(
                 &get,
                 "DATABASE_ACQUIRE_TIMEOUT_MS",
@@ -163,6 +167,9 @@ impl Config {
         };
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));
+        }
+        if !(1..=10_000).contains(&config.commit_timeout.as_millis()) {
+            return Err(invalid("COMMIT_TIMEOUT_MS", "must be in 1..=10000"));
         }
         for (var, value) in [
             (

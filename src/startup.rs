@@ -19,10 +19,6 @@ use crate::{
     tencent::{TencentClient, TencentError},
 };
 
-/// How long a request may wait for its commit before the journal takes it: with the journal
-/// write, well inside Tencent's 2 s.
-const COMMIT_TIMEOUT: Duration = Duration::from_millis(1200);
-
 /// See the server's settings in [`Application::build_with_pool`] (and docs/limits.md).
 const HTTP_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -96,7 +92,7 @@ impl Application {
         let options = WriterOptions {
             max_batch: config.batch_max_events,
             tasks: (config.database_max_connections as usize).clamp(1, 4),
-            timeout: COMMIT_TIMEOUT,
+            timeout: config.commit_timeout,
         };
         let (writer, writer_tasks) = Writer::spawn(pool.clone(), options, metrics.clone());
         let ingest = Ingest::new(

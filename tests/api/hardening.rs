@@ -260,7 +260,9 @@ async fn a_journal_record_an_older_version_took_is_kept_when_it_no_longer_parses
 
 #[sqlx::test]
 async fn a_late_enter_of_10000_members_is_applied_in_one_go(pool: PgPool) {
-    let app = spawn_app(pool.clone()).await;
+    // A generous commit timeout, so a busy test machine cannot fail this: a recompute member
+    // by member took 10-15 s here.
+    let app = spawn_app_with(pool.clone(), &[("COMMIT_TIMEOUT_MS", "5000")]).await;
     let ids: Vec<String> = (0..10_000).map(|i| format!("m{i:05}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     app.deliver(&leave("r", &refs, "Leave", 200)).await;
