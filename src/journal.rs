@@ -359,8 +359,8 @@ mod tests {
 
     #[tokio::test]
     async fn survives_reopen_and_drains_in_order() {
-        let dir = tempdir();
-        let path = dir.join("j.redb");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
         {
             let journal = Journal::open(&path, 1 << 20).unwrap();
             journal.append(vec![record(1), record(2)]).await.unwrap();
@@ -380,14 +380,13 @@ mod tests {
             .unwrap();
         assert_eq!(journal.depth(), 1);
         assert_eq!(journal.peek(10).await.unwrap()[0].1, record(3));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
     async fn refuses_past_its_bound_and_keeps_what_it_has() {
-        let dir = tempdir();
+        let dir = tempfile::tempdir().unwrap();
         let one = record(1).encode().len() as u64;
-        let journal = Journal::open(&dir.join("j.redb"), one * 2).unwrap();
+        let journal = Journal::open(&dir.path().join("j.redb"), one * 2).unwrap();
         journal.append(vec![record(1)]).await.unwrap();
         journal.append(vec![record(2)]).await.unwrap();
         assert!(matches!(
@@ -396,15 +395,14 @@ mod tests {
         ));
         assert_eq!(journal.depth(), 2);
         assert_eq!(journal.peek(10).await.unwrap().len(), 2);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_appends_share_commits_and_respect_the_bound() {
-        let dir = tempdir();
+        let dir = tempfile::tempdir().unwrap();
         // Records of equal size (three-digit numbers), so the bound is a count.
         let one = record(100).encode().len() as u64;
-        let journal = Journal::open(&dir.join("j.redb"), one * 150).unwrap();
+        let journal = Journal::open(&dir.path().join("j.redb"), one * 150).unwrap();
         let tasks: Vec<_> = (100..300)
             .map(|n| {
                 let journal = journal.clone();
@@ -426,21 +424,5 @@ mod tests {
         let mut keys: Vec<u64> = kept.iter().map(|(k, _)| *k).collect();
         keys.dedup();
         assert_eq!(keys.len(), 150, "every record has its own key");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("roomsync-journal-{}", rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn rand_suffix() -> String {
-        use std::time::{SystemTime, UNIX_EPOCH};
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        format!("{}-{nanos}", std::process::id())
     }
 }
