@@ -1,6 +1,6 @@
 -- The reference service of the "Throughput" benchmark: what roomsync's SQL costs when each
 -- callback gets a transaction of its own (no group commit). One transaction = one enter
--- callback of one new member, with the statements of src/store/apply.rs in the same order:
+-- callback of one new member, with the statements of src/store/apply/ in the same order:
 -- lock_rooms (here for one room), member_event (history row, member_count and the member's row
 -- in one statement), notify.
 --
