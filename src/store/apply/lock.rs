@@ -10,7 +10,8 @@ pub(super) async fn lock_rooms<'a>(
     callbacks: &[&'a Callback],
 ) -> Result<HashMap<(i64, &'a str), Option<DateTime<Utc>>>, sqlx::Error> {
     // One row per room: the statement may not touch a row twice.
-    let mut rooms: BTreeMap<(i64, &str), [DateTime<Utc>; 3]> = BTreeMap::new();
+    // Per room: the newest event, and the newest event that revives and that destroys it.
+    let mut rooms: BTreeMap<(i64, &str), RoomTimes> = BTreeMap::new();
     for callback in callbacks {
         let Some(room_id) = callback
             .room_id
@@ -20,37 +21,35 @@ pub(super) async fn lock_rooms<'a>(
             continue;
         };
         let at = callback.event_time.to_datetime();
-        // The epoch stands for "none": EventTime is always after it.
-        let revive = if matches!(
+        let revives = matches!(
             callback.event,
             Event::MemberEnter(_) | Event::CreateRoom { .. }
-        ) {
-            at
-        } else {
-            DateTime::UNIX_EPOCH
-        };
-        let destroy = if matches!(callback.event, Event::DestroyRoom) {
-            at
-        } else {
-            DateTime::UNIX_EPOCH
-        };
+        );
+        let destroys = matches!(callback.event, Event::DestroyRoom);
         let slot = rooms
             .entry((callback.sdk_app_id.get(), room_id.as_str()))
-            .or_insert([at, DateTime::UNIX_EPOCH, DateTime::UNIX_EPOCH]);
-        slot[0] = slot[0].max(at);
-        slot[1] = slot[1].max(revive);
-        slot[2] = slot[2].max(destroy);
+            .or_insert(RoomTimes {
+                last: at,
+                revive: None,
+                destroy: None,
+            });
+        slot.last = slot.last.max(at);
+        // Option's order puts None first: max keeps the newest time, if any.
+        slot.revive = slot.revive.max(revives.then_some(at));
+        slot.destroy = slot.destroy.max(destroys.then_some(at));
     }
     if rooms.is_empty() {
         return Ok(HashMap::new());
     }
     let apps: Vec<i64> = rooms.keys().map(|(app, _)| *app).collect();
     let ids: Vec<String> = rooms.keys().map(|(_, id)| (*id).to_owned()).collect();
-    let column = |i: usize| rooms.values().map(|times| times[i]).collect::<Vec<_>>();
-    let (last, revive, destroy) = (column(0), column(1), column(2));
+    let last: Vec<DateTime<Utc>> = rooms.values().map(|t| t.last).collect();
+    // Arrays with NULLs: sqlx binds `Option` elements as SQL NULL.
+    let revive: Vec<Option<DateTime<Utc>>> = rooms.values().map(|t| t.revive).collect();
+    let destroy: Vec<Option<DateTime<Utc>>> = rooms.values().map(|t| t.destroy).collect();
     let locked = sqlx::query!(
         r#"INSERT INTO rooms AS r (sdk_app_id, room_id, last_event_at, last_revive_at, last_destroy_at)
-           SELECT a, id, e, NULLIF(v, 'epoch'), NULLIF(d, 'epoch')
+           SELECT a, id, e, v, d
            FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
                 AS t(a, id, e, v, d)
            ORDER BY a, id
@@ -62,8 +61,8 @@ pub(super) async fn lock_rooms<'a>(
         &apps,
         &ids,
         &last,
-        &revive,
-        &destroy,
+        &revive as &[Option<DateTime<Utc>>],
+        &destroy as &[Option<DateTime<Utc>>],
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -133,4 +132,11 @@ pub(super) async fn lock_room(
     )
     .fetch_one(conn)
     .await
+}
+
+/// What a batch says of one room's times.
+struct RoomTimes {
+    last: DateTime<Utc>,
+    revive: Option<DateTime<Utc>>,
+    destroy: Option<DateTime<Utc>>,
 }

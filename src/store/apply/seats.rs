@@ -9,10 +9,10 @@ pub(super) async fn change_seats(
     seats: &[Seat],
 ) -> Result<(), sqlx::Error> {
     let index: Vec<i32> = seats.iter().map(|s| s.index).collect();
-    // '' stands for a free seat in the array (NULLIF below); ids are never empty.
-    let member: Vec<String> = seats
+    // A free seat is a NULL in the array.
+    let member: Vec<Option<&str>> = seats
         .iter()
-        .map(|s| s.member.as_ref().map_or("", |m| m.as_str()).to_owned())
+        .map(|s| s.member.as_ref().map(|m| m.as_str()))
         .collect();
     let taken: Vec<bool> = seats.iter().map(|s| s.is_taken_disabled).collect();
     let video: Vec<bool> = seats.iter().map(|s| s.is_video_disabled).collect();
@@ -21,7 +21,7 @@ pub(super) async fn change_seats(
         r#"INSERT INTO room_seats AS s
                (sdk_app_id, room_id, seat_index, member_account, is_taken_disabled,
                 is_video_disabled, is_audio_disabled, last_event_at)
-           SELECT $1, $2, i, NULLIF(m, ''), tk, vd, ad, $3
+           SELECT $1, $2, i, m, tk, vd, ad, $3
            FROM UNNEST($4::int4[], $5::text[], $6::bool[], $7::bool[], $8::bool[]) AS t(i, m, tk, vd, ad)
            ON CONFLICT (sdk_app_id, room_id, seat_index) DO UPDATE SET
                member_account = EXCLUDED.member_account,
@@ -34,7 +34,7 @@ pub(super) async fn change_seats(
         room.id,
         at,
         &index,
-        &member,
+        &member as &[Option<&str>],
         &taken,
         &video,
         &audio,
