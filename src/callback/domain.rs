@@ -117,6 +117,17 @@ pub const RESERVED_PREFIX: &str = "roomsync.";
 pub const ROOM_DESTROYED: &str = "RoomDestroyed";
 pub const RECONCILED: &str = "Reconciled";
 
+/// `room_events.event_type` of what is not a Room member event's own `Type`: a Live member
+/// event's direction, and a correction's kind.
+pub mod event_types {
+    pub const ONLINE: &str = "Online";
+    pub const OFFLINE: &str = "Offline";
+    pub const ENTER: &str = "Enter";
+    pub const LEAVE: &str = "Leave";
+    pub const DESTROY: &str = "Destroy";
+    pub const SEATS: &str = "Seats";
+}
+
 impl Command {
     pub fn parse(raw: &str) -> Self {
         match raw {
@@ -138,6 +149,16 @@ impl Command {
             }
             // A correction is made by roomsync, never parsed from a callback.
             other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The command of a stored history row: as [`Command::parse`], and roomsync's own
+    /// corrections too.
+    pub fn from_history(name: &str) -> Self {
+        if name == RECONCILE_COMMAND {
+            Self::Reconcile
+        } else {
+            Self::parse(name)
         }
     }
 
@@ -455,16 +476,16 @@ fn history_reason<'a>(command: &Command, event: &'a Event) -> Option<&'a str> {
 fn event_type<'a>(command: &Command, event: &'a Event) -> Option<&'a str> {
     if *command == Command::LiveMemberStateChanged {
         return Some(match event {
-            Event::MemberLeave(_) => "Offline",
-            _ => "Online",
+            Event::MemberLeave(_) => event_types::OFFLINE,
+            _ => event_types::ONLINE,
         });
     }
     if *command == Command::Reconcile {
         return Some(match event {
-            Event::MemberEnter(_) => "Enter",
-            Event::MemberLeave(_) => "Leave",
-            Event::DestroyRoom => "Destroy",
-            _ => "Seats",
+            Event::MemberEnter(_) => event_types::ENTER,
+            Event::MemberLeave(_) => event_types::LEAVE,
+            Event::DestroyRoom => event_types::DESTROY,
+            _ => event_types::SEATS,
         });
     }
     event.member_change().and_then(|c| c.kind.as_deref())

@@ -10,6 +10,7 @@ mod signature;
 pub use domain::{
     Callback, CallbackParts, Command, Event, EventTime, Id, IdError, MemberChange, Meta, Product,
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
+    event_types,
 };
 pub use parse::{
     MAX_LIST_ENTRIES, Rejection, RejectionKind, account_id, numeric::fits as numeric_fits,

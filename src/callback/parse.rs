@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange, Product,
-    RESERVED_PREFIX, RoomInfo, SdkAppId, Seat,
+    RESERVED_PREFIX, RoomInfo, SdkAppId, Seat, event_types,
 };
 
 /// Most entries any list may hold (docs/protocol.md#bounds).
@@ -441,8 +441,8 @@ impl<'a> Object<'a> {
     /// `leave_type` is the `EventCause` (an unknown cause is kept as sent).
     fn member_state(&self) -> Result<Event, Rejection> {
         let direction = match self.opt_text("EventType")?.as_deref() {
-            Some("Online") => Direction::Enter,
-            Some("Offline") => Direction::Leave,
+            Some(event_types::ONLINE) => Direction::Enter,
+            Some(event_types::OFFLINE) => Direction::Leave,
             Some(other) => {
                 return Err(Rejection::bounds(
                     "EventType",

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::{
-    callback::{Callback, Event, EventTime, Id, MemberChange, Product, SdkAppId},
+    callback::{Callback, Event, EventTime, Id, MemberChange, Product, SdkAppId, event_types},
     store::{
         self, StoreError,
         reconcile::{RateBudget, RoomRef},
@@ -524,10 +524,10 @@ pub fn correction_from_history(
         })
     };
     let event = match event_type {
-        Some("Enter") => Event::MemberEnter(change(None)?),
-        Some("Leave") => Event::MemberLeave(change(reason)?),
-        Some("Destroy") => Event::DestroyRoom,
-        Some("Seats") => Event::SeatInfoChanged {
+        Some(event_types::ENTER) => Event::MemberEnter(change(None)?),
+        Some(event_types::LEAVE) => Event::MemberLeave(change(reason)?),
+        Some(event_types::DESTROY) => Event::DestroyRoom,
+        Some(event_types::SEATS) => Event::SeatInfoChanged {
             seats: crate::tencent::client::seats_of_answer(payload).map_err(|e| e.to_string())?,
         },
         other => return Err(format!("unknown correction {other:?}")),

@@ -65,9 +65,17 @@ impl MemberEvent {
 }
 
 /// Applies the events one by one in order; `None` when the member never entered nor left.
-pub fn fold(mut events: Vec<MemberEvent>) -> Option<MemberState> {
+pub fn fold(events: Vec<MemberEvent>) -> Option<MemberState> {
+    fold_from(None, events)
+}
+
+/// [`fold`] continued from a member's row: `state` must be the fold of every event before
+/// `events` (its own last event and any destroy since, see [`MemberState::precedes`]).
+pub fn fold_from(
+    mut state: Option<MemberState>,
+    mut events: Vec<MemberEvent>,
+) -> Option<MemberState> {
     events.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    let mut state: Option<MemberState> = None;
     for event in events {
         match event {
             MemberEvent::Enter { at } => {
@@ -97,6 +105,26 @@ pub fn fold(mut events: Vec<MemberEvent>) -> Option<MemberState> {
         }
     }
     state
+}
+
+impl MemberState {
+    /// Whether this row's own last event goes at or before `event` in the fold's order, so
+    /// that folding `event` onto the row gives what folding the whole history would. (A
+    /// destroy after the row's last event is in the row already; the caller keeps out the
+    /// enters that a destroy may end.)
+    pub fn precedes(&self, event: &MemberEvent) -> bool {
+        let own = if self.last_event_rank == RANK_LEAVE {
+            (
+                self.last_event_at,
+                RANK_LEAVE,
+                self.leave_type.as_deref().unwrap_or(""),
+                self.leave_reason.as_deref().unwrap_or(""),
+            )
+        } else {
+            (self.last_event_at, RANK_ENTER, "", "")
+        };
+        own <= event.order_key()
+    }
 }
 
 fn blank(at: DateTime<Utc>) -> MemberState {
@@ -195,6 +223,30 @@ mod tests {
         let b = fold(vec![enter(100), reconciled, destroy(200)]);
         assert_eq!(a, b);
         assert_eq!(a.unwrap().leave_type.as_deref(), Some(ROOM_DESTROYED));
+    }
+
+    #[test]
+    fn folding_onto_a_row_equals_folding_the_whole_history() {
+        let history = vec![enter(1), leave(2, "Leave"), enter(3)];
+        let later = vec![leave(5, "Kicked"), enter(4), enter(6)];
+        let row = fold(history.clone()).unwrap();
+        assert!(later.iter().all(|e| row.precedes(e)));
+        let whole = fold(history.into_iter().chain(later.clone()).collect());
+        assert_eq!(fold_from(Some(row), later), whole);
+        let s = whole.unwrap();
+        assert_eq!((s.in_room, s.left_at), (true, Some(t(5))));
+    }
+
+    #[test]
+    fn a_row_newer_than_an_event_does_not_precede_it() {
+        let row = fold(vec![leave(5, "Kicked")]).unwrap();
+        assert!(!row.precedes(&enter(4)));
+        assert!(row.precedes(&enter(6)));
+        // At one time: leaves in (Type, Reason) order, an enter before any leave.
+        assert!(!row.precedes(&enter(5)));
+        assert!(!row.precedes(&leave(5, "Anything")));
+        assert!(row.precedes(&leave(5, "Kicked")));
+        assert!(row.precedes(&leave(5, "Later")));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
-use super::apply::replay_callback;
+use super::apply::replay_batch;
 use crate::{
-    callback::{CallbackQuery, RECONCILE_COMMAND, parse_stored},
+    callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
     reconcile::correction_from_history,
 };
 
@@ -43,6 +43,8 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
     )
     .fetch(&mut *reader);
     let mut report = RebuildReport::default();
+    // Replayed in batches, through the statements live callbacks take.
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
     while let Some(row) = rows.try_next().await? {
         // A correction's payload is Tencent's answer, not a callback: its columns say it all.
         let parsed = if row.callback_command == RECONCILE_COMMAND {
@@ -74,8 +76,11 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
         };
         match parsed {
             Ok(callback) => {
-                replay_callback(&mut tx, &callback).await?;
+                batch.push(callback);
                 report.replayed += 1;
+                if batch.len() == REPLAY_BATCH {
+                    replay(&mut tx, &mut batch).await?;
+                }
             }
             Err(info) => {
                 tracing::warn!(
@@ -87,6 +92,20 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
         }
     }
     drop(rows);
+    replay(&mut tx, &mut batch).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// History rows per replayed batch: the live writer's order of magnitude.
+const REPLAY_BATCH: usize = 256;
+
+async fn replay(
+    conn: &mut sqlx::PgConnection,
+    batch: &mut Vec<Callback>,
+) -> Result<(), sqlx::Error> {
+    let refs: Vec<&Callback> = batch.iter().collect();
+    replay_batch(conn, &refs).await?;
+    batch.clear();
+    Ok(())
 }

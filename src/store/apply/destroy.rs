@@ -1,20 +1,22 @@
-//! Destroys (callbacks and corrections) and the first destroy after an enter.
+//! Destroys (callbacks and corrections).
 
 use super::*;
 
-pub(super) async fn destroy(
+/// Ends the memberships this destroy ends, and clears the seats; members who entered again
+/// after it go to [`Effects::late`] (their latest exit may be this destroy).
+pub(super) async fn destroy<'a>(
     conn: &mut PgConnection,
-    room: Room<'_>,
+    room: Room<'a>,
     at: DateTime<Utc>,
     exit: &str,
-    notify: Notify,
+    effects: &mut Effects<'a>,
 ) -> Result<(), sqlx::Error> {
     // Members whose newest event is an enter before this destroy, and who are in the room or
     // were ended by a later destroy: this one ends them (docs/semantics.md#destroy).
     let ended = sqlx::query_scalar!(
         r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = $4
            WHERE sdk_app_id = $1 AND room_id = $2
-             AND last_event_rank = 0 AND last_event_at <= $3
+             AND last_event_rank = $7 AND last_event_at <= $3
              AND (in_room
                   OR (leave_type IN ($5, $6)
                       AND (left_at > $3
@@ -27,9 +29,13 @@ pub(super) async fn destroy(
         exit,
         ROOM_DESTROYED,
         RECONCILED,
+        RANK_ENTER,
     )
     .fetch_all(&mut *conn)
     .await?;
+    for user in ended {
+        effects.notices.insert((room, user), (at, false));
+    }
     // Members who entered again after this destroy: it may be the latest exit before that
     // enter, which only their history tells. An exit by a later destroy can be superseded too
     // (this earlier destroy may have ended the membership first).
@@ -45,6 +51,9 @@ pub(super) async fn destroy(
     )
     .fetch_all(&mut *conn)
     .await?;
+    for user in later {
+        effects.late(room, &user, at);
+    }
     // Seats end with the room; changes older than this destroy stay out (see apply_effects).
     sqlx::query!(
         r#"DELETE FROM room_seats
@@ -55,44 +64,5 @@ pub(super) async fn destroy(
     )
     .execute(&mut *conn)
     .await?;
-    let mut changes = Changes::new(room, at);
-    changes.add(ended, false);
-    changes.recompute(conn, later).await?;
-    if notify == Notify::Yes {
-        changes.notify(conn).await?;
-    }
     Ok(())
-}
-
-/// The first destroy (callback or correction) at or after `at`, and the exit it gives.
-pub(super) async fn first_destroy_since(
-    conn: &mut PgConnection,
-    room: Room<'_>,
-    at: DateTime<Utc>,
-) -> Result<Option<(DateTime<Utc>, &'static str)>, sqlx::Error> {
-    let first = sqlx::query!(
-        r#"SELECT event_at, callback_command = $4 AS "reconciled!" FROM room_events
-           WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
-             AND (callback_command IN ($5, $6) OR (callback_command = $4 AND event_type = 'Destroy'))
-           ORDER BY event_at, callback_command = $4
-           LIMIT 1"#,
-        room.app,
-        room.id,
-        at,
-        RECONCILE,
-        DESTROY,
-        LIVE_DESTROY,
-    )
-    .fetch_optional(conn)
-    .await?;
-    // At one time a destroy callback applies before a correction (the fold's order).
-    Ok(first.map(|row| (row.event_at, exit_of(row.reconciled))))
-}
-
-pub(super) fn exit_of(reconciled: bool) -> &'static str {
-    if reconciled {
-        RECONCILED
-    } else {
-        ROOM_DESTROYED
-    }
 }

@@ -1,142 +1,127 @@
-//! Locking the rooms' rows of a batch, in one global order.
+//! Locking the rooms' rows of a batch, in one global order, with the bumps that do not depend
+//! on arrival order.
 
 use super::*;
 
-/// Locks (creating if needed) the rows of every room in the batch, in (app, room) order, and
-/// makes the idempotent bumps (a duplicate changes nothing); returns each room's newest destroy
-/// known now (in this batch or before), a hint that an enter may be ended again.
+/// Locks (creating if needed) the row of every room in the batch, in (app, room) order, and
+/// makes the bumps that arrival order cannot change, so a duplicate re-applies them harmlessly:
+/// the newest event, revival and destroy times, `member_count` (the newest member event's,
+/// ties to the larger count) and `product` (a Live callback makes a room a Live room; a seat
+/// change says neither). Returns each room's newest destroy known now.
 pub(super) async fn lock_rooms<'a>(
     conn: &mut PgConnection,
     callbacks: &[&'a Callback],
-) -> Result<HashMap<(i64, &'a str), Option<DateTime<Utc>>>, sqlx::Error> {
+) -> Result<Destroys<'a>, sqlx::Error> {
     // One row per room: the statement may not touch a row twice.
-    // Per room: the newest event, and the newest event that revives and that destroys it.
-    let mut rooms: BTreeMap<(i64, &str), RoomTimes> = BTreeMap::new();
+    let mut rooms: BTreeMap<Room<'a>, RoomTimes> = BTreeMap::new();
     for callback in callbacks {
-        let Some(room_id) = callback
-            .room_id
-            .as_ref()
-            .filter(|_| callback.event.changes_state())
-        else {
-            continue;
-        };
-        let at = callback.event_time.to_datetime();
-        let revives = matches!(
-            callback.event,
-            Event::MemberEnter(_) | Event::CreateRoom { .. }
-        );
-        let destroys = matches!(callback.event, Event::DestroyRoom);
-        let slot = rooms
-            .entry((callback.sdk_app_id.get(), room_id.as_str()))
-            .or_insert(RoomTimes {
-                last: at,
-                revive: None,
-                destroy: None,
-            });
-        slot.last = slot.last.max(at);
-        // Option's order puts None first: max keeps the newest time, if any.
-        slot.revive = slot.revive.max(revives.then_some(at));
-        slot.destroy = slot.destroy.max(destroys.then_some(at));
+        if let Some(room) = room_of(callback) {
+            let at = callback.event_time.to_datetime();
+            rooms
+                .entry(room)
+                .or_insert_with(|| RoomTimes::new(at))
+                .add(callback, at);
+        }
     }
     if rooms.is_empty() {
         return Ok(HashMap::new());
     }
-    let apps: Vec<i64> = rooms.keys().map(|(app, _)| *app).collect();
-    let ids: Vec<String> = rooms.keys().map(|(_, id)| (*id).to_owned()).collect();
+    let column =
+        |f: fn(&RoomTimes) -> Option<DateTime<Utc>>| rooms.values().map(f).collect::<Vec<_>>();
+    let apps: Vec<i64> = rooms.keys().map(|room| room.app).collect();
+    let ids: Vec<&str> = rooms.keys().map(|room| room.id).collect();
+    let product: Vec<&str> = rooms.values().map(|t| t.product.as_str()).collect();
     let last: Vec<DateTime<Utc>> = rooms.values().map(|t| t.last).collect();
+    let count: Vec<Option<i32>> = rooms.values().map(|t| t.count.map(|c| c.2)).collect();
+    let count_rank: Vec<Option<i16>> = rooms.values().map(|t| t.count.map(|c| c.1)).collect();
     // Arrays with NULLs: sqlx binds `Option` elements as SQL NULL.
-    let revive: Vec<Option<DateTime<Utc>>> = rooms.values().map(|t| t.revive).collect();
-    let destroy: Vec<Option<DateTime<Utc>>> = rooms.values().map(|t| t.destroy).collect();
     let locked = sqlx::query!(
-        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, last_event_at, last_revive_at, last_destroy_at)
-           SELECT a, id, e, v, d
-           FROM UNNEST($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
-                AS t(a, id, e, v, d)
+        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, product, last_event_at, last_revive_at,
+                                   last_destroy_at, member_count, member_count_at, member_count_rank)
+           SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[],
+                                $5::timestamptz[], $6::timestamptz[], $7::int4[],
+                                $8::timestamptz[], $9::int2[])
+                AS t(a, id, p, e, v, d, c, ca, ck)
            ORDER BY a, id
            ON CONFLICT (sdk_app_id, room_id) DO UPDATE SET
+               product = CASE WHEN EXCLUDED.product = $10 THEN $10 ELSE r.product END,
                last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
                last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
-               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at)
+               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at),
+               (member_count, member_count_at, member_count_rank) = (
+                   SELECT c, ca, ck FROM (VALUES
+                       (r.member_count, r.member_count_at, r.member_count_rank),
+                       (EXCLUDED.member_count, EXCLUDED.member_count_at, EXCLUDED.member_count_rank)
+                   ) AS v(c, ca, ck)
+                   ORDER BY ca DESC NULLS LAST, ck DESC, c DESC
+                   LIMIT 1)
            RETURNING sdk_app_id, room_id, last_destroy_at"#,
         &apps,
-        &ids,
+        &ids as &[&str],
+        &product as &[&str],
         &last,
-        &revive as &[Option<DateTime<Utc>>],
-        &destroy as &[Option<DateTime<Utc>>],
+        &column(|t| t.revive) as &[Option<DateTime<Utc>>],
+        &column(|t| t.destroy) as &[Option<DateTime<Utc>>],
+        &count as &[Option<i32>],
+        &column(|t| t.count.map(|c| c.0)) as &[Option<DateTime<Utc>>],
+        &count_rank as &[Option<i16>],
+        Product::Live.as_str(),
     )
     .fetch_all(&mut *conn)
     .await?;
-    // Rooms start as TUIRoomKit rooms; a Live callback makes its room a Live room (a seat
-    // change alone says neither).
-    let live: Vec<(i64, &str)> = callbacks
-        .iter()
-        .filter(|c| c.command.product() == Some(Product::Live) && c.event.changes_state())
-        .filter_map(|c| Some((c.sdk_app_id.get(), c.room_id.as_ref()?.as_str())))
+    let mut destroys: HashMap<(i64, String), Option<DateTime<Utc>>> = locked
+        .into_iter()
+        .map(|row| ((row.sdk_app_id, row.room_id), row.last_destroy_at))
         .collect();
-    if !live.is_empty() {
-        mark_live(conn, &live).await?;
-    }
-    let mut out = HashMap::with_capacity(locked.len());
-    for row in locked {
-        if let Some(key) = rooms
-            .keys()
-            .find(|(app, id)| *app == row.sdk_app_id && *id == row.room_id)
-        {
-            out.insert(*key, row.last_destroy_at);
-        }
-    }
-    Ok(out)
+    Ok(rooms
+        .into_keys()
+        .map(|room| {
+            let destroy = destroys.remove(&(room.app, room.id.to_owned())).flatten();
+            (room, destroy)
+        })
+        .collect())
 }
 
-/// `rooms.product = 'Live'` for these (locked) rooms.
-pub(super) async fn mark_live(
-    conn: &mut PgConnection,
-    rooms: &[(i64, &str)],
-) -> Result<(), sqlx::Error> {
-    let apps: Vec<i64> = rooms.iter().map(|(app, _)| *app).collect();
-    let ids: Vec<&str> = rooms.iter().map(|(_, id)| *id).collect();
-    sqlx::query!(
-        r#"UPDATE rooms r SET product = 'Live'
-           FROM UNNEST($1::int8[], $2::text[]) AS t(a, id)
-           WHERE r.sdk_app_id = t.a AND r.room_id = t.id AND r.product <> 'Live'"#,
-        &apps,
-        &ids as &[&str],
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Locks (creating if needed) the room row; returns the newest destroy seen so far.
-pub(super) async fn lock_room(
-    conn: &mut PgConnection,
-    room: Room<'_>,
-    at: DateTime<Utc>,
-    event: &Event,
-) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let revive = matches!(event, Event::MemberEnter(_) | Event::CreateRoom { .. }).then_some(at);
-    let destroy = matches!(event, Event::DestroyRoom).then_some(at);
-    sqlx::query_scalar!(
-        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, last_event_at, last_revive_at, last_destroy_at)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (sdk_app_id, room_id) DO UPDATE SET
-               last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
-               last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
-               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at)
-           RETURNING last_destroy_at"#,
-        room.app,
-        room.id,
-        at,
-        revive,
-        destroy,
-    )
-    .fetch_one(conn)
-    .await
-}
-
-/// What a batch says of one room's times.
+/// What a batch says of one room.
 struct RoomTimes {
     last: DateTime<Utc>,
+    /// Newest enter or create, and newest destroy.
     revive: Option<DateTime<Utc>>,
     destroy: Option<DateTime<Utc>>,
+    /// `member_count`'s version: (EventTime, rank, count) of the newest member event with one.
+    count: Option<(DateTime<Utc>, i16, i32)>,
+    product: Product,
+}
+
+impl RoomTimes {
+    fn new(at: DateTime<Utc>) -> Self {
+        Self {
+            last: at,
+            revive: None,
+            destroy: None,
+            count: None,
+            product: Product::Room,
+        }
+    }
+
+    fn add(&mut self, callback: &Callback, at: DateTime<Utc>) {
+        self.last = self.last.max(at);
+        // Option's order puts None first: max keeps the newest, if any.
+        let count = |rank: i16, change: &crate::callback::MemberChange| {
+            change.member_count.map(|count| (at, rank, count))
+        };
+        match &callback.event {
+            Event::MemberEnter(change) => {
+                self.revive = self.revive.max(Some(at));
+                self.count = self.count.max(count(RANK_ENTER, change));
+            }
+            Event::MemberLeave(change) => self.count = self.count.max(count(RANK_LEAVE, change)),
+            Event::CreateRoom { .. } => self.revive = self.revive.max(Some(at)),
+            Event::DestroyRoom => self.destroy = self.destroy.max(Some(at)),
+            _ => {}
+        }
+        if callback.command.product() == Some(Product::Live) {
+            self.product = Product::Live;
+        }
+    }
 }

@@ -1,167 +1,117 @@
-//! Enters and leaves on the live path: history row, `member_count` and members' rows in one statement.
+//! Enters and leaves of the whole batch: one read of the members' rows, the fold in memory.
 
 use super::*;
 
-/// An enter (`last_destroy_at` given) or a leave: the history row, `member_count` and the
-/// members' rows in one statement; late members recomputed; then NOTIFY.
-pub(super) async fn member_event(
+/// Folds each named member's new events onto its row. A member whose row cannot take them
+/// in order goes to [`Effects::late`], to be recomputed from the room's history: its row is
+/// newer than one of its events, its room is destroyed in this batch, or a known destroy may
+/// end one of its enters again (docs/semantics.md#destroy).
+pub(super) async fn fold_members<'a>(
     conn: &mut PgConnection,
-    callback: &Callback,
-    room: Room<'_>,
-    change: &MemberChange,
-    enter_after: Option<Option<DateTime<Utc>>>,
-) -> Result<Outcome, sqlx::Error> {
-    let at = callback.event_time.to_datetime();
-    let users = user_ids(change);
-    let as_sent: Vec<String> = change
-        .members
-        .iter()
-        .map(|m| m.as_str().to_owned())
-        .collect();
-    let (id, applied, in_room) = match enter_after {
-        Some(last_destroy_at) => {
-            // The first destroy at or after this enter ends it again (docs/semantics.md#destroy).
-            let ended_by = match last_destroy_at {
-                Some(d) if d >= at => first_destroy_since(conn, room, at).await?,
-                _ => None,
-            };
-            let (ended_at, exit) = ended_by.unzip();
-            let row = sqlx::query!(
-                r#"WITH ev AS (
-                       INSERT INTO room_events
-                           (sdk_app_id, callback_command, room_id, operator_account, event_type,
-                            member_list, member_count, reason, event_at, client_ip, opt_platform,
-                            payload, dedup_key)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $16, $8, $9, $10, $11::text::jsonb, $12)
-                       ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-                       RETURNING id
-                   ), counted AS (
-                       UPDATE rooms SET member_count = $7, member_count_at = $8, member_count_rank = 0
-                       WHERE sdk_app_id = $1 AND room_id = $3 AND $7::int4 IS NOT NULL
-                         AND EXISTS (SELECT 1 FROM ev)
-                         AND (member_count_at IS NULL
-                              OR (member_count_at, member_count_rank, member_count) < ($8, 0::int2, $7))
-                   ), applied AS (
-                       INSERT INTO room_members AS m
-                           (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
-                            last_event_at, last_event_rank)
-                       SELECT $1, $3, u, $14::timestamptz IS NULL, $8, $14, $15, $8, 0
-                       FROM UNNEST($13::text[]) AS t(u)
-                       WHERE EXISTS (SELECT 1 FROM ev)
-                       ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
-                           in_room = EXCLUDED.in_room,
-                           entered_at = EXCLUDED.entered_at,
-                           left_at = COALESCE(EXCLUDED.left_at, m.left_at),
-                           leave_type = COALESCE(EXCLUDED.leave_type, m.leave_type),
-                           last_event_at = EXCLUDED.last_event_at,
-                           last_event_rank = 0
-                       WHERE (m.last_event_at, m.last_event_rank) <= (EXCLUDED.last_event_at, 0::smallint)
-                       RETURNING user_id
-                   )
-                   SELECT (SELECT id FROM ev) AS id, ARRAY(SELECT user_id FROM applied) AS "applied!""#,
-                room.app,
-                callback.command.as_str(),
-                room.id,
-                callback.operator.as_deref(),
-                callback.event_type(),
-                &as_sent,
-                change.member_count,
-                at,
-                callback.meta.client_ip.as_deref(),
-                callback.meta.opt_platform.as_deref(),
-                callback.payload.as_str(),
-                &callback.dedup_key[..],
-                &users,
-                ended_at,
-                exit,
-                callback.history_reason(),
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            (row.id, row.applied, ended_at.is_none())
+    callbacks: &[&'a Callback],
+    destroys: &Destroys<'a>,
+    effects: &mut Effects<'a>,
+) -> Result<(), sqlx::Error> {
+    let mut destroyed_now = Vec::new();
+    // Per member, its events in this batch.
+    let mut events: BTreeMap<(Room<'a>, &'a str), Vec<MemberEvent>> = BTreeMap::new();
+    for callback in callbacks {
+        let Some(room) = room_of(callback) else {
+            continue;
+        };
+        if matches!(callback.event, Event::DestroyRoom) {
+            destroyed_now.push(room);
         }
-        None => {
-            // At equal time two leaves are ordered by (Type, Reason), as in membership::fold.
-            let row = sqlx::query!(
-                r#"WITH ev AS (
-                       INSERT INTO room_events
-                           (sdk_app_id, callback_command, room_id, operator_account, event_type,
-                            member_list, member_count, reason, event_at, client_ip, opt_platform,
-                            payload, dedup_key)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $16, $8, $9, $10, $11::text::jsonb, $12)
-                       ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-                       RETURNING id
-                   ), counted AS (
-                       UPDATE rooms SET member_count = $7, member_count_at = $8, member_count_rank = 1
-                       WHERE sdk_app_id = $1 AND room_id = $3 AND $7::int4 IS NOT NULL
-                         AND EXISTS (SELECT 1 FROM ev)
-                         AND (member_count_at IS NULL
-                              OR (member_count_at, member_count_rank, member_count) < ($8, 1::int2, $7))
-                   ), applied AS (
-                       INSERT INTO room_members AS m
-                           (sdk_app_id, room_id, user_id, in_room, left_at, leave_type, leave_reason,
-                            last_event_at, last_event_rank)
-                       SELECT $1, $3, u, false, $8, $15, $14, $8, 1
-                       FROM UNNEST($13::text[]) AS t(u)
-                       WHERE EXISTS (SELECT 1 FROM ev)
-                       ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
-                           in_room = false,
-                           left_at = EXCLUDED.left_at,
-                           leave_type = EXCLUDED.leave_type,
-                           leave_reason = EXCLUDED.leave_reason,
-                           last_event_at = EXCLUDED.last_event_at,
-                           last_event_rank = 1
-                       WHERE (m.last_event_at, m.last_event_rank) < (EXCLUDED.last_event_at, 1::smallint)
-                          OR ((m.last_event_at, m.last_event_rank) = (EXCLUDED.last_event_at, 1::smallint)
-                              AND (COALESCE(m.leave_type, '') COLLATE "C", COALESCE(m.leave_reason, '') COLLATE "C")
-                               <= (COALESCE(EXCLUDED.leave_type, '') COLLATE "C", COALESCE(EXCLUDED.leave_reason, '') COLLATE "C"))
-                       RETURNING user_id
-                   )
-                   SELECT (SELECT id FROM ev) AS id, ARRAY(SELECT user_id FROM applied) AS "applied!""#,
-                room.app,
-                callback.command.as_str(),
-                room.id,
-                callback.operator.as_deref(),
-                callback.event_type(),
-                &as_sent,
-                change.member_count,
-                at,
-                callback.meta.client_ip.as_deref(),
-                callback.meta.opt_platform.as_deref(),
-                callback.payload.as_str(),
-                &callback.dedup_key[..],
-                &users,
-                change.reason.as_deref(),
-                callback.exit_type(),
-                callback.history_reason(),
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            (row.id, row.applied, false)
+        let (Some(change), Some(event)) = (callback.member_change(), member_event_of(callback))
+        else {
+            continue;
+        };
+        // A list may name a member twice: one event, as the fold would treat it.
+        for member in change.distinct_members() {
+            events
+                .entry((room, member.as_str()))
+                .or_default()
+                .push(event.clone());
         }
-    };
-    let Some(id) = id else {
-        return Ok(Outcome::Duplicate);
-    };
-    let mut changes = Changes::new(room, at);
-    changes.add(applied, in_room);
-    let late = missing(&users, &changes);
-    changes.recompute(conn, late).await?;
-    changes.notify(conn).await?;
-    Ok(Outcome::Stored { id })
-}
-pub(super) fn user_ids(change: &MemberChange) -> Vec<String> {
-    change
-        .distinct_members()
-        .into_iter()
-        .map(|m| m.as_str().to_owned())
-        .collect()
+    }
+    let (direct, late): (Vec<_>, Vec<_>) = events.into_iter().partition(|((room, _), events)| {
+        let last_destroy = destroys.get(room).copied().flatten();
+        !destroyed_now.contains(room)
+            && events.iter().all(|event| match event {
+                MemberEvent::Enter { at } => last_destroy.is_none_or(|d| d < *at),
+                _ => true,
+            })
+    });
+    for ((room, user), events) in late {
+        effects.late(room, user, newest(&events));
+    }
+    let mut rows = read_members(conn, direct.iter().map(|(key, _)| *key)).await?;
+    for ((room, user), events) in direct {
+        let row = rows.remove(&(room.app, room.id.to_owned(), user.to_owned()));
+        let at = newest(&events);
+        if row
+            .as_ref()
+            .is_some_and(|row| !events.iter().all(|event| row.precedes(event)))
+        {
+            effects.late(room, user, at);
+        } else if let Some(state) = membership::fold_from(row, events) {
+            effects.set(room, user.to_owned(), state, at);
+        }
+    }
+    Ok(())
 }
 
-pub(super) fn missing(users: &[String], changes: &Changes<'_>) -> Vec<String> {
-    users
+fn newest(events: &[MemberEvent]) -> DateTime<Utc> {
+    events
         .iter()
-        .filter(|u| !changes.contains(u))
-        .cloned()
-        .collect()
+        .map(|event| match event {
+            MemberEvent::Enter { at } | MemberEvent::Leave { at, .. } => *at,
+            MemberEvent::Destroy { at, .. } => *at,
+        })
+        .max()
+        .expect("a member is named by at least one event")
+}
+
+type MemberRows = HashMap<(i64, String, String), MemberState>;
+
+/// The current rows of these members, in one statement.
+async fn read_members<'a>(
+    conn: &mut PgConnection,
+    members: impl Iterator<Item = (Room<'a>, &'a str)>,
+) -> Result<MemberRows, sqlx::Error> {
+    let (mut apps, mut rooms, mut users) = (Vec::new(), Vec::new(), Vec::new());
+    for (room, user) in members {
+        apps.push(room.app);
+        rooms.push(room.id);
+        users.push(user);
+    }
+    if apps.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = sqlx::query!(
+        r#"SELECT m.sdk_app_id, m.room_id, m.user_id, m.in_room, m.entered_at, m.left_at,
+                  m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank
+           FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS t(a, r, u)
+           JOIN room_members m ON m.sdk_app_id = t.a AND m.room_id = t.r AND m.user_id = t.u"#,
+        &apps,
+        &rooms as &[&str],
+        &users as &[&str],
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let state = MemberState {
+                in_room: row.in_room,
+                entered_at: row.entered_at,
+                left_at: row.left_at,
+                leave_type: row.leave_type,
+                leave_reason: row.leave_reason,
+                last_event_at: row.last_event_at,
+                last_event_rank: row.last_event_rank,
+            };
+            ((row.sdk_app_id, row.room_id, row.user_id), state)
+        })
+        .collect())
 }

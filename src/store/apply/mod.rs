@@ -1,24 +1,32 @@
-//! One callback's effects, inside the caller's transaction.
+//! A batch of callbacks' effects, inside the caller's transaction, in a constant number of
+//! statements whatever the batch's size (the rules are in docs/semantics.md):
 //!
-//! Every callback with a room first locks that room's `rooms` row; so all writes for one room
-//! are serialized, whichever process makes them, and batches that lock rooms in sorted order
-//! cannot deadlock. Member rows are updated incrementally when an event is the newest for the
-//! member (the common case); otherwise the member is recomputed from the room's history with
-//! the sequential fold of [`super::membership`].
+//! 1. [`lock`]: one upsert locks every room of the batch in one global order (so batches from
+//!    any process cannot deadlock) and makes the bumps that arrival order cannot change:
+//!    times, `member_count`, `product`.
+//! 2. [`history`]: one insert of the batch's history rows; the dedup constraint tells which
+//!    callbacks are new (a replay skips it: the rows are its input).
+//! 3. [`members`]: one read of the rows of every member that the new enters and leaves name;
+//!    each member's events are folded onto its row in memory with
+//!    [`membership::fold_from`], the same fold that recomputes late members.
+//! 4. Rare paths, per room or per callback: destroys ([`destroy`]), room info ([`rooms`]),
+//!    seats ([`seats`]), and members whose row is newer than one of their events, recomputed
+//!    from the room's history ([`recompute`]).
+//! 5. [`write`]: one statement writes every member's new row and sends the notifications
+//!    ([`notify`]; a replay sends none).
 //!
-//! Laid out along its seams: [`lock`] (the rooms' rows), [`members`] (enters and leaves, the
-//! live path), [`replay`] (the same effects for `roomsync rebuild`), [`destroy`],
-//! [`recompute`] (late events), [`rooms`] (history rows and room info), [`seats`], and
-//! [`notify`] (`NOTIFY room_members`).
+//! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
 
 mod destroy;
+mod encoding;
+mod history;
 mod lock;
 mod members;
 mod notify;
 mod recompute;
-mod replay;
 mod rooms;
 mod seats;
+mod write;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,27 +35,19 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
 use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
-use crate::callback::{Callback, Command, Event, MemberChange, Product, RoomInfo, Seat};
-use crate::callback::{RECONCILE_COMMAND, RECONCILED, ROOM_DESTROYED};
+use crate::callback::{Callback, Command, Event, Product, RoomInfo, Seat};
+use crate::callback::{RECONCILED, ROOM_DESTROYED};
 
 use destroy::*;
+use encoding::*;
+use history::*;
 use lock::*;
 use members::*;
 use notify::*;
 use recompute::*;
-use replay::*;
 use rooms::*;
 use seats::*;
-
-const ENTER: &str = "Room.CallbackAfterMemberEnter";
-const LEAVE: &str = "Room.CallbackAfterMemberLeave";
-const DESTROY: &str = "Room.CallbackAfterDestroyRoom";
-/// Live member events: `event_type` `Online` (an enter) or `Offline` (a leave whose
-/// `leave_type` is the `EventCause`, kept in `reason`).
-const LIVE_MEMBER: &str = "Live.CallbackAfterMemberStateChanged";
-const LIVE_DESTROY: &str = "Live.CallbackAfterDestroyRoom";
-/// Corrections: `event_type` `Enter`, `Leave` or `Destroy` act as those events.
-const RECONCILE: &str = RECONCILE_COMMAND;
+use write::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -57,78 +57,52 @@ pub enum Outcome {
     Duplicate,
 }
 
-#[derive(Clone, Copy)]
+/// A room, as the batch's maps key it: ordered by app, then id (the lock order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Room<'a> {
     app: i64,
     id: &'a str,
 }
 
-/// Stores a batch of callbacks in history and applies their effects, each exactly once. One
-/// statement locks every room of the batch, in one global order (so concurrent batches, from
-/// any process, cannot deadlock); enters and leaves then take one statement each.
+/// The room whose view a callback changes; `None` for history-only callbacks (no room, or a
+/// command roomsync does not know).
+fn room_of(callback: &Callback) -> Option<Room<'_>> {
+    let id = callback
+        .room_id
+        .as_ref()
+        .filter(|_| callback.event.changes_state())?;
+    Some(Room {
+        app: callback.sdk_app_id.get(),
+        id: id.as_str(),
+    })
+}
+
+/// Stores a batch of callbacks in history and applies the effects of the new ones, each
+/// exactly once. Outcomes are in the order given.
 pub async fn apply_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let last_destroys = lock_rooms(conn, callbacks).await?;
-    let mut outcomes = Vec::with_capacity(callbacks.len());
-    for callback in callbacks {
-        let at = callback.event_time.to_datetime();
-        // Commands without a room, and commands roomsync does not know, touch only history.
-        let Some(room_id) = callback
-            .room_id
-            .as_ref()
-            .filter(|_| callback.event.changes_state())
-        else {
-            let id = insert_event(conn, callback, at).await?;
-            outcomes.push(id.map_or(Outcome::Duplicate, |id| Outcome::Stored { id }));
-            continue;
-        };
-        let room = Room {
-            app: callback.sdk_app_id.get(),
-            id: room_id.as_str(),
-        };
-        let last_destroy_at = last_destroys.get(&(room.app, room.id)).copied().flatten();
-        let outcome = match &callback.event {
-            Event::MemberEnter(change) => {
-                member_event(conn, callback, room, change, Some(last_destroy_at)).await?
-            }
-            Event::MemberLeave(change) => member_event(conn, callback, room, change, None).await?,
-            _ => match insert_event(conn, callback, at).await? {
-                None => Outcome::Duplicate,
-                Some(id) => {
-                    apply_effects(conn, callback, room, last_destroy_at, Notify::Yes).await?;
-                    Outcome::Stored { id }
-                }
-            },
-        };
-        outcomes.push(outcome);
-    }
+    let destroys = lock_rooms(conn, callbacks).await?;
+    let outcomes = insert_events(conn, callbacks).await?;
+    let fresh: Vec<&Callback> = callbacks
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Stored { .. }))
+        .map(|(callback, _)| *callback)
+        .collect();
+    apply_effects(conn, &fresh, &destroys, Notify::Yes).await?;
     Ok(outcomes)
 }
 
-/// Applies a stored callback's effects again, without history or notifications (rebuild).
-pub async fn replay_callback(
+/// Applies stored callbacks' effects again, through the same statements, without history
+/// rows or notifications (`roomsync rebuild`).
+pub async fn replay_batch(
     conn: &mut PgConnection,
-    callback: &Callback,
+    callbacks: &[&Callback],
 ) -> Result<(), sqlx::Error> {
-    let Some(id) = callback
-        .room_id
-        .as_ref()
-        .filter(|_| callback.event.changes_state())
-    else {
-        return Ok(());
-    };
-    let room = Room {
-        app: callback.sdk_app_id.get(),
-        id: id.as_str(),
-    };
-    let at = callback.event_time.to_datetime();
-    let last_destroy_at = lock_room(conn, room, at, &callback.event).await?;
-    if callback.command.product() == Some(Product::Live) {
-        mark_live(conn, &[(room.app, room.id)]).await?;
-    }
-    apply_effects(conn, callback, room, last_destroy_at, Notify::No).await
+    let destroys = lock_rooms(conn, callbacks).await?;
+    apply_effects(conn, callbacks, &destroys, Notify::No).await
 }
 
 /// Whether membership changes are announced with NOTIFY.
@@ -138,40 +112,75 @@ enum Notify {
     No,
 }
 
-async fn apply_effects(
+/// The newest destroy of each locked room (in this batch or before): a hint that an enter
+/// may be ended again.
+type Destroys<'a> = HashMap<Room<'a>, Option<DateTime<Utc>>>;
+
+/// What the batch does to members, gathered before the one write.
+#[derive(Default)]
+struct Effects<'a> {
+    /// Each member's new row.
+    states: BTreeMap<(Room<'a>, String), MemberState>,
+    /// What listeners hear: each member's state now, and the EventTime that caused it.
+    notices: BTreeMap<(Room<'a>, String), (DateTime<Utc>, bool)>,
+    /// Members to recompute from the room's history, and the EventTime that asks for it.
+    late: BTreeMap<Room<'a>, BTreeMap<String, DateTime<Utc>>>,
+}
+
+impl<'a> Effects<'a> {
+    fn set(&mut self, room: Room<'a>, user: String, state: MemberState, at: DateTime<Utc>) {
+        self.notices
+            .insert((room, user.clone()), (at, state.in_room));
+        self.states.insert((room, user), state);
+    }
+
+    fn late(&mut self, room: Room<'a>, user: &str, at: DateTime<Utc>) {
+        let slot = self.late.entry(room).or_default();
+        let newest = slot.get(user).map_or(at, |seen| at.max(*seen));
+        slot.insert(user.to_owned(), newest);
+    }
+}
+
+async fn apply_effects<'a>(
     conn: &mut PgConnection,
-    callback: &Callback,
-    room: Room<'_>,
-    last_destroy_at: Option<DateTime<Utc>>,
+    callbacks: &[&'a Callback],
+    destroys: &Destroys<'a>,
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
-    let at = callback.event_time.to_datetime();
-    match &callback.event {
-        Event::MemberEnter(change) => {
-            set_member_count(conn, room, at, RANK_ENTER, change).await?;
-            enter(conn, room, at, change, last_destroy_at, notify).await?;
-        }
-        Event::MemberLeave(change) => {
-            set_member_count(conn, room, at, RANK_LEAVE, change).await?;
-            leave(conn, room, at, change, callback.exit_type(), notify).await?;
-        }
-        Event::DestroyRoom => {
-            let exit = callback.exit_type().unwrap_or(ROOM_DESTROYED);
-            destroy(conn, room, at, exit, notify).await?
-        }
-        Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
-        Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
-        Event::SeatInfoChanged { seats } => {
-            // A destroy at or after this change has already cleared the seats.
-            if last_destroy_at.is_none_or(|d| d < at) {
-                change_seats(conn, room, at, seats).await?;
-                // A correction is Tencent's whole list: seats it does not list are gone.
-                if callback.command == Command::Reconcile {
-                    remove_unlisted_seats(conn, room, at, seats).await?;
+    let mut effects = Effects::default();
+    fold_members(conn, callbacks, destroys, &mut effects).await?;
+    for callback in callbacks {
+        let Some(room) = room_of(callback) else {
+            continue;
+        };
+        let at = callback.event_time.to_datetime();
+        match &callback.event {
+            Event::DestroyRoom => {
+                let exit = callback.exit_type().unwrap_or(ROOM_DESTROYED);
+                destroy(conn, room, at, exit, &mut effects).await?;
+            }
+            Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
+            Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
+            Event::SeatInfoChanged { seats } => {
+                // A destroy at or after this change has already cleared the seats.
+                let last_destroy = destroys.get(&room).copied().flatten();
+                if last_destroy.is_none_or(|d| d < at) {
+                    change_seats(conn, room, at, seats).await?;
+                    // A correction is Tencent's whole list: seats it does not list are gone.
+                    if callback.command == Command::Reconcile {
+                        remove_unlisted_seats(conn, room, at, seats).await?;
+                    }
                 }
             }
+            Event::MemberEnter(_) | Event::MemberLeave(_) | Event::Other => {}
         }
-        Event::Other => {}
     }
-    Ok(())
+    for (room, users) in std::mem::take(&mut effects.late) {
+        let names: Vec<String> = users.keys().cloned().collect();
+        for (user, state) in recompute_members(conn, room, &names).await? {
+            let at = users[&user];
+            effects.set(room, user, state, at);
+        }
+    }
+    write_members(conn, &effects, notify).await
 }

@@ -5,12 +5,27 @@ use super::*;
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 pub(super) const NOTIFY_MAX_PAYLOAD: usize = 7999;
 
-/// Members whose row changed in this callback, for `NOTIFY room_members`.
+/// The payloads that announce the batch's notices, grouped by room and by the EventTime that
+/// caused each change.
+pub(super) fn payloads(
+    notices: &BTreeMap<(Room<'_>, String), (DateTime<Utc>, bool)>,
+) -> Vec<String> {
+    let mut groups: BTreeMap<(Room<'_>, DateTime<Utc>), Changes<'_>> = BTreeMap::new();
+    for ((room, user), (at, in_room)) in notices {
+        groups
+            .entry((*room, *at))
+            .or_insert_with(|| Changes::new(*room, *at))
+            .add(user, *in_room);
+    }
+    groups.values().flat_map(Changes::payloads).collect()
+}
+
+/// Members of one room whose row changed by events at one EventTime.
 pub(super) struct Changes<'a> {
     room: Room<'a>,
     at: DateTime<Utc>,
-    entered: Vec<String>,
-    left: Vec<String>,
+    entered: Vec<&'a str>,
+    left: Vec<&'a str>,
 }
 
 impl<'a> Changes<'a> {
@@ -23,43 +38,12 @@ impl<'a> Changes<'a> {
         }
     }
 
-    pub(super) fn add(&mut self, users: Vec<String>, in_room: bool) {
+    pub(super) fn add(&mut self, user: &'a str, in_room: bool) {
         if in_room {
-            &mut self.entered
+            self.entered.push(user);
         } else {
-            &mut self.left
+            self.left.push(user);
         }
-        .extend(users);
-    }
-
-    pub(super) fn contains(&self, user: &str) -> bool {
-        self.entered.iter().chain(&self.left).any(|u| u == user)
-    }
-
-    pub(super) async fn recompute(
-        &mut self,
-        conn: &mut PgConnection,
-        users: Vec<String>,
-    ) -> Result<(), sqlx::Error> {
-        for (user, state) in recompute_members(conn, self.room, &users).await? {
-            self.add(vec![user], state.in_room);
-        }
-        Ok(())
-    }
-
-    /// One NOTIFY per direction, split to stay under PostgreSQL's payload limit. Delivered by
-    /// PostgreSQL at commit, so listeners never see a change that was rolled back.
-    pub(super) async fn notify(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let payloads = self.payloads();
-        if !payloads.is_empty() {
-            sqlx::query!(
-                "SELECT pg_notify('room_members', p) FROM UNNEST($1::text[]) AS t(p)",
-                &payloads
-            )
-            .execute(conn)
-            .await?;
-        }
-        Ok(())
     }
 
     /// The payloads, each under [`NOTIFY_MAX_PAYLOAD`] bytes as encoded: sizes are those of
@@ -143,8 +127,12 @@ mod tests {
             },
             DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         );
-        changes.add((0..10_000).map(worst).collect(), true);
-        changes.add(vec![r#"q"00001"#.to_owned(), "plain".into()], false);
+        let users: Vec<String> = (0..10_000).map(worst).collect();
+        for user in &users {
+            changes.add(user, true);
+        }
+        changes.add(r#"q"00001"#, false);
+        changes.add("plain", false);
         let payloads = changes.payloads();
         let mut seen = Vec::new();
         for payload in &payloads {

@@ -1,41 +1,6 @@
-//! History rows, and the room info merged field by field.
+//! The room info, merged field by field.
 
 use super::*;
-
-/// Inserts the history row; `None` when an identical callback is already there.
-pub(super) async fn insert_event(
-    conn: &mut PgConnection,
-    callback: &Callback,
-    at: DateTime<Utc>,
-) -> Result<Option<i64>, sqlx::Error> {
-    let change = callback.member_change();
-    let members: Vec<String> = change
-        .map(|c| c.members.iter().map(|m| m.as_str().to_owned()).collect())
-        .unwrap_or_default();
-    sqlx::query_scalar!(
-        r#"INSERT INTO room_events
-               (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
-                member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb, $13)
-           ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-           RETURNING id"#,
-        callback.sdk_app_id.get(),
-        callback.command.as_str(),
-        callback.room_id.as_ref().map(|r| r.as_str()),
-        callback.operator.as_deref(),
-        callback.event_type(),
-        &members,
-        change.and_then(|c| c.member_count),
-        callback.history_reason(),
-        at,
-        callback.meta.client_ip.as_deref(),
-        callback.meta.opt_platform.as_deref(),
-        callback.payload.as_str(),
-        &callback.dedup_key[..],
-    )
-    .fetch_optional(conn)
-    .await
-}
 
 /// Merges the fields present into `room_info`; per field, the newest event wins.
 pub(super) async fn merge_room_info(

@@ -1,0 +1,132 @@
+//! The batch's history rows, in one statement.
+
+use super::*;
+
+/// Inserts every callback's history row; the dedup constraint keeps out what is already
+/// there. A callback is `Stored` when its row is new, the first of identical callbacks within
+/// the batch included; `Duplicate` otherwise.
+pub(super) async fn insert_events(
+    conn: &mut PgConnection,
+    callbacks: &[&Callback],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let n = callbacks.len();
+    let mut rows = HistoryRows::with_capacity(n);
+    for callback in callbacks {
+        rows.push(callback);
+    }
+    let stored = sqlx::query!(
+        r#"INSERT INTO room_events
+               (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
+                member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
+           SELECT a, c, r, o, t, ($6::text[])[lo:hi], mc, rs, at, ip, pf, p::jsonb, k
+           FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int4[],
+                       $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
+                       $13::text[], $14::text[], $15::bytea[])
+                AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k)
+           ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
+           RETURNING id, sdk_app_id, room_id, dedup_key"#,
+        &rows.apps,
+        &rows.commands as &[&str],
+        &rows.rooms as &[Option<&str>],
+        &rows.operators as &[Option<&str>],
+        &rows.event_types as &[Option<&str>],
+        &rows.members as &[&str],
+        &rows.first as &[i32],
+        &rows.last as &[i32],
+        &rows.counts as &[Option<i32>],
+        &rows.reasons as &[Option<&str>],
+        &rows.at,
+        &rows.client_ips as &[Option<&str>],
+        &rows.platforms as &[Option<&str>],
+        &rows.payloads as &[&str],
+        &rows.keys as &[&[u8]],
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut ids: HashMap<(i64, Option<String>, Vec<u8>), i64> = stored
+        .into_iter()
+        .map(|row| ((row.sdk_app_id, row.room_id, row.dedup_key), row.id))
+        .collect();
+    Ok(callbacks
+        .iter()
+        .map(|c| {
+            // `remove`: of identical callbacks in one batch, only the first is new.
+            let key = (
+                c.sdk_app_id.get(),
+                c.room_id.as_ref().map(|r| r.as_str().to_owned()),
+                c.dedup_key.to_vec(),
+            );
+            ids.remove(&key)
+                .map_or(Outcome::Duplicate, |id| Outcome::Stored { id })
+        })
+        .collect())
+}
+
+/// The history columns of a batch, one array per column. Member lists, of any length, are
+/// one flat array sliced per row (`first..=last`, 1-based; empty when `first > last`).
+struct HistoryRows<'a> {
+    apps: Vec<i64>,
+    commands: Vec<&'a str>,
+    rooms: Vec<Option<&'a str>>,
+    operators: Vec<Option<&'a str>>,
+    event_types: Vec<Option<&'a str>>,
+    members: Vec<&'a str>,
+    first: Vec<i32>,
+    last: Vec<i32>,
+    counts: Vec<Option<i32>>,
+    reasons: Vec<Option<&'a str>>,
+    at: Vec<DateTime<Utc>>,
+    client_ips: Vec<Option<&'a str>>,
+    platforms: Vec<Option<&'a str>>,
+    payloads: Vec<&'a str>,
+    keys: Vec<&'a [u8]>,
+}
+
+impl<'a> HistoryRows<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            apps: Vec::with_capacity(n),
+            commands: Vec::with_capacity(n),
+            rooms: Vec::with_capacity(n),
+            operators: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            members: Vec::with_capacity(n),
+            first: Vec::with_capacity(n),
+            last: Vec::with_capacity(n),
+            counts: Vec::with_capacity(n),
+            reasons: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            client_ips: Vec::with_capacity(n),
+            platforms: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, callback: &'a Callback) {
+        let change = callback.member_change();
+        // The list as sent (repeats included); bounded per callback by the parser.
+        let start = self.members.len();
+        self.members.extend(
+            change
+                .into_iter()
+                .flat_map(|c| c.members.iter().map(|m| m.as_str())),
+        );
+        let as_i32 = |n: usize| i32::try_from(n).expect("a batch's member lists fit in i32");
+        self.first.push(as_i32(start + 1));
+        self.last.push(as_i32(self.members.len()));
+        self.apps.push(callback.sdk_app_id.get());
+        self.commands.push(callback.command.as_str());
+        self.rooms
+            .push(callback.room_id.as_ref().map(|r| r.as_str()));
+        self.operators.push(callback.operator.as_deref());
+        self.event_types.push(callback.event_type());
+        self.counts.push(change.and_then(|c| c.member_count));
+        self.reasons.push(callback.history_reason());
+        self.at.push(callback.event_time.to_datetime());
+        self.client_ips.push(callback.meta.client_ip.as_deref());
+        self.platforms.push(callback.meta.opt_platform.as_deref());
+        self.payloads.push(callback.payload.as_str());
+        self.keys.push(&callback.dedup_key[..]);
+    }
+}

@@ -1,0 +1,61 @@
+//! The batch's one write of members' rows, with its notifications.
+
+use super::*;
+
+/// Writes every member's new row and sends the batch's notifications, in one statement.
+/// PostgreSQL delivers the notifications at commit, so listeners never hear of a change that
+/// was rolled back.
+pub(super) async fn write_members(
+    conn: &mut PgConnection,
+    effects: &Effects<'_>,
+    notify: Notify,
+) -> Result<(), sqlx::Error> {
+    let payloads = match notify {
+        Notify::Yes => payloads(&effects.notices),
+        Notify::No => Vec::new(),
+    };
+    if effects.states.is_empty() && payloads.is_empty() {
+        return Ok(());
+    }
+    let states = &effects.states;
+    let column =
+        |f: fn(&MemberState) -> Option<DateTime<Utc>>| states.values().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&MemberState) -> Option<&str>| states.values().map(f).collect::<Vec<_>>();
+    let apps: Vec<i64> = states.keys().map(|(room, _)| room.app).collect();
+    let rooms: Vec<&str> = states.keys().map(|(room, _)| room.id).collect();
+    let users: Vec<&str> = states.keys().map(|(_, user)| user.as_str()).collect();
+    let in_room: Vec<bool> = states.values().map(|s| s.in_room).collect();
+    let last_at: Vec<DateTime<Utc>> = states.values().map(|s| s.last_event_at).collect();
+    let rank: Vec<i16> = states.values().map(|s| s.last_event_rank).collect();
+    // Data-modifying WITH runs to completion whether or not the SELECT reads it.
+    sqlx::query!(
+        r#"WITH written AS (
+               INSERT INTO room_members AS m
+                   (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
+                    leave_reason, last_event_at, last_event_rank)
+               SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bool[],
+                                    $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[],
+                                    $9::timestamptz[], $10::int2[])
+               ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
+                   in_room = EXCLUDED.in_room, entered_at = EXCLUDED.entered_at,
+                   left_at = EXCLUDED.left_at, leave_type = EXCLUDED.leave_type,
+                   leave_reason = EXCLUDED.leave_reason, last_event_at = EXCLUDED.last_event_at,
+                   last_event_rank = EXCLUDED.last_event_rank
+           )
+           SELECT pg_notify('room_members', p) FROM UNNEST($11::text[]) AS t(p)"#,
+        &apps,
+        &rooms as &[&str],
+        &users as &[&str],
+        &in_room,
+        &column(|s| s.entered_at) as &[Option<DateTime<Utc>>],
+        &column(|s| s.left_at) as &[Option<DateTime<Utc>>],
+        &text(|s| s.leave_type.as_deref()) as &[Option<&str>],
+        &text(|s| s.leave_reason.as_deref()) as &[Option<&str>],
+        &last_at,
+        &rank,
+        &payloads,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
