@@ -1,6 +1,7 @@
 //! HTTP integration tests: the real application on port 0 against a fresh PostgreSQL
 //! database per test (`#[sqlx::test]`). One binary, one link step.
 
+mod batches;
 mod callback;
 mod drift;
 mod durability;

@@ -537,19 +537,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     let distinct: Vec<Ev> = distinct.into_values().collect();
     // Every event once, a quarter of them again (some with the member list reordered);
     // corrections interleaved with the callbacks.
-    let mut deliveries: Vec<Delivery> = distinct.iter().map(Ev::delivery).collect();
-    for _ in 0..distinct.len() / 4 {
-        let mut again = distinct[rng.random_range(0..distinct.len())].delivery();
-        if let Delivery::Http(body) = &mut again
-            && let Some(list) = body
-                .get_mut("MemberList_Account")
-                .and_then(Value::as_array_mut)
-        {
-            list.reverse();
-        }
-        deliveries.push(again);
-    }
-    deliveries.shuffle(&mut rng);
+    let deliveries = shuffled_with_repeats(&mut rng, &distinct);
 
     let second_pool = PgPoolOptions::new()
         .max_connections(5)
@@ -569,11 +557,34 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
         "exactly once in history (seed {seed})"
     );
 
-    let (want_members, want_rooms) = model(&distinct);
+    check_against_model(&pool, &distinct, seed).await;
+    for app in apps {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        for line in metrics.lines().filter(|l| {
+            l.starts_with("roomsync_callbacks_total")
+                || l.starts_with("roomsync_batch_size_sum")
+                || l.starts_with("roomsync_batch_size_count")
+                || l.starts_with("roomsync_http_request_duration_seconds_sum")
+                || l.starts_with("roomsync_http_request_duration_seconds_count")
+        }) {
+            println!("{line}");
+        }
+        app.stop().await;
+    }
+    println!(
+        "{} deliveries, {} distinct events",
+        deliveries.len(),
+        distinct.len()
+    );
+}
+
+/// Asserts that the view equals the model's sequential result for these distinct events.
+async fn check_against_model(pool: &PgPool, distinct: &[Ev], seed: u64) {
+    let (want_members, want_rooms) = model(distinct);
     let rows: Vec<MemberInRoom> = sqlx::query_as(
         "SELECT room_id, user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at FROM room_members",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let got_members: BTreeMap<(String, String), Member> = rows
@@ -592,7 +603,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     let rows: Vec<RoomWithId> = sqlx::query_as(
         "SELECT room_id, product, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let got_rooms: BTreeMap<String, Room> = rows
@@ -600,24 +611,81 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
         .map(|row| (row.room_id, row.room))
         .collect();
     assert_eq!(got_rooms, want_rooms, "rooms (seed {seed})");
-    for app in apps {
-        let metrics = app.get("/metrics").await.text().await.unwrap();
-        for line in metrics.lines().filter(|l| {
-            l.starts_with("roomsync_callbacks_total")
-                || l.starts_with("roomsync_batch_size_sum")
-                || l.starts_with("roomsync_batch_size_count")
-                || l.starts_with("roomsync_http_request_duration_seconds_sum")
-                || l.starts_with("roomsync_http_request_duration_seconds_count")
-        }) {
-            println!("{line}");
+    println!("{} members checked", want_members.len());
+}
+
+/// Every event and a quarter again, shuffled, as deliveries.
+fn shuffled_with_repeats(rng: &mut StdRng, distinct: &[Ev]) -> Vec<Delivery> {
+    let mut deliveries: Vec<Delivery> = distinct.iter().map(Ev::delivery).collect();
+    for _ in 0..distinct.len() / 4 {
+        let mut again = distinct[rng.random_range(0..distinct.len())].delivery();
+        if let Delivery::Http(body) = &mut again
+            && let Some(list) = body
+                .get_mut("MemberList_Account")
+                .and_then(Value::as_array_mut)
+        {
+            list.reverse();
         }
-        app.stop().await;
+        deliveries.push(again);
     }
+    deliveries.shuffle(rng);
+    deliveries
+}
+
+/// The same events written straight through the store, in batches of random sizes (1 to
+/// 256), two batches at a time: a member named several times in one batch, a destroy and
+/// enters of its room in one batch, duplicates within one batch, all must give the
+/// sequential result (docs/semantics.md).
+#[sqlx::test]
+async fn batches_of_any_size_give_the_sequential_result(pool: PgPool) {
+    let seed = seed("batches");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
+    for ev in generate(&mut rng) {
+        distinct.entry(ev.dedup_key()).or_insert(ev);
+    }
+    let distinct: Vec<Ev> = distinct.into_values().collect();
+    let callbacks: Vec<roomsync::callback::Callback> = shuffled_with_repeats(&mut rng, &distinct)
+        .into_iter()
+        .map(|delivery| match delivery {
+            Delivery::Fix(correction) => *correction,
+            Delivery::Http(body) => {
+                let query = roomsync::callback::CallbackQuery {
+                    command: body["CallbackCommand"].as_str().map(str::to_owned),
+                    ..Default::default()
+                };
+                let bytes = body.to_string();
+                roomsync::callback::parse_stored(APP_ID, &query, bytes.as_bytes(), Utc::now())
+                    .expect("the model's callbacks are valid")
+            }
+        })
+        .collect();
+    let mut batches: Vec<Vec<&roomsync::callback::Callback>> = Vec::new();
+    let mut rest = &callbacks[..];
+    while !rest.is_empty() {
+        let size = rng.random_range(1..=256).min(rest.len());
+        let (batch, tail) = rest.split_at(size);
+        batches.push(batch.iter().collect());
+        rest = tail;
+    }
+    let most = batches.iter().map(Vec::len).max().unwrap_or(0);
+    futures_util::stream::iter(&batches)
+        .map(|batch| roomsync::store::write_batch(&pool, batch))
+        .buffer_unordered(2)
+        .for_each(|written| async move {
+            written.expect("a batch is stored");
+        })
+        .await;
+    assert_eq!(
+        history(&pool).await,
+        distinct.len() as i64,
+        "exactly once in history (seed {seed})"
+    );
+    check_against_model(&pool, &distinct, seed).await;
     println!(
-        "{} deliveries, {} distinct events, {} members checked",
-        deliveries.len(),
-        distinct.len(),
-        want_members.len()
+        "{} callbacks in {} batches of up to {most}",
+        callbacks.len(),
+        batches.len()
     );
 }
 
