@@ -12,7 +12,6 @@ use actix_web::{
     web,
 };
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::{AppContext, CallbackError};
 use crate::{
@@ -20,6 +19,9 @@ use crate::{
     ingest::Accepted,
     store::RejectedCallback,
 };
+
+/// Tencent's success answer (docs/http.md), the same bytes every time.
+const OK_ANSWER: &str = r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
 
 /// How long the whole body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -49,7 +51,8 @@ pub async fn receive(
         Ok(stored) => {
             tracing::debug!(command = command_label, outcome = ?stored, "callback accepted");
             Ok(HttpResponse::Ok()
-                .json(json!({"ActionStatus": "OK", "ErrorInfo": "", "ErrorCode": 0})))
+                .content_type(header::ContentType::json())
+                .body(OK_ANSWER))
         }
         Err(error) => {
             if matches!(error, CallbackError::NotDurable(_)) {

@@ -14,17 +14,8 @@ pub(super) async fn insert_events(
     for callback in callbacks {
         rows.push(callback);
     }
-    let stored = sqlx::query!(
-        r#"INSERT INTO room_events
-               (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
-                member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
-           SELECT a, c, r, o, t, ($6::text[])[lo:hi], mc, rs, at, ip, pf, p::jsonb, k
-           FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int4[],
-                       $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
-                       $13::text[], $14::text[], $15::bytea[])
-                AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k)
-           ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-           RETURNING id, sdk_app_id, room_id, dedup_key"#,
+    let stored = sqlx::query_file!(
+        "src/store/apply/sql/insert_events.sql",
         &rows.apps,
         &rows.commands as &[&str],
         &rows.rooms as &[Option<&str>],

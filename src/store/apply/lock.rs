@@ -35,27 +35,8 @@ pub(super) async fn lock_rooms<'a>(
     let count: Vec<Option<i32>> = rooms.values().map(|t| t.count.map(|c| c.2)).collect();
     let count_rank: Vec<Option<i16>> = rooms.values().map(|t| t.count.map(|c| c.1)).collect();
     // Arrays with NULLs: sqlx binds `Option` elements as SQL NULL.
-    let locked = sqlx::query!(
-        r#"INSERT INTO rooms AS r (sdk_app_id, room_id, product, last_event_at, last_revive_at,
-                                   last_destroy_at, member_count, member_count_at, member_count_rank)
-           SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[],
-                                $5::timestamptz[], $6::timestamptz[], $7::int4[],
-                                $8::timestamptz[], $9::int2[])
-                AS t(a, id, p, e, v, d, c, ca, ck)
-           ORDER BY a, id
-           ON CONFLICT (sdk_app_id, room_id) DO UPDATE SET
-               product = CASE WHEN EXCLUDED.product = $10 THEN $10 ELSE r.product END,
-               last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
-               last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
-               last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at),
-               (member_count, member_count_at, member_count_rank) = (
-                   SELECT c, ca, ck FROM (VALUES
-                       (r.member_count, r.member_count_at, r.member_count_rank),
-                       (EXCLUDED.member_count, EXCLUDED.member_count_at, EXCLUDED.member_count_rank)
-                   ) AS v(c, ca, ck)
-                   ORDER BY ca DESC NULLS LAST, ck DESC, c DESC
-                   LIMIT 1)
-           RETURNING sdk_app_id, room_id, last_destroy_at"#,
+    let locked = sqlx::query_file!(
+        "src/store/apply/sql/lock_rooms.sql",
         &apps,
         &ids as &[&str],
         &product as &[&str],

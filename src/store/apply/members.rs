@@ -88,11 +88,8 @@ async fn read_members<'a>(
     if apps.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = sqlx::query!(
-        r#"SELECT m.sdk_app_id, m.room_id, m.user_id, m.in_room, m.entered_at, m.left_at,
-                  m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank
-           FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS t(a, r, u)
-           JOIN room_members m ON m.sdk_app_id = t.a AND m.room_id = t.r AND m.user_id = t.u"#,
+    let rows = sqlx::query_file!(
+        "src/store/apply/sql/read_members.sql",
         &apps,
         &rooms as &[&str],
         &users as &[&str],

@@ -27,22 +27,8 @@ pub(super) async fn write_members(
     let in_room: Vec<bool> = states.values().map(|s| s.in_room).collect();
     let last_at: Vec<DateTime<Utc>> = states.values().map(|s| s.last_event_at).collect();
     let rank: Vec<i16> = states.values().map(|s| s.last_event_rank).collect();
-    // Data-modifying WITH runs to completion whether or not the SELECT reads it.
-    sqlx::query!(
-        r#"WITH written AS (
-               INSERT INTO room_members AS m
-                   (sdk_app_id, room_id, user_id, in_room, entered_at, left_at, leave_type,
-                    leave_reason, last_event_at, last_event_rank)
-               SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::bool[],
-                                    $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[],
-                                    $9::timestamptz[], $10::int2[])
-               ON CONFLICT (sdk_app_id, room_id, user_id) DO UPDATE SET
-                   in_room = EXCLUDED.in_room, entered_at = EXCLUDED.entered_at,
-                   left_at = EXCLUDED.left_at, leave_type = EXCLUDED.leave_type,
-                   leave_reason = EXCLUDED.leave_reason, last_event_at = EXCLUDED.last_event_at,
-                   last_event_rank = EXCLUDED.last_event_rank
-           )
-           SELECT pg_notify('room_members', p) FROM UNNEST($11::text[]) AS t(p)"#,
+    sqlx::query_file!(
+        "src/store/apply/sql/write_members.sql",
         &apps,
         &rooms as &[&str],
         &users as &[&str],
