@@ -149,6 +149,7 @@ async fn apply_effects<'a>(
 ) -> Result<(), sqlx::Error> {
     let mut effects = Effects::default();
     fold_members(conn, callbacks, destroys, &mut effects).await?;
+    let (mut infos, mut seat_lists) = (Vec::new(), Vec::new());
     for callback in callbacks {
         let Some(room) = room_of(callback) else {
             continue;
@@ -159,22 +160,35 @@ async fn apply_effects<'a>(
                 let exit = callback.exit_type().unwrap_or(ROOM_DESTROYED);
                 destroy(conn, room, at, exit, &mut effects).await?;
             }
-            Event::CreateRoom { info, .. } => merge_room_info(conn, room, at, info, true).await?,
-            Event::UpdateRoomInfo { info } => merge_room_info(conn, room, at, info, false).await?,
-            Event::SeatInfoChanged { seats } => {
-                // A destroy at or after this change has already cleared the seats.
-                let last_destroy = destroys.get(&room).copied().flatten();
-                if last_destroy.is_none_or(|d| d < at) {
-                    change_seats(conn, room, at, seats).await?;
-                    // A correction is Tencent's whole list: seats it does not list are gone.
-                    if callback.command == Command::Reconcile {
-                        remove_unlisted_seats(conn, room, at, seats).await?;
-                    }
-                }
+            Event::CreateRoom { info, .. } | Event::UpdateRoomInfo { info } => {
+                let is_create = matches!(callback.event, Event::CreateRoom { .. });
+                infos.push(InfoChange {
+                    room,
+                    at,
+                    info,
+                    is_create,
+                });
             }
-            Event::MemberEnter(_) | Event::MemberLeave(_) | Event::Other => {}
+            // A destroy at or after this change has already cleared the seats.
+            Event::SeatInfoChanged { seats }
+                if destroys
+                    .get(&room)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|d| d < at) =>
+            {
+                seat_lists.push(SeatChange {
+                    room,
+                    at,
+                    seats,
+                    whole_list: callback.command == Command::Reconcile,
+                });
+            }
+            _ => {}
         }
     }
+    merge_room_info(conn, &infos).await?;
+    change_seats(conn, &seat_lists).await?;
     for (room, users) in std::mem::take(&mut effects.late) {
         let names: Vec<String> = users.keys().cloned().collect();
         for (user, state) in recompute_members(conn, room, &names).await? {

@@ -2,51 +2,131 @@
 
 use super::*;
 
-/// Merges the fields present into `room_info`; per field, the newest event wins.
+/// A create's or an update's room info, at its EventTime.
+pub(super) struct InfoChange<'a> {
+    pub room: Room<'a>,
+    pub at: DateTime<Utc>,
+    pub info: &'a RoomInfo,
+    pub is_create: bool,
+}
+
+/// Merges the fields present into each room's `room_info` (per field, the newest event wins):
+/// one read of every room concerned, the merges in memory, one write.
 pub(super) async fn merge_room_info(
     conn: &mut PgConnection,
-    room: Room<'_>,
-    at: DateTime<Utc>,
-    info: &RoomInfo,
-    is_create: bool,
+    changes: &[InfoChange<'_>],
 ) -> Result<(), sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut by_room: BTreeMap<Room<'_>, Vec<&InfoChange<'_>>> = BTreeMap::new();
+    for change in changes {
+        by_room.entry(change.room).or_default().push(change);
+    }
+    let apps: Vec<i64> = by_room.keys().map(|room| room.app).collect();
+    let ids: Vec<&str> = by_room.keys().map(|room| room.id).collect();
     let current = sqlx::query!(
-        r#"SELECT room_info, room_info_versions FROM rooms WHERE sdk_app_id = $1 AND room_id = $2"#,
-        room.app,
-        room.id,
+        r#"SELECT r.sdk_app_id, r.room_id, r.room_info, r.room_info_versions
+           FROM UNNEST($1::int8[], $2::text[]) AS t(a, id)
+           JOIN rooms r ON r.sdk_app_id = t.a AND r.room_id = t.id"#,
+        &apps,
+        &ids as &[&str],
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let (merged, versions) = merge_fields(
-        current.room_info,
-        current.room_info_versions,
-        info,
-        at.timestamp_millis(),
-    );
-    let text = |key: &str| merged.text(key).map(str::to_owned);
-    let max_members = merged
-        .integer("MaxMemberCount")
-        .and_then(|n| i32::try_from(n).ok());
+    let mut current: HashMap<(i64, String), (Option<Value>, Value)> = current
+        .into_iter()
+        .map(|row| {
+            let state = (row.room_info, row.room_info_versions);
+            ((row.sdk_app_id, row.room_id), state)
+        })
+        .collect();
+    let mut rows = InfoRows::default();
+    for (room, changes) in &by_room {
+        // Every room of the batch is locked, hence there.
+        let (mut info, mut versions) = current
+            .remove(&(room.app, room.id.to_owned()))
+            .unwrap_or((None, json!({})));
+        let mut created = None;
+        for change in changes {
+            let (merged, merged_versions) =
+                merge_fields(info, versions, change.info, change.at.timestamp_millis());
+            (info, versions) = (
+                Some(Value::Object(merged.fields)),
+                Value::Object(merged_versions),
+            );
+            if change.is_create {
+                created = created.max(Some(change.at));
+            }
+        }
+        rows.push(*room, info.unwrap_or_default(), versions, created);
+    }
     sqlx::query!(
-        r#"UPDATE rooms SET
-               room_info = $3, room_info_versions = $4, room_name = $5, room_type = $6,
-               owner_account = $7, max_member_count = $8,
-               created_at = CASE WHEN $9 THEN GREATEST(created_at, $10) ELSE created_at END
-           WHERE sdk_app_id = $1 AND room_id = $2"#,
-        room.app,
-        room.id,
-        Value::Object(merged.fields.clone()),
-        Value::Object(versions),
-        text("RoomName"),
-        text("RoomType"),
-        text("Owner_Account"),
-        max_members,
-        is_create,
-        at,
+        r#"UPDATE rooms r SET
+               room_info = t.info, room_info_versions = t.versions, room_name = t.name,
+               room_type = t.kind, owner_account = t.owner, max_member_count = t.max_members,
+               created_at = GREATEST(r.created_at, t.created)
+           FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::text[],
+                       $7::text[], $8::int4[], $9::timestamptz[])
+                AS t(a, id, info, versions, name, kind, owner, max_members, created)
+           WHERE r.sdk_app_id = t.a AND r.room_id = t.id"#,
+        &rows.apps,
+        &rows.ids as &[&str],
+        &rows.info,
+        &rows.versions,
+        &rows.names as &[Option<String>],
+        &rows.kinds as &[Option<String>],
+        &rows.owners as &[Option<String>],
+        &rows.max_members as &[Option<i32>],
+        &rows.created as &[Option<DateTime<Utc>>],
     )
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The merged room info of each room, one array per column.
+#[derive(Default)]
+struct InfoRows<'a> {
+    apps: Vec<i64>,
+    ids: Vec<&'a str>,
+    info: Vec<Value>,
+    versions: Vec<Value>,
+    names: Vec<Option<String>>,
+    kinds: Vec<Option<String>>,
+    owners: Vec<Option<String>>,
+    max_members: Vec<Option<i32>>,
+    created: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> InfoRows<'a> {
+    fn push(
+        &mut self,
+        room: Room<'a>,
+        info: Value,
+        versions: Value,
+        created: Option<DateTime<Utc>>,
+    ) {
+        let fields = match info {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let merged = RoomInfo { fields };
+        let text = |key: &str| merged.text(key).map(str::to_owned);
+        self.names.push(text("RoomName"));
+        self.kinds.push(text("RoomType"));
+        self.owners.push(text("Owner_Account"));
+        self.max_members.push(
+            merged
+                .integer("MaxMemberCount")
+                .and_then(|n| i32::try_from(n).ok()),
+        );
+        self.apps.push(room.app);
+        self.ids.push(room.id);
+        self.info.push(Value::Object(merged.fields));
+        self.versions.push(versions);
+        self.created.push(created);
+    }
 }
 
 /// Field-by-field merge. A field's version is the EventTime (ms) that set it; at equal

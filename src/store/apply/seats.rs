@@ -1,50 +1,76 @@
-//! The seat list of a room.
+//! The seat lists of the batch's rooms.
 
 use super::*;
 
+/// A seat list at its EventTime; a correction's list is Tencent's whole list.
+pub(super) struct SeatChange<'a> {
+    pub room: Room<'a>,
+    pub at: DateTime<Utc>,
+    pub seats: &'a [Seat],
+    pub whole_list: bool,
+}
+
+/// Writes every seat's newest state in one statement (per seat the newest change wins; at
+/// equal times the later one in the batch, as if applied one by one); then a correction
+/// removes the seats it does not list.
 pub(super) async fn change_seats(
     conn: &mut PgConnection,
-    room: Room<'_>,
-    at: DateTime<Utc>,
-    seats: &[Seat],
+    changes: &[SeatChange<'_>],
 ) -> Result<(), sqlx::Error> {
-    let index: Vec<i32> = seats.iter().map(|s| s.index).collect();
-    // A free seat is a NULL in the array.
-    let member: Vec<Option<&str>> = seats
-        .iter()
-        .map(|s| s.member.as_ref().map(|m| m.as_str()))
-        .collect();
-    let taken: Vec<bool> = seats.iter().map(|s| s.is_taken_disabled).collect();
-    let video: Vec<bool> = seats.iter().map(|s| s.is_video_disabled).collect();
-    let audio: Vec<bool> = seats.iter().map(|s| s.is_audio_disabled).collect();
-    sqlx::query!(
-        r#"INSERT INTO room_seats AS s
-               (sdk_app_id, room_id, seat_index, member_account, is_taken_disabled,
-                is_video_disabled, is_audio_disabled, last_event_at)
-           SELECT $1, $2, i, m, tk, vd, ad, $3
-           FROM UNNEST($4::int4[], $5::text[], $6::bool[], $7::bool[], $8::bool[]) AS t(i, m, tk, vd, ad)
-           ON CONFLICT (sdk_app_id, room_id, seat_index) DO UPDATE SET
-               member_account = EXCLUDED.member_account,
-               is_taken_disabled = EXCLUDED.is_taken_disabled,
-               is_video_disabled = EXCLUDED.is_video_disabled,
-               is_audio_disabled = EXCLUDED.is_audio_disabled,
-               last_event_at = EXCLUDED.last_event_at
-           WHERE s.last_event_at <= EXCLUDED.last_event_at"#,
-        room.app,
-        room.id,
-        at,
-        &index,
-        &member as &[Option<&str>],
-        &taken,
-        &video,
-        &audio,
-    )
-    .execute(conn)
-    .await?;
+    let mut newest: BTreeMap<(Room<'_>, i32), (DateTime<Utc>, &Seat)> = BTreeMap::new();
+    for change in changes {
+        for seat in change.seats {
+            let slot = newest
+                .entry((change.room, seat.index))
+                .or_insert((change.at, seat));
+            if change.at >= slot.0 {
+                *slot = (change.at, seat);
+            }
+        }
+    }
+    if !newest.is_empty() {
+        let apps: Vec<i64> = newest.keys().map(|(room, _)| room.app).collect();
+        let ids: Vec<&str> = newest.keys().map(|(room, _)| room.id).collect();
+        let index: Vec<i32> = newest.keys().map(|(_, index)| *index).collect();
+        let at: Vec<DateTime<Utc>> = newest.values().map(|(at, _)| *at).collect();
+        // A free seat is a NULL in the array.
+        let member: Vec<Option<&str>> = newest
+            .values()
+            .map(|(_, s)| s.member.as_ref().map(|m| m.as_str()))
+            .collect();
+        let flag = |f: fn(&Seat) -> bool| newest.values().map(|(_, s)| f(s)).collect::<Vec<_>>();
+        sqlx::query!(
+            r#"INSERT INTO room_seats AS s
+                   (sdk_app_id, room_id, seat_index, member_account, is_taken_disabled,
+                    is_video_disabled, is_audio_disabled, last_event_at)
+               SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int4[], $4::text[], $5::bool[],
+                                    $6::bool[], $7::bool[], $8::timestamptz[])
+               ON CONFLICT (sdk_app_id, room_id, seat_index) DO UPDATE SET
+                   member_account = EXCLUDED.member_account,
+                   is_taken_disabled = EXCLUDED.is_taken_disabled,
+                   is_video_disabled = EXCLUDED.is_video_disabled,
+                   is_audio_disabled = EXCLUDED.is_audio_disabled,
+                   last_event_at = EXCLUDED.last_event_at
+               WHERE s.last_event_at <= EXCLUDED.last_event_at"#,
+            &apps,
+            &ids as &[&str],
+            &index,
+            &member as &[Option<&str>],
+            &flag(|s| s.is_taken_disabled),
+            &flag(|s| s.is_video_disabled),
+            &flag(|s| s.is_audio_disabled),
+            &at,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    for change in changes.iter().filter(|c| c.whole_list) {
+        remove_unlisted_seats(conn, change.room, change.at, change.seats).await?;
+    }
     Ok(())
 }
 
-pub(super) async fn remove_unlisted_seats(
+async fn remove_unlisted_seats(
     conn: &mut PgConnection,
     room: Room<'_>,
     at: DateTime<Utc>,
