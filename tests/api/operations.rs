@@ -45,3 +45,21 @@ async fn pruning_works_in_batches(pool: PgPool) {
     assert_eq!(deleted, 2500);
     assert_eq!(history(&pool).await, 0);
 }
+
+/// The service's pool plans each statement at each execution: a plan cached while the tables
+/// were small must not keep scanning them whole as they grow.
+#[sqlx::test]
+async fn the_service_pool_plans_statements_at_each_execution(pool: PgPool) {
+    let options = pool.connect_options().as_ref().clone();
+    let service = roomsync::store::connect_lazy(options, 1, Duration::from_secs(5));
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&service)
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_custom_plan");
+    let default: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(default, "auto", "the test's own pool is untouched");
+}
