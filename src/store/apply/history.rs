@@ -1,20 +1,24 @@
-//! The batch's history rows, in one statement.
+//! The batch's history rows, and the rows of the members it names, in one statement.
 
 use super::*;
 
-/// Inserts every callback's history row; the dedup constraint keeps out what is already
-/// there. A callback is `Stored` when its row is new, the first of identical callbacks within
-/// the batch included; `Duplicate` otherwise.
+/// Inserts every callback's history row, and reads the current rows of `members`. The dedup
+/// constraint keeps out what is already there: a callback is `Stored` when its row is new, the
+/// first of identical callbacks within the batch included; `Duplicate` otherwise.
 pub(super) async fn insert_events(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
-) -> Result<Vec<Outcome>, sqlx::Error> {
+    members: &[(Room<'_>, &str)],
+) -> Result<(Vec<Outcome>, MemberRows), sqlx::Error> {
     let n = callbacks.len();
     let mut rows = HistoryRows::with_capacity(n);
     for callback in callbacks {
         rows.push(callback);
     }
-    let stored = sqlx::query_file!(
+    let member_apps: Vec<i64> = members.iter().map(|(room, _)| room.app).collect();
+    let member_rooms: Vec<&str> = members.iter().map(|(room, _)| room.id).collect();
+    let member_users: Vec<&str> = members.iter().map(|(_, user)| *user).collect();
+    let returned = sqlx::query_file!(
         "src/store/apply/sql/insert_events.sql",
         &rows.apps,
         &rows.commands as &[&str],
@@ -31,14 +35,41 @@ pub(super) async fn insert_events(
         &rows.platforms as &[Option<&str>],
         &rows.payloads as &[&str],
         &rows.keys as &[&[u8]],
+        &member_apps,
+        &member_rooms as &[&str],
+        &member_users as &[&str],
     )
     .fetch_all(conn)
     .await?;
-    let mut ids: HashMap<(i64, Option<String>, Vec<u8>), i64> = stored
-        .into_iter()
-        .map(|row| ((row.sdk_app_id, row.room_id, row.dedup_key), row.id))
-        .collect();
-    Ok(callbacks
+    let mut ids: HashMap<(i64, Option<String>, Vec<u8>), i64> = HashMap::with_capacity(n);
+    let mut current = MemberRows::with_capacity(members.len());
+    for row in returned {
+        let Some(app) = row.sdk_app_id else { continue };
+        match (row.id, row.dedup_key, row.user_id, row.room_id) {
+            (Some(id), Some(key), _, room) => {
+                ids.insert((app, room, key), id);
+            }
+            (None, _, Some(user), Some(room)) => {
+                let (Some(in_room), Some(last_event_at), Some(last_event_rank)) =
+                    (row.in_room, row.last_event_at, row.last_event_rank)
+                else {
+                    continue;
+                };
+                let state = MemberState {
+                    in_room,
+                    entered_at: row.entered_at,
+                    left_at: row.left_at,
+                    leave_type: row.leave_type,
+                    leave_reason: row.leave_reason,
+                    last_event_at,
+                    last_event_rank,
+                };
+                current.insert((app, room, user), state);
+            }
+            _ => {}
+        }
+    }
+    let outcomes = callbacks
         .iter()
         .map(|c| {
             // `remove`: of identical callbacks in one batch, only the first is new.
@@ -50,7 +81,8 @@ pub(super) async fn insert_events(
             ids.remove(&key)
                 .map_or(Outcome::Duplicate, |id| Outcome::Stored { id })
         })
-        .collect())
+        .collect();
+    Ok((outcomes, current))
 }
 
 /// The history columns of a batch, one array per column. Member lists, of any length, are

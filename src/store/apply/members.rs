@@ -1,17 +1,33 @@
-//! Enters and leaves of the whole batch: one read of the members' rows, the fold in memory.
+//! Enters and leaves of the whole batch: the members' rows (read with the history insert),
+//! the fold in memory.
 
 use super::*;
+
+/// The members named by these callbacks' enters and leaves, in the batch's key order.
+pub(super) fn named_members<'a>(callbacks: &[&'a Callback]) -> Vec<(Room<'a>, &'a str)> {
+    let mut named: Vec<(Room<'a>, &'a str)> = callbacks
+        .iter()
+        .filter_map(|callback| Some((room_of(callback)?, callback.member_change()?)))
+        .flat_map(|(room, change)| change.members.iter().map(move |m| (room, m.as_str())))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
+/// The current rows of named members, by (app, room, user).
+pub(super) type MemberRows = HashMap<(i64, String, String), MemberState>;
 
 /// Folds each named member's new events onto its row. A member whose row cannot take them
 /// in order goes to [`Effects::late`], to be recomputed from the room's history: its row is
 /// newer than one of its events, its room is destroyed in this batch, or a known destroy may
 /// end one of its enters again (docs/semantics.md#destroy).
-pub(super) async fn fold_members<'a>(
-    conn: &mut PgConnection,
+pub(super) fn fold_members<'a>(
     callbacks: &[&'a Callback],
+    mut rows: MemberRows,
     destroys: &Destroys<'a>,
     effects: &mut Effects<'a>,
-) -> Result<(), sqlx::Error> {
+) {
     let mut destroyed_now = Vec::new();
     // Per member, its events in this batch.
     let mut events: BTreeMap<(Room<'a>, &'a str), Vec<MemberEvent>> = BTreeMap::new();
@@ -34,31 +50,24 @@ pub(super) async fn fold_members<'a>(
                 .push(event.clone());
         }
     }
-    let (direct, late): (Vec<_>, Vec<_>) = events.into_iter().partition(|((room, _), events)| {
-        let last_destroy = destroys.get(room).copied().flatten();
-        !destroyed_now.contains(room)
+    for ((room, user), events) in events {
+        let at = newest(&events);
+        let last_destroy = destroys.get(&room).copied().flatten();
+        let row = rows.remove(&(room.app, room.id.to_owned(), user.to_owned()));
+        let in_order = !destroyed_now.contains(&room)
             && events.iter().all(|event| match event {
                 MemberEvent::Enter { at } => last_destroy.is_none_or(|d| d < *at),
                 _ => true,
             })
-    });
-    for ((room, user), events) in late {
-        effects.late(room, user, newest(&events));
-    }
-    let mut rows = read_members(conn, direct.iter().map(|(key, _)| *key)).await?;
-    for ((room, user), events) in direct {
-        let row = rows.remove(&(room.app, room.id.to_owned(), user.to_owned()));
-        let at = newest(&events);
-        if row
-            .as_ref()
-            .is_some_and(|row| !events.iter().all(|event| row.precedes(event)))
-        {
+            && row
+                .as_ref()
+                .is_none_or(|row| events.iter().all(|event| row.precedes(event)));
+        if !in_order {
             effects.late(room, user, at);
         } else if let Some(state) = membership::fold_from(row, events) {
             effects.set(room, user.to_owned(), state, at);
         }
     }
-    Ok(())
 }
 
 fn newest(events: &[MemberEvent]) -> DateTime<Utc> {
@@ -70,45 +79,4 @@ fn newest(events: &[MemberEvent]) -> DateTime<Utc> {
         })
         .max()
         .expect("a member is named by at least one event")
-}
-
-type MemberRows = HashMap<(i64, String, String), MemberState>;
-
-/// The current rows of these members, in one statement.
-async fn read_members<'a>(
-    conn: &mut PgConnection,
-    members: impl Iterator<Item = (Room<'a>, &'a str)>,
-) -> Result<MemberRows, sqlx::Error> {
-    let (mut apps, mut rooms, mut users) = (Vec::new(), Vec::new(), Vec::new());
-    for (room, user) in members {
-        apps.push(room.app);
-        rooms.push(room.id);
-        users.push(user);
-    }
-    if apps.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows = sqlx::query_file!(
-        "src/store/apply/sql/read_members.sql",
-        &apps,
-        &rooms as &[&str],
-        &users as &[&str],
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let state = MemberState {
-                in_room: row.in_room,
-                entered_at: row.entered_at,
-                left_at: row.left_at,
-                leave_type: row.leave_type,
-                leave_reason: row.leave_reason,
-                last_event_at: row.last_event_at,
-                last_event_rank: row.last_event_rank,
-            };
-            ((row.sdk_app_id, row.room_id, row.user_id), state)
-        })
-        .collect())
 }

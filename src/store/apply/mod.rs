@@ -4,16 +4,19 @@
 //! 1. [`lock`]: one upsert locks every room of the batch in one global order (so batches from
 //!    any process cannot deadlock) and makes the bumps that arrival order cannot change:
 //!    times, `member_count`, `product`.
-//! 2. [`history`]: one insert of the batch's history rows; the dedup constraint tells which
-//!    callbacks are new (a replay skips it: the rows are its input).
-//! 3. [`members`]: one read of the rows of every member that the new enters and leaves name;
-//!    each member's events are folded onto its row in memory with
+//! 2. [`history`]: one statement inserts the batch's history rows (the dedup constraint tells
+//!    which callbacks are new; a replay inserts none: the rows are its input) and reads the
+//!    rows of every member that the batch's enters and leaves name.
+//! 3. [`members`]: each member's new events are folded onto its row in memory with
 //!    [`membership::fold_from`], the same fold that recomputes late members.
 //! 4. Rare paths, per room or per callback: destroys ([`destroy`]), room info ([`rooms`]),
 //!    seats ([`seats`]), and members whose row is newer than one of their events, recomputed
 //!    from the room's history ([`recompute`]).
 //! 5. [`write`]: one statement writes every member's new row and sends the notifications
 //!    ([`notify`]; a replay sends none).
+//!
+//! So a batch of enters and leaves takes three statements between `BEGIN` and `COMMIT`,
+//! whatever its size.
 //!
 //! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
 
@@ -84,14 +87,14 @@ pub async fn apply_batch(
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let destroys = lock_rooms(conn, callbacks).await?;
-    let outcomes = insert_events(conn, callbacks).await?;
+    let (outcomes, rows) = insert_events(conn, callbacks, &named_members(callbacks)).await?;
     let fresh: Vec<&Callback> = callbacks
         .iter()
         .zip(&outcomes)
         .filter(|(_, outcome)| matches!(outcome, Outcome::Stored { .. }))
         .map(|(callback, _)| *callback)
         .collect();
-    apply_effects(conn, &fresh, &destroys, Notify::Yes).await?;
+    apply_effects(conn, &fresh, rows, &destroys, Notify::Yes).await?;
     Ok(outcomes)
 }
 
@@ -102,7 +105,8 @@ pub async fn replay_batch(
     callbacks: &[&Callback],
 ) -> Result<(), sqlx::Error> {
     let destroys = lock_rooms(conn, callbacks).await?;
-    apply_effects(conn, callbacks, &destroys, Notify::No).await
+    let (_, rows) = insert_events(conn, &[], &named_members(callbacks)).await?;
+    apply_effects(conn, callbacks, rows, &destroys, Notify::No).await
 }
 
 /// Whether membership changes are announced with NOTIFY.
@@ -144,11 +148,12 @@ impl<'a> Effects<'a> {
 async fn apply_effects<'a>(
     conn: &mut PgConnection,
     callbacks: &[&'a Callback],
+    rows: MemberRows,
     destroys: &Destroys<'a>,
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
     let mut effects = Effects::default();
-    fold_members(conn, callbacks, destroys, &mut effects).await?;
+    fold_members(callbacks, rows, destroys, &mut effects);
     let (mut infos, mut seat_lists) = (Vec::new(), Vec::new());
     for callback in callbacks {
         let Some(room) = room_of(callback) else {

@@ -1,14 +1,29 @@
--- The batch's history rows; the dedup constraint keeps out what is already there. Bound by
--- history.rs; also run by bench/run's pgbench references (bench/pgbench-script).
+-- The batch's history rows (the dedup constraint keeps out what is already there), and the
+-- current rows of the members the batch names ($16..$18; read after the rooms are locked, so
+-- no other transaction changes them). Rows of the first kind have an id, of the second a
+-- user_id. Bound by history.rs; also run by bench/run's pgbench references
+-- (bench/pgbench-script).
 -- $6 is every member list of the batch in one flat array; row i's list is $6[$7[i] : $8[i]]
 -- (spaced: pgbench would read ":hi" as one of its variables).
-INSERT INTO room_events
-    (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
-     member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
-SELECT a, c, r, o, t, ($6::text[])[lo : hi], mc, rs, at, ip, pf, p::jsonb, k
-FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int4[],
-            $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
-            $13::text[], $14::text[], $15::bytea[])
-     AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k)
-ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-RETURNING id, sdk_app_id, room_id, dedup_key
+WITH ev AS (
+    INSERT INTO room_events
+        (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
+         member_count, reason, event_at, client_ip, opt_platform, payload, dedup_key)
+    SELECT a, c, r, o, t, ($6::text[])[lo : hi], mc, rs, at, ip, pf, p::jsonb, k
+    FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int4[],
+                $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
+                $13::text[], $14::text[], $15::bytea[])
+         AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k)
+    ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
+    RETURNING id, sdk_app_id, room_id, dedup_key
+)
+SELECT id, sdk_app_id, room_id, dedup_key, NULL::text AS user_id, NULL::bool AS in_room,
+       NULL::timestamptz AS entered_at, NULL::timestamptz AS left_at, NULL::text AS leave_type,
+       NULL::text AS leave_reason, NULL::timestamptz AS last_event_at,
+       NULL::int2 AS last_event_rank
+FROM ev
+UNION ALL
+SELECT NULL, m.sdk_app_id, m.room_id, NULL, m.user_id, m.in_room, m.entered_at, m.left_at,
+       m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank
+FROM UNNEST($16::int8[], $17::text[], $18::text[]) AS t(a, r, u)
+JOIN room_members m ON m.sdk_app_id = t.a AND m.room_id = t.r AND m.user_id = t.u
