@@ -102,12 +102,6 @@ impl StoreError {
 }
 
 /// A lazily connecting pool: the service starts, and answers 503, while the database is down.
-///
-/// Statements are planned at each execution (`plan_cache_mode = force_custom_plan`): a generic
-/// plan cached while the tables were small (a fresh deployment) keeps scanning `room_members`
-/// whole for every batch until an ANALYZE invalidates it, and the batch statements' arrays
-/// vary in length. Measured with `bench/run`'s load on fresh tables: 0.66 ms of PostgreSQL CPU
-/// per callback with cached plans, 0.34 ms planned each time (docs/scaling.md).
 pub fn connect_lazy(
     options: PgConnectOptions,
     max_connections: u32,
@@ -116,7 +110,7 @@ pub fn connect_lazy(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect_lazy_with(options.options([("plan_cache_mode", "force_custom_plan")]))
+        .connect_lazy_with(options)
 }
 
 /// Readiness: the database answers a trivial query within `PING_TIMEOUT`.

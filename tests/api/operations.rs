@@ -46,20 +46,31 @@ async fn pruning_works_in_batches(pool: PgPool) {
     assert_eq!(history(&pool).await, 0);
 }
 
-/// The service's pool plans each statement at each execution: a plan cached while the tables
-/// were small must not keep scanning them whole as they grow.
+/// The batch's member read probes an index per member even under a plan made while the
+/// tables were empty (a fresh deployment): PostgreSQL caches such a plan until an ANALYZE, and
+/// a hash join planned then would scan `room_members` whole for every batch as it grows.
 #[sqlx::test]
-async fn the_service_pool_plans_statements_at_each_execution(pool: PgPool) {
-    let options = pool.connect_options().as_ref().clone();
-    let service = roomsync::store::connect_lazy(options, 1, Duration::from_secs(5));
-    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(&service)
+async fn the_member_read_uses_an_index_on_a_fresh_database(pool: PgPool) {
+    let sql = include_str!("../../src/store/apply/sql/insert_events.sql");
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(mode, "force_custom_plan");
-    let default: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(&pool)
+    // The service's own statement text, from the repository.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "PREPARE batch_insert AS {sql}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let nulls = vec!["NULL"; 18].join(", ");
+    let explain = format!("EXPLAIN EXECUTE batch_insert({nulls})");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&mut *conn)
         .await
         .unwrap();
-    assert_eq!(default, "auto", "the test's own pool is untouched");
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on room_members"), "{plan}");
+    assert!(plan.contains("Index Scan using room_members"), "{plan}");
 }

@@ -26,4 +26,10 @@ UNION ALL
 SELECT NULL, m.sdk_app_id, m.room_id, NULL, m.user_id, m.in_room, m.entered_at, m.left_at,
        m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank
 FROM UNNEST($16::int8[], $17::text[], $18::text[]) AS t(a, r, u)
-JOIN room_members m ON m.sdk_app_id = t.a AND m.room_id = t.r AND m.user_id = t.u
+-- One index probe per member whatever the statistics say: as a plain join, a plan made while
+-- room_members was small hashes the whole table, and a cached plan keeps doing so as it grows.
+CROSS JOIN LATERAL (
+    SELECT * FROM room_members
+    WHERE sdk_app_id = t.a AND room_id = t.r AND user_id = t.u
+    LIMIT 1
+) AS m
