@@ -20,8 +20,9 @@ use crate::{
     store::RejectedCallback,
 };
 
-/// Tencent's success answer (docs/http.md), the same bytes every time.
-const OK_ANSWER: &str = r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#;
+/// Tencent's success answer (docs/http.md), the same bytes every time (as serde_json wrote
+/// them before: keys in byte order).
+const OK_ANSWER: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 
 /// How long the whole body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

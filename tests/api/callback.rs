@@ -401,3 +401,21 @@ async fn health_readiness_and_metrics(pool: PgPool) {
     // Wrong method on the callback route.
     assert_eq!(app.get("/callback").await.status(), 405);
 }
+
+/// The success answer is JSON with the same bytes as ever (scripts compare it as text).
+#[sqlx::test]
+async fn the_success_answer_is_always_the_same_json(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let body = enter("r", &["u"], 100);
+    let response = app.post_raw(&app.query_for(&body), body.to_string()).await;
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/json");
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#
+    );
+}
