@@ -530,11 +530,7 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
     let seed = seed("model");
     let mut rng = StdRng::seed_from_u64(seed);
 
-    let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
-    for ev in generate(&mut rng) {
-        distinct.entry(ev.dedup_key()).or_insert(ev);
-    }
-    let distinct: Vec<Ev> = distinct.into_values().collect();
+    let distinct = distinct_events(&mut rng);
     // Every event once, a quarter of them again (some with the member list reordered);
     // corrections interleaved with the callbacks.
     let deliveries = shuffled_with_repeats(&mut rng, &distinct);
@@ -614,6 +610,15 @@ async fn check_against_model(pool: &PgPool, distinct: &[Ev], seed: u64) {
     println!("{} members checked", want_members.len());
 }
 
+/// The generated events, each distinct event once.
+fn distinct_events(rng: &mut StdRng) -> Vec<Ev> {
+    let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
+    for ev in generate(rng) {
+        distinct.entry(ev.dedup_key()).or_insert(ev);
+    }
+    distinct.into_values().collect()
+}
+
 /// Every event and a quarter again, shuffled, as deliveries.
 fn shuffled_with_repeats(rng: &mut StdRng, distinct: &[Ev]) -> Vec<Delivery> {
     let mut deliveries: Vec<Delivery> = distinct.iter().map(Ev::delivery).collect();
@@ -640,11 +645,7 @@ fn shuffled_with_repeats(rng: &mut StdRng, distinct: &[Ev]) -> Vec<Delivery> {
 async fn batches_of_any_size_give_the_sequential_result(pool: PgPool) {
     let seed = seed("batches");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut distinct: BTreeMap<String, Ev> = BTreeMap::new();
-    for ev in generate(&mut rng) {
-        distinct.entry(ev.dedup_key()).or_insert(ev);
-    }
-    let distinct: Vec<Ev> = distinct.into_values().collect();
+    let distinct = distinct_events(&mut rng);
     let callbacks: Vec<roomsync::callback::Callback> = shuffled_with_repeats(&mut rng, &distinct)
         .into_iter()
         .map(|delivery| match delivery {
