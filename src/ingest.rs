@@ -1,7 +1,18 @@
-//! Where an accepted callback goes: PostgreSQL when it is reachable, else the local journal
-//! (docs/durability.md); and the task that drains the journal into PostgreSQL.
+//! Where an accepted callback goes: PostgreSQL when it is up, else the local journal; and the
+//! task that drains the journal into PostgreSQL (docs/durability.md). What a failure means is
+//! decided by [`Health`]; this module acts on the verdict:
+//!
+//! | verdict | a live callback | a journaled record |
+//! |---|---|---|
+//! | down | journal, 200 | stays pending; the drain waits for the server |
+//! | slow, or not taken now | journal, 200 | parked, tried again with backoff |
+//! | its data refused (22, 23) | 503 `50304`, kept in `rejected_callbacks` | parked, as above |
+//!
+//! An acknowledged callback leaves the journal only once PostgreSQL has committed it, or, if it
+//! no longer parses at all, once it is kept in `rejected_callbacks` (`50307`).
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -11,20 +22,28 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     callback::{Callback, CallbackQuery, parse_stored},
-    journal::{Journal, JournalError, Record},
-    store::{self, Budget, Outcome, RejectedCallback, RejectedStore, StoreError, Writer},
+    journal::{Entry, Journal, JournalError, PARK_BACKOFF_MAX, Record},
+    store::{
+        self, Budget, Health, Outcome, RejectedCallback, RejectedStore, StoreError, Writer,
+        write_isolating,
+    },
     telemetry::Metrics,
 };
 
-/// How often the drain task probes an unreachable database.
+/// How often the drain task probes a database that is down.
 const DRAIN_RETRY: Duration = Duration::from_millis(500);
-/// Records moved per drain transaction.
-const DRAIN_BATCH: usize = 256;
-/// How long the drain pauses between batches after PostgreSQL was found slow.
+/// Records read from the journal per drain step, and the bytes that stop a step's read early.
+const DRAIN_BATCH: usize = 1024;
+const DRAIN_BATCH_BYTES: usize = 8 << 20;
+/// Transactions a drain step writes at once, each with its own rooms (so they never wait on
+/// each other's row locks).
+const DRAIN_WRITERS: usize = 2;
+/// How long the drain pauses between steps after live callbacks found PostgreSQL slow: its
+/// batches would lock rooms that live batches wait for.
 const SLOW_BACKOFF: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +52,7 @@ pub enum Accepted {
         id: i64,
     },
     Duplicate,
-    /// In the local journal; PostgreSQL will get it when it is back.
+    /// In the local journal; PostgreSQL will get it.
     Journaled,
 }
 
@@ -45,16 +64,14 @@ pub enum IngestError {
     Journal(JournalError),
 }
 
-/// Why the drain task paused; it tries again after [`DRAIN_RETRY`].
+/// Why a drain step stopped; the task tries again after [`DRAIN_RETRY`].
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error("the database is unreachable")]
     Unreachable(#[source] StoreError),
     #[error("could not apply the migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error("the database did not take the batch")]
-    Store(#[source] StoreError),
-    #[error("could not keep a refused record in rejected_callbacks")]
+    #[error("could not keep an unparsable record in rejected_callbacks")]
     KeepRejected(#[source] StoreError),
     #[error("the journal failed")]
     Journal(#[source] JournalError),
@@ -66,10 +83,7 @@ pub struct Ingest {
     writer: Writer,
     journal: Journal,
     pool: PgPool,
-    /// False after a write found PostgreSQL unreachable, until the drain task reaches it
-    /// again: meanwhile callbacks go straight to the journal instead of waiting for timeouts.
-    /// A slow or busy database does not clear it (overload is not an outage).
-    database_up: Arc<AtomicBool>,
+    health: Health,
     /// False until the migrations are known to be applied (the database may be down at start).
     schema_ready: Arc<AtomicBool>,
     run_migrations: bool,
@@ -77,34 +91,37 @@ pub struct Ingest {
     /// Wakes the drain task when something was journaled.
     wake_drain: Arc<tokio::sync::Notify>,
     rejected: Arc<RejectedStore>,
-    /// When a callback last went to the journal because PostgreSQL was slow (ms since the
-    /// epoch): the drain then gives way to live callbacks.
+    /// When a callback last went to the journal while PostgreSQL was up (ms since the epoch):
+    /// the drain then gives way to live callbacks.
     last_slow_ms: Arc<AtomicI64>,
 }
 
 impl Ingest {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Writer,
         journal: Journal,
         pool: PgPool,
+        health: Health,
         schema_ready: bool,
         run_migrations: bool,
         rejected: RejectedStore,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.journal_depth.set(journal.depth() as i64);
-        Self {
+        let ingest = Self {
             writer,
             journal,
             pool,
-            database_up: Arc::new(AtomicBool::new(schema_ready)),
+            health,
             schema_ready: Arc::new(AtomicBool::new(schema_ready)),
             run_migrations,
             metrics,
             wake_drain: Arc::new(tokio::sync::Notify::new()),
             rejected: Arc::new(rejected),
             last_slow_ms: Arc::new(AtomicI64::new(0)),
-        }
+        };
+        ingest.show_journal();
+        ingest
     }
 
     /// Keeps a callback refused with a 4xx answer, within the budget of `rejected_callbacks`.
@@ -118,9 +135,21 @@ impl Ingest {
         self.journal.depth()
     }
 
+    pub fn journal_parked(&self) -> u64 {
+        self.journal.parked()
+    }
+
+    fn show_journal(&self) {
+        self.metrics.journal_depth.set(self.journal.depth() as i64);
+        self.metrics.journal_parked.set(self.journal.parked() as i64);
+        self.metrics
+            .database_up
+            .set(i64::from(self.health.is_up()));
+    }
+
     /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal. `query`
-    /// and `body` are the request as received (what the journal keeps). A callback that
-    /// PostgreSQL refuses for good is kept in `rejected_callbacks` and answered with an error.
+    /// and `body` are the request as received (what the journal keeps). A callback whose data
+    /// PostgreSQL refuses is kept in `rejected_callbacks` and answered with an error.
     pub async fn accept(
         &self,
         callback: Callback,
@@ -129,38 +158,40 @@ impl Ingest {
         received_at: DateTime<Utc>,
     ) -> Result<Accepted, IngestError> {
         let sdk_app_id = callback.sdk_app_id.get();
-        if self.database_up.load(Ordering::Relaxed) {
+        if self.health.is_up() {
             let command = callback.command.clone();
-            match self.writer.submit(callback).await {
+            let error = match self.writer.submit(callback).await {
                 Ok(Outcome::Stored { id }) => return Ok(Accepted::Stored { id }),
                 Ok(Outcome::Duplicate) => return Ok(Accepted::Duplicate),
-                Err(error) if error.is_refusal() => {
-                    let refused = Refused {
-                        sdk_app_id,
-                        command: Some(command.as_str()),
-                        query,
-                        body,
-                        error: &error,
-                    };
-                    if let Err(e) = self.keep_refused(&refused).await {
-                        tracing::error!(error = %e, "could not keep a refused callback");
-                    }
-                    return Err(IngestError::Store(error));
+                Err(error) => self.health.judge(error).await,
+            };
+            if error.is_refusal() {
+                let info = format!("the database refused the callback: {}", error.detail());
+                let rejected = RejectedCallback {
+                    sdk_app_id: Some(sdk_app_id),
+                    callback_command: Some(command.as_str()),
+                    error_code: REFUSED_CODE,
+                    error_info: &info,
+                    query,
+                    body,
+                };
+                if let Err(e) = self.keep_exempt(&rejected).await {
+                    tracing::error!(error = %e, "could not keep a refused callback");
                 }
-                Err(error) if error.is_outage() => {
-                    tracing::warn!(error = ?error, "database unavailable; using the local journal");
-                    self.database_up.store(false, Ordering::Relaxed);
-                    // The drain task probes until the database is back.
-                    self.wake_drain.notify_one();
-                }
-                Err(error) => {
-                    // Slow or busy, but there: this one goes to the journal (it may also
-                    // commit late; the history's dedup key makes the drain a no-op then).
-                    tracing::debug!(error = ?error, "database slow; journaling this callback");
-                    self.metrics.store_slow.inc();
-                    self.last_slow_ms
-                        .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
-                }
+                return Err(IngestError::Store(error));
+            }
+            if error.is_outage() {
+                self.metrics.database_up.set(0);
+                // The drain task probes until the database is back.
+                self.wake_drain.notify_one();
+            } else {
+                // Up, but it did not take this one now (slow, busy, or a failure that may
+                // pass): the journal keeps it; the next callbacks still try PostgreSQL. A slow
+                // commit may land as well; the history's dedup key makes the drain a no-op then.
+                tracing::debug!(error = %crate::telemetry::error_chain(&error), "callback not stored now; journaling it");
+                self.metrics.store_slow.inc();
+                self.last_slow_ms
+                    .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
             }
         }
         // Built only here, off the common path. The body parsed, so it is UTF-8.
@@ -175,38 +206,103 @@ impl Ingest {
             .await
             .map_err(IngestError::Journal)?;
         self.metrics.journal_appended.inc();
-        self.metrics.journal_depth.set(self.journal.depth() as i64);
+        self.show_journal();
         self.wake_drain.notify_one();
         Ok(Accepted::Journaled)
     }
 
-    /// Drains the journal whenever PostgreSQL is reachable; runs until aborted. Idle (no timer,
-    /// no polling) while the journal is empty and the database up.
-    pub fn spawn_drain(&self) -> JoinHandle<()> {
+    /// Drains the journal while PostgreSQL is up, until `shutdown` turns true; a step under way
+    /// then finishes (its batch committed and removed, or left pending). Idle (no timer, no
+    /// polling) while nothing is pending or parked and the database is up.
+    pub fn spawn_drain(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         let ingest = self.clone();
         tokio::spawn(async move {
-            loop {
-                if ingest.database_up.load(Ordering::Relaxed) && ingest.journal.depth() == 0 {
-                    ingest.wake_drain.notified().await;
-                }
-                if let Err(error) = ingest.drain_once().await {
-                    tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");
-                    tokio::time::sleep(DRAIN_RETRY).await;
+            let mut drain = Drain::default();
+            while !*shutdown.borrow() {
+                let wait = match ingest.drain_step(&mut drain).await {
+                    Ok(Step::Worked) => continue,
+                    Ok(Step::Idle(wait)) => wait,
+                    Err(error) => {
+                        drain.cursor = None;
+                        tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");
+                        Some(DRAIN_RETRY)
+                    }
+                };
+                let woken = ingest.wake_drain.notified();
+                tokio::select! {
+                    _ = woken => {}
+                    _ = shutdown.changed() => {}
+                    _ = sleep_or_forever(wait) => {}
                 }
             }
         })
     }
 
-    async fn drain_once(&self) -> Result<(), DrainError> {
-        let up = self.database_up.load(Ordering::Relaxed);
-        if up && self.journal.depth() == 0 {
-            return Ok(());
+    /// One step: makes sure the database is there, then moves one batch (pending records and
+    /// parked ones that are due) into it.
+    async fn drain_step(&self, drain: &mut Drain) -> Result<Step, DrainError> {
+        if !self.health.is_up() || !self.schema_ready.load(Ordering::Relaxed) {
+            self.reach_database().await?;
         }
-        if let Err(error) = store::ping(&self.pool).await {
-            if error.is_outage() {
-                self.database_up.store(false, Ordering::Relaxed);
+        // Applied earlier, but the removal failed: remove before anything else is read.
+        if !drain.applied.is_empty() {
+            let keys: Vec<u64> = drain.applied.iter().copied().collect();
+            self.journal
+                .remove(keys)
+                .await
+                .map_err(DrainError::Journal)?;
+            drain.applied.clear();
+            self.show_journal();
+        }
+        if self.journal.depth() == 0 {
+            drain.cursor = None;
+            return Ok(Step::Idle(None));
+        }
+        // While live callbacks find PostgreSQL slow, the drain takes a small share of it.
+        let since_slow = Utc::now().timestamp_millis() - self.last_slow_ms.load(Ordering::Relaxed);
+        if since_slow < SLOW_BACKOFF.as_millis() as i64 {
+            tokio::time::sleep(SLOW_BACKOFF).await;
+        }
+        let mut entries = self
+            .journal
+            .pending_after(drain.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)
+            .await
+            .map_err(DrainError::Journal)?;
+        let now = Utc::now();
+        if self.journal.parked() > 0 && entries.len() < DRAIN_BATCH {
+            let due = self
+                .journal
+                .parked_entries(Some(now), DRAIN_BATCH - entries.len())
+                .await
+                .map_err(DrainError::Journal)?;
+            entries.extend(due);
+        }
+        if entries.is_empty() {
+            if drain.cursor.take().is_some() {
+                return Ok(Step::Worked); // read again from the oldest
             }
-            return Err(DrainError::Unreachable(error));
+            // Only parked records, none due yet.
+            let due = self
+                .journal
+                .next_parked_due()
+                .await
+                .map_err(DrainError::Journal)?;
+            let wait = due.map_or(PARK_BACKOFF_MAX, |at| {
+                (at - now).to_std().unwrap_or_default().min(PARK_BACKOFF_MAX)
+            });
+            return Ok(Step::Idle(Some(wait)));
+        }
+        if let Some(last) = entries.iter().filter(|e| e.parked.is_none()).map(|e| e.key).max() {
+            drain.cursor = Some(last);
+        }
+        self.move_batch(entries, drain).await?;
+        Ok(Step::Worked)
+    }
+
+    /// Waits for nothing: one probe of the server, then the migrations if they are pending.
+    async fn reach_database(&self) -> Result<(), DrainError> {
+        if let Err(error) = store::ping(&self.pool).await {
+            return Err(DrainError::Unreachable(self.health.judge(error).await));
         }
         if !self.schema_ready.load(Ordering::Relaxed) {
             if self.run_migrations {
@@ -218,45 +314,30 @@ impl Ingest {
             }
             self.schema_ready.store(true, Ordering::Relaxed);
         }
-        if !up {
-            tracing::info!(depth = self.journal.depth(), "database reachable again");
+        if self.health.set_up(true) {
+            tracing::info!(depth = self.journal.depth(), "database reachable again; callbacks go to it");
         }
-        // New callbacks go straight to the database again; order does not matter (docs/semantics.md#the-rule).
-        self.database_up.store(true, Ordering::Relaxed);
-        while self.journal.depth() > 0 {
-            // While live callbacks find PostgreSQL slow, the drain takes a small share of it:
-            // its batches lock rooms that live batches wait for.
-            let since_slow =
-                Utc::now().timestamp_millis() - self.last_slow_ms.load(Ordering::Relaxed);
-            if since_slow < SLOW_BACKOFF.as_millis() as i64 {
-                tokio::time::sleep(SLOW_BACKOFF).await;
-            }
-            self.drain_batch().await?;
-        }
+        self.show_journal();
         Ok(())
     }
 
-    /// Moves up to [`DRAIN_BATCH`] records into PostgreSQL in one transaction. When the
-    /// database refuses the batch, each record is tried on its own, and one it refuses for good
-    /// goes to `rejected_callbacks`: it must not hold back the others.
-    async fn drain_batch(&self) -> Result<(), DrainError> {
-        let pending = self
-            .journal
-            .peek(DRAIN_BATCH)
-            .await
-            .map_err(DrainError::Journal)?;
-        let mut parsed = Vec::with_capacity(pending.len());
-        let mut done = Vec::with_capacity(pending.len());
-        for (key, record) in &pending {
-            let query = CallbackQuery::parse(&record.query);
+    /// Writes one batch of records (with the one write path of live callbacks), then removes
+    /// what PostgreSQL committed and parks what it did not take.
+    async fn move_batch(&self, entries: Vec<Entry>, drain: &mut Drain) -> Result<(), DrainError> {
+        let mut done = Vec::new();
+        let mut parsed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let query = CallbackQuery::parse(&entry.record.query);
+            let record = &entry.record;
             match parse_stored(
                 record.sdk_app_id,
                 &query,
                 record.body.as_bytes(),
                 record.received_at,
             ) {
-                Ok(callback) => parsed.push((*key, record, callback)),
-                // It passed the same checks when it arrived (or an older version's checks).
+                Ok(callback) => parsed.push((entry, callback)),
+                // It passed the same checks when it arrived: only a record an older version
+                // took can fail here, and no database will ever take it.
                 Err(rejection) => {
                     tracing::error!(
                         info = rejection.info,
@@ -273,76 +354,55 @@ impl Ingest {
                     self.keep_exempt(&rejected)
                         .await
                         .map_err(DrainError::KeepRejected)?;
-                    done.push(*key);
+                    done.push(entry.key);
                 }
             }
         }
-        let all: Vec<&Callback> = parsed.iter().map(|(_, _, c)| c).collect();
-        let result = match store::write_batch(&self.pool, &all).await {
-            Ok(_) => {
-                done.extend(parsed.iter().map(|(key, _, _)| *key));
-                Ok(())
+        let callbacks: Vec<&Callback> = parsed.iter().map(|(_, c)| c).collect();
+        let results = write_by_room(&self.pool, &callbacks).await;
+        let mut parks = Vec::new();
+        let mut outage = None;
+        for ((entry, _), result) in parsed.iter().zip(results) {
+            match result {
+                Ok(_) => done.push(entry.key),
+                Err(error) => {
+                    let error = self.health.judge(error).await;
+                    if error.is_outage() {
+                        // Still pending: the next step starts again from the oldest.
+                        outage.get_or_insert(error);
+                    } else {
+                        parks.push((entry.key, error.detail()));
+                    }
+                }
             }
-            Err(error) if error.is_outage() => Err(DrainError::Store(error)),
-            Err(_) => self.drain_one_by_one(&parsed, &mut done).await,
-        };
-        // Removed only after the commit: a crash in between re-applies them, and the history's
-        // dedup key makes that a no-op.
-        if !done.is_empty() {
-            // Counted once committed, so an empty journal implies the count is complete.
-            self.metrics.journal_drained.inc_by(done.len() as u64);
+        }
+        if !parks.is_empty() {
+            tracing::warn!(records = parks.len(), error = %parks[0].1, "journal records not taken; parked, to be tried again");
+            self.metrics.journal_parked_total.inc_by(parks.len() as u64);
             self.journal
-                .remove(done)
+                .park(parks, Utc::now())
                 .await
                 .map_err(DrainError::Journal)?;
-            self.metrics.journal_depth.set(self.journal.depth() as i64);
         }
-        result
-    }
-
-    async fn drain_one_by_one(
-        &self,
-        parsed: &[(u64, &Record, Callback)],
-        done: &mut Vec<u64>,
-    ) -> Result<(), DrainError> {
-        for (key, record, callback) in parsed {
-            match store::write_batch(&self.pool, &[callback]).await {
-                Ok(_) => done.push(*key),
-                Err(error) if error.is_refusal() => {
-                    tracing::error!(error = ?error, "the database refused a journal record; keeping it in rejected_callbacks");
-                    let refused = Refused {
-                        sdk_app_id: record.sdk_app_id,
-                        command: Some(callback.command.as_str()),
-                        query: &record.query,
-                        body: record.body.as_bytes(),
-                        error: &error,
-                    };
-                    self.keep_refused(&refused)
-                        .await
-                        .map_err(DrainError::KeepRejected)?;
-                    done.push(*key);
-                }
-                // Transient: stop here and try again later.
-                Err(error) => return Err(DrainError::Store(error)),
-            }
+        // Counted once committed, so an empty journal implies the count is complete.
+        self.metrics.journal_drained.inc_by(done.len() as u64);
+        // Removed only after the commit. Should the removal fail, they are not written again
+        // by this process (`applied`); after a crash in between, the history's dedup key makes
+        // the second write a no-op.
+        if !done.is_empty()
+            && let Err(error) = self.journal.remove(done.clone()).await
+        {
+            drain.applied.extend(done);
+            return Err(DrainError::Journal(error));
         }
-        Ok(())
+        self.show_journal();
+        match outage {
+            Some(error) => Err(DrainError::Unreachable(error)),
+            None => Ok(()),
+        }
     }
 
-    async fn keep_refused(&self, refused: &Refused<'_>) -> Result<(), StoreError> {
-        let info = refusal_info(refused.error);
-        let rejected = RejectedCallback {
-            sdk_app_id: Some(refused.sdk_app_id),
-            callback_command: refused.command,
-            error_code: REFUSED_CODE,
-            error_info: &info,
-            query: refused.query,
-            body: refused.body,
-        };
-        self.keep_exempt(&rejected).await
-    }
-
-    /// Keeps a record whatever the budget: it was answered 200, or PostgreSQL refused it.
+    /// Keeps a record whatever the budget: PostgreSQL refused it, or it no longer parses.
     async fn keep_exempt(&self, rejected: &RejectedCallback<'_>) -> Result<(), StoreError> {
         self.rejected
             .keep(rejected, Budget::Exempt, &self.metrics)
@@ -351,30 +411,57 @@ impl Ingest {
     }
 }
 
-/// `rejected_callbacks.error_code` of a record PostgreSQL refused for good (the HTTP answer's
-/// code for it) and of a journal record that no longer parses.
+/// The drain task's memory between steps.
+#[derive(Default)]
+struct Drain {
+    /// The newest pending key handed to PostgreSQL: the next step reads after it. Reset after
+    /// a failure, so the oldest pending record is read again.
+    cursor: Option<u64>,
+    /// Committed in PostgreSQL, not yet removed from the journal.
+    applied: HashSet<u64>,
+}
+
+enum Step {
+    Worked,
+    /// Nothing to do for this long (`None`: until woken).
+    Idle(Option<Duration>),
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes callbacks in [`DRAIN_WRITERS`] concurrent transactions, split by room so that they
+/// never wait on each other's locks; results in the order given.
+async fn write_by_room(
+    pool: &PgPool,
+    callbacks: &[&Callback],
+) -> Vec<Result<Outcome, StoreError>> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); DRAIN_WRITERS];
+    for (i, callback) in callbacks.iter().enumerate() {
+        groups[store::room_group(callback, DRAIN_WRITERS)].push(i);
+    }
+    let writes = groups.iter().map(|group| {
+        let batch: Vec<&Callback> = group.iter().map(|&i| callbacks[i]).collect();
+        async move { write_isolating(pool, &batch).await }
+    });
+    let written = futures_util::future::join_all(writes).await;
+    let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];
+    for (group, group_results) in groups.iter().zip(written) {
+        for (&i, result) in group.iter().zip(group_results) {
+            results[i] = Some(result);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every callback is in one group"))
+        .collect()
+}
+
+/// `rejected_callbacks.error_code` of a callback whose data PostgreSQL refused (the HTTP
+/// answer's code for it) and of a journal record that no longer parses.
 const REFUSED_CODE: i32 = 50304;
 const UNPARSABLE_CODE: i32 = 50307;
-
-/// A callback PostgreSQL will not take, with what it said.
-struct Refused<'a> {
-    sdk_app_id: i64,
-    command: Option<&'a str>,
-    query: &'a str,
-    body: &'a [u8],
-    error: &'a StoreError,
-}
-
-/// What PostgreSQL said (SQLSTATE and message: no secrets, no data beyond the record's own).
-fn refusal_info(error: &StoreError) -> String {
-    let detail = match error {
-        StoreError::Refused(e) => match e.as_ref() {
-            sqlx::Error::Database(db) => {
-                format!("{} ({})", db.message(), db.code().unwrap_or_default())
-            }
-            other => other.to_string(),
-        },
-        other => other.to_string(),
-    };
-    format!("the database refused the callback: {detail}")
-}

@@ -1,30 +1,53 @@
-//! The local durable journal (docs/durability.md#the-local-journal): where callbacks go, fsync'd, when PostgreSQL cannot
-//! take them, until the drain task moves them there.
+//! The local durable journal (docs/durability.md#the-local-journal): where callbacks go, fsync'd,
+//! when PostgreSQL cannot take them, until the drain task moves them there.
 //!
 //! Storage is [redb](https://docs.rs/redb): an embedded, crash-safe key-value store whose
-//! commits are durable on return (`Durability::Immediate`, fsync). One table maps an increasing
-//! sequence number to one record; the record is the request as received (app id, query string,
-//! body, arrival time), so draining re-parses it with the same code as the HTTP path.
+//! commits are durable on return (`Durability::Immediate`, fsync). The journal is a queue of
+//! records, each in one of two states (docs/durability.md#records-and-their-state):
+//!
+//! - **pending** (table `pending_callbacks`): waiting for the drain, oldest first;
+//! - **parked** (table `parked_callbacks`): PostgreSQL did not take it when it was tried alone;
+//!   kept with its error, attempt count and next attempt time, and tried again with backoff for
+//!   as long as it takes.
+//!
+//! A record is the request as received (app id, query string, body, arrival time), so draining
+//! re-parses it with the same code as the HTTP path. Keys increase for the life of the process.
+//!
+//! After an I/O error (a full disk) redb refuses every further operation until the file is
+//! opened again: the journal notices, reopens it at the next operation, and counts again.
 
 use std::{
+    ops::Bound,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use tokio::sync::oneshot::{self, Sender};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
+const PARKED: TableDefinition<u64, &[u8]> = TableDefinition::new("parked_callbacks");
 
 /// redb's page cache.
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
 
 /// Record layout version, first byte of every record.
 const RECORD_V1: u8 = 1;
+/// Parked-record layout version, first byte of every value of `parked_callbacks`.
+const PARKED_V1: u8 = 1;
+
+/// A parked record waits 1 s after its first failure, then twice as long after each next one,
+/// up to this: a condition that passes (a full NOTIFY queue, a trigger lifted) is noticed within
+/// a minute, and a record that keeps failing costs one small transaction a minute.
+pub const PARK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -87,6 +110,78 @@ impl Record {
     }
 }
 
+/// Why a record waits, and when it is tried next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parked {
+    /// Failed attempts so far (1 after the first).
+    pub attempts: u32,
+    pub first_failed_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    /// What PostgreSQL said the last time (SQLSTATE and message).
+    pub error: String,
+}
+
+impl Parked {
+    /// The state after a failure at `now`, given the previous one.
+    fn after_failure(previous: Option<&Parked>, error: String, now: DateTime<Utc>) -> Self {
+        let attempts = previous.map_or(1, |p| p.attempts.saturating_add(1));
+        let wait = Duration::from_secs(1u64 << (attempts - 1).min(16)).min(PARK_BACKOFF_MAX);
+        Self {
+            attempts,
+            first_failed_at: previous.map_or(now, |p| p.first_failed_at),
+            next_attempt_at: now + wait,
+            error,
+        }
+    }
+
+    fn encode(&self, record: &[u8]) -> Vec<u8> {
+        let error = self.error.as_bytes();
+        let mut out = Vec::with_capacity(1 + 4 + 8 + 8 + 4 + error.len() + record.len());
+        out.push(PARKED_V1);
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        out.extend_from_slice(&self.first_failed_at.timestamp_micros().to_le_bytes());
+        out.extend_from_slice(&self.next_attempt_at.timestamp_micros().to_le_bytes());
+        out.extend_from_slice(&(error.len() as u32).to_le_bytes());
+        out.extend_from_slice(error);
+        out.extend_from_slice(record);
+        out
+    }
+
+    /// The state and the encoded record it holds.
+    fn decode(bytes: &[u8]) -> Result<(Self, &[u8]), JournalError> {
+        let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or(JournalError::Damaged);
+        if take(0, 1)? != [PARKED_V1] {
+            return Err(JournalError::Damaged);
+        }
+        let u32_at = |at| take(at, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+        let time_at = |at| {
+            take(at, 8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .and_then(|us| DateTime::from_timestamp_micros(us).ok_or(JournalError::Damaged))
+        };
+        let error_len = u32_at(21)? as usize;
+        let error = String::from_utf8(take(25, error_len)?.to_vec())
+            .map_err(|_| JournalError::Damaged)?;
+        let record = bytes.get(25 + error_len..).ok_or(JournalError::Damaged)?;
+        let parked = Self {
+            attempts: u32_at(1)?,
+            first_failed_at: time_at(5)?,
+            next_attempt_at: time_at(13)?,
+            error,
+        };
+        Ok((parked, record))
+    }
+}
+
+/// One record as the drain or an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: u64,
+    pub record: Record,
+    /// `None` while pending.
+    pub parked: Option<Parked>,
+}
+
 /// The journal; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
@@ -94,11 +189,20 @@ pub struct Journal {
 }
 
 struct Inner {
-    db: Database,
+    path: PathBuf,
+    /// `None` only while it is being reopened, or after a reopen failed.
+    db: RwLock<Option<Database>>,
+    /// An operation failed in storage: reopen before the next one (redb refuses everything
+    /// after an I/O error until then).
+    broken: AtomicBool,
     max_bytes: u64,
-    /// Bytes and records pending; the bound applies to bytes.
+    /// Bytes and records held (pending and parked); the bound applies to bytes.
     bytes: AtomicU64,
     depth: AtomicU64,
+    parked: AtomicU64,
+    /// The next key to give: above every key ever given in this process, so a reader that
+    /// walks forward from a key never misses a later append.
+    next_key: AtomicU64,
     /// Appends waiting for the next commit (group commit: one fsync for all of them).
     queue: Mutex<Queue>,
 }
@@ -118,45 +222,81 @@ struct Append {
     done: oneshot::Sender<Result<(), JournalError>>,
 }
 
+/// What a file holds, counted when it is opened.
+struct Counts {
+    bytes: u64,
+    depth: u64,
+    parked: u64,
+    next_key: u64,
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    // The journal is written once and read once per record: a large page cache only costs
+    // memory during a long outage. One writer process; `roomsync journal list` may read beside
+    // it.
+    builder
+        .set_cache_size(JOURNAL_CACHE_BYTES)
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
+}
+
+/// Opens (or creates) the file with both tables, and counts what it holds.
+fn open_file(path: &Path) -> Result<(Database, Counts), JournalError> {
+    let open_error = |source: Box<dyn std::error::Error + Send + Sync>| JournalError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
+    }
+    let db = builder()
+        .create(path)
+        .map_err(|e| open_error(Box::new(e)))?;
+    let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
+    tx.open_table(PENDING)
+        .map_err(|e| open_error(Box::new(e)))?;
+    tx.open_table(PARKED).map_err(|e| open_error(Box::new(e)))?;
+    tx.commit().map_err(|e| open_error(Box::new(e)))?;
+    let counts = count(&db).map_err(|e| open_error(Box::new(e)))?;
+    Ok((db, counts))
+}
+
+fn count(db: &Database) -> Result<Counts, JournalError> {
+    let read = db.begin_read().map_err(storage)?;
+    let mut counts = Counts {
+        bytes: 0,
+        depth: 0,
+        parked: 0,
+        next_key: 0,
+    };
+    for (definition, parked) in [(PENDING, false), (PARKED, true)] {
+        let table = read.open_table(definition).map_err(storage)?;
+        for entry in table.iter().map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            counts.bytes += value.value().len() as u64;
+            counts.depth += 1;
+            counts.parked += u64::from(parked);
+            counts.next_key = counts.next_key.max(key.value() + 1);
+        }
+    }
+    Ok(counts)
+}
+
 impl Journal {
     /// Opens (or creates) the journal file; counts what a previous run left in it.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Self, JournalError> {
-        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| JournalError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_error(Box::new(e)))?;
-        }
-        // The journal is written once and read once per record: a large page cache only
-        // costs memory during a long outage.
-        let db = Database::builder()
-            .set_cache_size(JOURNAL_CACHE_BYTES)
-            .create(path)
-            .map_err(|e| open_error(Box::new(e)))?;
-        // Make sure the table exists, then measure it.
-        let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
-        tx.open_table(PENDING)
-            .map_err(|e| open_error(Box::new(e)))?;
-        tx.commit().map_err(|e| open_error(Box::new(e)))?;
-        let (mut bytes, mut depth) = (0, 0);
-        {
-            let read = db.begin_read().map_err(|e| open_error(Box::new(e)))?;
-            let table = read
-                .open_table(PENDING)
-                .map_err(|e| open_error(Box::new(e)))?;
-            for entry in table.iter().map_err(|e| open_error(Box::new(e)))? {
-                let (_, value) = entry.map_err(|e| open_error(Box::new(e)))?;
-                bytes += value.value().len() as u64;
-                depth += 1;
-            }
-        }
+        let (db, counts) = open_file(path)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
+                path: path.to_owned(),
+                db: RwLock::new(Some(db)),
+                broken: AtomicBool::new(false),
                 max_bytes,
-                bytes: AtomicU64::new(bytes),
-                depth: AtomicU64::new(depth),
+                bytes: AtomicU64::new(counts.bytes),
+                depth: AtomicU64::new(counts.depth),
+                parked: AtomicU64::new(counts.parked),
+                next_key: AtomicU64::new(counts.next_key),
                 queue: Mutex::default(),
             }),
         })
@@ -164,20 +304,25 @@ impl Journal {
 
     /// Waits (bounded) until this is the last handle, so the file is closed when it is dropped:
     /// request handlers on other threads may still be letting go of theirs after a stop.
-    pub async fn wait_until_sole_owner(&self, limit: std::time::Duration) -> bool {
+    pub async fn wait_until_sole_owner(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         while Arc::strong_count(&self.inner) > 1 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         true
     }
 
-    /// Records pending.
+    /// Records held, pending and parked.
     pub fn depth(&self) -> u64 {
         self.inner.depth.load(Ordering::Relaxed)
+    }
+
+    /// Records parked.
+    pub fn parked(&self) -> u64 {
+        self.inner.parked.load(Ordering::Relaxed)
     }
 
     /// Appends records; returns once they are on disk. Appends that arrive while a commit is
@@ -201,49 +346,219 @@ impl Journal {
         committed.await.map_err(storage)?
     }
 
-    /// Up to `limit` records, oldest first.
-    pub async fn peek(&self, limit: usize) -> Result<Vec<(u64, Record)>, JournalError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let read = inner.db.begin_read().map_err(storage)?;
-            let table = read.open_table(PENDING).map_err(storage)?;
-            let mut out = Vec::new();
-            for entry in table.iter().map_err(storage)?.take(limit) {
-                let (key, value) = entry.map_err(storage)?;
-                out.push((key.value(), Record::decode(value.value())?));
-            }
-            Ok(out)
+    /// Pending records with keys above `after` (all when `None`), oldest first: up to `limit`
+    /// records, and no more once `max_bytes` are read (at least one).
+    pub async fn pending_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, JournalError> {
+        self.blocking(move |inner| {
+            inner.with_db(|db| {
+                let read = db.begin_read().map_err(storage)?;
+                let table = read.open_table(PENDING).map_err(storage)?;
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let (mut out, mut bytes) = (Vec::new(), 0);
+                for entry in table
+                    .range::<u64>((from, Bound::Unbounded))
+                    .map_err(storage)?
+                    .take(limit)
+                {
+                    if bytes >= max_bytes {
+                        break;
+                    }
+                    let (key, value) = entry.map_err(storage)?;
+                    bytes += value.value().len();
+                    out.push(Entry {
+                        key: key.value(),
+                        record: Record::decode(value.value())?,
+                        parked: None,
+                    });
+                }
+                Ok(out)
+            })
         })
         .await
-        .map_err(storage)?
     }
 
-    /// Removes drained records (after their commit in PostgreSQL).
+    /// Parked records: those due at `now` (up to `limit`), or all of them with `now = None`.
+    pub async fn parked_entries(
+        &self,
+        now: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, JournalError> {
+        self.blocking(move |inner| inner.with_db(|db| parked_entries(db, now, limit)))
+            .await
+    }
+
+    /// When the earliest parked record is due; `None` when nothing is parked.
+    pub async fn next_parked_due(&self) -> Result<Option<DateTime<Utc>>, JournalError> {
+        if self.parked() == 0 {
+            return Ok(None);
+        }
+        let all = self.parked_entries(None, usize::MAX).await?;
+        Ok(all
+            .iter()
+            .filter_map(|e| e.parked.as_ref().map(|p| p.next_attempt_at))
+            .min())
+    }
+
+    /// Removes records (pending or parked) once PostgreSQL has committed them.
     pub async fn remove(&self, keys: Vec<u64>) -> Result<(), JournalError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let tx = inner.db.begin_write().map_err(storage)?;
-            let (mut bytes, mut depth) = (0, 0);
-            {
-                let mut table = tx.open_table(PENDING).map_err(storage)?;
-                for key in keys {
-                    if let Some(value) = table.remove(key).map_err(storage)? {
-                        bytes += value.value().len() as u64;
-                        depth += 1;
+        self.blocking(move |inner| {
+            inner.with_db(|db| {
+                let tx = db.begin_write().map_err(storage)?;
+                let (mut bytes, mut depth, mut parked) = (0, 0, 0);
+                {
+                    let mut pending = tx.open_table(PENDING).map_err(storage)?;
+                    let mut parked_table = tx.open_table(PARKED).map_err(storage)?;
+                    for key in keys {
+                        if let Some(value) = pending.remove(key).map_err(storage)? {
+                            bytes += value.value().len() as u64;
+                            depth += 1;
+                        } else if let Some(value) = parked_table.remove(key).map_err(storage)? {
+                            bytes += value.value().len() as u64;
+                            depth += 1;
+                            parked += 1;
+                        }
                     }
                 }
-            }
-            tx.commit().map_err(storage)?;
-            inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            inner.depth.fetch_sub(depth, Ordering::Relaxed);
-            Ok(())
+                tx.commit().map_err(storage)?;
+                inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
+                inner.depth.fetch_sub(depth, Ordering::Relaxed);
+                inner.parked.fetch_sub(parked, Ordering::Relaxed);
+                Ok(())
+            })
         })
         .await
-        .map_err(storage)?
+    }
+
+    /// Parks records that PostgreSQL did not take when tried alone (a pending one moves to the
+    /// parked table; a parked one counts one more attempt), each with what PostgreSQL said.
+    pub async fn park(
+        &self,
+        failures: Vec<(u64, String)>,
+        now: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        self.blocking(move |inner| {
+            inner.with_db(|db| {
+                let tx = db.begin_write().map_err(storage)?;
+                let (mut added, mut removed, mut moved) = (0u64, 0u64, 0u64);
+                {
+                    let mut pending = tx.open_table(PENDING).map_err(storage)?;
+                    let mut parked = tx.open_table(PARKED).map_err(storage)?;
+                    for (key, error) in failures {
+                        let (old, value) = if let Some(value) =
+                            pending.remove(key).map_err(storage)?
+                        {
+                            moved += 1;
+                            let record = value.value().to_vec();
+                            let state = Parked::after_failure(None, error, now);
+                            (record.len(), state.encode(&record))
+                        } else if let Some(value) = parked.get(key).map_err(storage)? {
+                            let bytes = value.value();
+                            let (previous, record) = Parked::decode(bytes)?;
+                            let state = Parked::after_failure(Some(&previous), error, now);
+                            (bytes.len(), state.encode(record))
+                        } else {
+                            continue;
+                        };
+                        parked.insert(key, value.as_slice()).map_err(storage)?;
+                        added += value.len() as u64;
+                        removed += old as u64;
+                    }
+                }
+                tx.commit().map_err(storage)?;
+                inner.bytes.fetch_add(added, Ordering::Relaxed);
+                inner.bytes.fetch_sub(removed, Ordering::Relaxed);
+                inner.parked.fetch_add(moved, Ordering::Relaxed);
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(storage)?
     }
 }
 
+fn parked_entries(
+    db: &impl ReadableDatabase,
+    now: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Result<Vec<Entry>, JournalError> {
+    let read = db.begin_read().map_err(storage)?;
+    let table = read.open_table(PARKED).map_err(storage)?;
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(storage)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry.map_err(storage)?;
+        let (parked, record) = Parked::decode(value.value())?;
+        if now.is_some_and(|now| parked.next_attempt_at > now) {
+            continue;
+        }
+        out.push(Entry {
+            key: key.value(),
+            record: Record::decode(record)?,
+            parked: Some(parked),
+        });
+    }
+    Ok(out)
+}
+
 impl Inner {
+    /// Runs `f` on the open file; reopens it first if an earlier operation broke it. A storage
+    /// failure in `f` marks it broken.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().expect("journal lock");
+        let db = guard
+            .as_ref()
+            .ok_or_else(|| JournalError::Storage("the journal file is not open".into()))?;
+        let result = f(db);
+        if matches!(result, Err(JournalError::Storage(_))) {
+            self.broken.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Closes and opens the file again (redb repairs it if needed), and counts what it holds:
+    /// a commit that failed may or may not have reached the disk.
+    fn reopen(&self) -> Result<(), JournalError> {
+        let mut guard = self.db.write().expect("journal lock");
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(()); // another thread did it meanwhile
+        }
+        if let Some(old) = guard.take() {
+            // It failed already; what matters is that the file and its lock are let go.
+            let _ = old.close();
+        }
+        let (db, counts) = open_file(&self.path)?;
+        self.bytes.store(counts.bytes, Ordering::Relaxed);
+        self.depth.store(counts.depth, Ordering::Relaxed);
+        self.parked.store(counts.parked, Ordering::Relaxed);
+        self.next_key.fetch_max(counts.next_key, Ordering::Relaxed);
+        *guard = Some(db);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), depth = counts.depth, "journal reopened after a storage error");
+        Ok(())
+    }
+
     /// Commits what is waiting, again and again, until nothing is; then stops. The last
     /// answers go out after this task has let go of the journal, so a caller that drops the
     /// last handle on its answer closes the file.
@@ -293,7 +608,7 @@ impl Inner {
         if taken.is_empty() {
             return answers;
         }
-        let result = self.write(&taken);
+        let result = self.with_db(|db| self.write(db, &taken));
         for (append, _) in taken {
             let answer = result.as_ref().map(|_| ()).map_err(JournalError::again);
             answers.push((append.done, answer));
@@ -302,15 +617,12 @@ impl Inner {
     }
 
     /// One write transaction, one durable commit.
-    fn write(&self, appends: &[(Append, u64)]) -> Result<(), JournalError> {
-        let tx = self.db.begin_write().map_err(storage)?;
+    fn write(&self, db: &Database, appends: &[(Append, u64)]) -> Result<(), JournalError> {
+        let tx = db.begin_write().map_err(storage)?;
+        let first = self.next_key.load(Ordering::Relaxed);
         let mut records = 0;
         {
             let mut table = tx.open_table(PENDING).map_err(storage)?;
-            let first = table
-                .last()
-                .map_err(storage)?
-                .map_or(0, |(k, _)| k.value() + 1);
             let encoded = appends.iter().flat_map(|(a, _)| &a.encoded);
             for (key, record) in (first..).zip(encoded) {
                 table.insert(key, record.as_slice()).map_err(storage)?;
@@ -318,6 +630,8 @@ impl Inner {
             }
         }
         tx.commit().map_err(storage)?;
+        // Only after the commit: a failed one is counted again by the reopen.
+        self.next_key.fetch_add(records, Ordering::Relaxed);
         let size: u64 = appends.iter().map(|(_, size)| size).sum();
         self.bytes.fetch_add(size, Ordering::Relaxed);
         self.depth.fetch_add(records, Ordering::Relaxed);
@@ -336,6 +650,94 @@ impl JournalError {
     }
 }
 
+/// The operator's view of a journal file (`roomsync journal`): reading works beside the running
+/// service; retrying now needs the file to itself.
+pub mod operator {
+    use super::*;
+
+    fn read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, JournalError> {
+        builder()
+            .open_read_only(path)
+            .map_err(|e| JournalError::Open {
+                path: path.to_owned(),
+                source: Box::new(e),
+            })
+    }
+
+    /// Every parked record, oldest first, and how many records are pending.
+    pub fn list(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
+        let db = read_only(path)?;
+        let parked = parked_entries(&db, None, usize::MAX)?;
+        let read = db.begin_read().map_err(storage)?;
+        let pending = read.open_table(PENDING).map_err(storage)?.len().map_err(storage)?;
+        Ok((parked, pending))
+    }
+
+    /// One record, pending or parked.
+    pub fn get(path: &Path, key: u64) -> Result<Option<Entry>, JournalError> {
+        let db = read_only(path)?;
+        let read = db.begin_read().map_err(storage)?;
+        if let Some(value) = read
+            .open_table(PENDING)
+            .map_err(storage)?
+            .get(key)
+            .map_err(storage)?
+        {
+            let record = Record::decode(value.value())?;
+            return Ok(Some(Entry {
+                key,
+                record,
+                parked: None,
+            }));
+        }
+        let table = read.open_table(PARKED).map_err(storage)?;
+        let Some(value) = table.get(key).map_err(storage)? else {
+            return Ok(None);
+        };
+        let (parked, record) = Parked::decode(value.value())?;
+        Ok(Some(Entry {
+            key,
+            record: Record::decode(record)?,
+            parked: Some(parked),
+        }))
+    }
+
+    /// Makes parked records due now (`keys`, or all with `None`); returns how many. The service
+    /// tries them at its next start (or, running, within [`PARK_BACKOFF_MAX`] anyway).
+    pub fn retry_now(path: &Path, keys: Option<&[u64]>) -> Result<usize, JournalError> {
+        let (db, _) = open_file(path)?;
+        let tx = db.begin_write().map_err(storage)?;
+        let mut changed = 0;
+        {
+            let mut table = tx.open_table(PARKED).map_err(storage)?;
+            let wanted: Vec<u64> = match keys {
+                Some(keys) => keys.to_vec(),
+                None => {
+                    let mut all = Vec::new();
+                    for entry in table.iter().map_err(storage)? {
+                        all.push(entry.map_err(storage)?.0.value());
+                    }
+                    all
+                }
+            };
+            for key in wanted {
+                let Some(value) = table.get(key).map_err(storage)?.map(|v| v.value().to_vec())
+                else {
+                    continue;
+                };
+                let (mut parked, record) = Parked::decode(&value)?;
+                parked.next_attempt_at = DateTime::UNIX_EPOCH;
+                table
+                    .insert(key, parked.encode(record).as_slice())
+                    .map_err(storage)?;
+                changed += 1;
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(changed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,12 +751,37 @@ mod tests {
         }
     }
 
+    fn keys(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.key).collect()
+    }
+
     #[test]
     fn records_round_trip() {
         let r = record(7);
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
         assert!(Record::decode(&[9, 9]).is_err());
         assert!(Record::decode(&r.encode()[..10]).is_err());
+    }
+
+    #[test]
+    fn parked_state_round_trips_and_backs_off_to_its_cap() {
+        let now = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let first = Parked::after_failure(None, "P0001: no".into(), now);
+        assert_eq!(first.attempts, 1);
+        assert_eq!(first.next_attempt_at - now, chrono::Duration::seconds(1));
+        let second = Parked::after_failure(Some(&first), "again".into(), now);
+        assert_eq!((second.attempts, second.first_failed_at), (2, now));
+        assert_eq!(second.next_attempt_at - now, chrono::Duration::seconds(2));
+        let mut late = second.clone();
+        for _ in 0..40 {
+            late = Parked::after_failure(Some(&late), "still".into(), now);
+        }
+        assert_eq!(late.next_attempt_at - now, chrono::Duration::seconds(60));
+        let encoded = late.encode(&record(3).encode());
+        let (decoded, inner) = Parked::decode(&encoded).unwrap();
+        assert_eq!(decoded, late);
+        assert_eq!(Record::decode(inner).unwrap(), record(3));
+        assert!(Parked::decode(&encoded[..20]).is_err());
     }
 
     #[tokio::test]
@@ -369,17 +796,105 @@ mod tests {
         }
         let journal = Journal::open(&path, 1 << 20).unwrap();
         assert_eq!(journal.depth(), 3, "counted again after reopening");
-        let pending = journal.peek(2).await.unwrap();
+        let pending = journal.pending_after(None, 2, usize::MAX).await.unwrap();
         assert_eq!(
-            pending.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            pending.iter().map(|e| e.record.clone()).collect::<Vec<_>>(),
             vec![record(1), record(2)]
         );
+        journal.remove(keys(&pending)).await.unwrap();
+        assert_eq!(journal.depth(), 1);
+        assert_eq!(
+            journal.pending_after(None, 10, usize::MAX).await.unwrap()[0].record,
+            record(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_keep_growing_after_the_journal_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("j.redb"), 1 << 20).unwrap();
+        journal.append(vec![record(1)]).await.unwrap();
+        let first = journal.pending_after(None, 10, usize::MAX).await.unwrap();
+        journal.remove(keys(&first)).await.unwrap();
+        journal.append(vec![record(2)]).await.unwrap();
+        // A reader that walked past the first key still finds the second record.
+        let next = journal.pending_after(Some(first[0].key), 10, usize::MAX).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].record, record(2));
+    }
+
+    #[tokio::test]
+    async fn parked_records_leave_the_pending_queue_and_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let journal = Journal::open(&path, 1 << 20).unwrap();
         journal
-            .remove(pending.iter().map(|(k, _)| *k).collect())
+            .append(vec![record(1), record(2), record(3)])
             .await
             .unwrap();
-        assert_eq!(journal.depth(), 1);
-        assert_eq!(journal.peek(10).await.unwrap()[0].1, record(3));
+        let all = journal.pending_after(None, 10, usize::MAX).await.unwrap();
+        let now = Utc::now();
+        journal
+            .park(vec![(all[1].key, "P0001: not now".into())], now)
+            .await
+            .unwrap();
+        assert_eq!((journal.depth(), journal.parked()), (3, 1));
+        assert_eq!(
+            keys(&journal.pending_after(None, 10, usize::MAX).await.unwrap()),
+            vec![all[0].key, all[2].key]
+        );
+        assert!(journal.parked_entries(Some(now), 10).await.unwrap().is_empty());
+        let later = now + chrono::Duration::seconds(2);
+        let due = journal.parked_entries(Some(later), 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].record, record(2));
+        assert_eq!(due[0].parked.as_ref().unwrap().error, "P0001: not now");
+        // A second failure counts one more attempt.
+        journal
+            .park(vec![(all[1].key, "P0001: still".into())], later)
+            .await
+            .unwrap();
+        let again = journal.parked_entries(None, 10).await.unwrap();
+        assert_eq!(again[0].parked.as_ref().unwrap().attempts, 2);
+        assert_eq!(journal.next_parked_due().await.unwrap(), Some(later + chrono::Duration::seconds(2)));
+        // Counted the same after a reopen.
+        let bytes = journal.inner.bytes.load(Ordering::Relaxed);
+        drop(journal);
+        let journal = Journal::open(&path, 1 << 20).unwrap();
+        assert_eq!((journal.depth(), journal.parked()), (3, 1));
+        assert_eq!(journal.inner.bytes.load(Ordering::Relaxed), bytes);
+        journal.remove(vec![all[1].key]).await.unwrap();
+        assert_eq!((journal.depth(), journal.parked()), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn the_operator_reads_beside_the_service_and_retries_once_it_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let journal = Journal::open(&path, 1 << 20).unwrap();
+        journal.append(vec![record(1), record(2)]).await.unwrap();
+        let all = journal.pending_after(None, 10, usize::MAX).await.unwrap();
+        journal
+            .park(vec![(all[0].key, "42501: permission denied".into())], Utc::now())
+            .await
+            .unwrap();
+        let (parked, pending) = operator::list(&path).unwrap();
+        assert_eq!((keys(&parked), pending), (vec![all[0].key], 1));
+        let one = operator::get(&path, all[0].key).unwrap().unwrap();
+        assert_eq!(one.record, record(1));
+        assert!(operator::get(&path, 999).unwrap().is_none());
+        assert!(
+            operator::retry_now(&path, None).is_err(),
+            "the running service has the file"
+        );
+        drop(journal);
+        assert_eq!(operator::retry_now(&path, None).unwrap(), 1);
+        let journal = Journal::open(&path, 1 << 20).unwrap();
+        assert_eq!(
+            journal.parked_entries(Some(Utc::now()), 10).await.unwrap().len(),
+            1,
+            "due now"
+        );
     }
 
     #[tokio::test]
@@ -394,7 +909,7 @@ mod tests {
             Err(JournalError::Full { .. })
         ));
         assert_eq!(journal.depth(), 2);
-        assert_eq!(journal.peek(10).await.unwrap().len(), 2);
+        assert_eq!(journal.pending_after(None, 10, usize::MAX).await.unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,9 +934,9 @@ mod tests {
         }
         assert_eq!((ok, full), (150, 50), "exactly up to the bound");
         assert_eq!(journal.depth(), 150);
-        let kept = journal.peek(1000).await.unwrap();
+        let kept = journal.pending_after(None, 1000, usize::MAX).await.unwrap();
         assert_eq!(kept.len(), 150);
-        let mut keys: Vec<u64> = kept.iter().map(|(k, _)| *k).collect();
+        let mut keys = keys(&kept);
         keys.dedup();
         assert_eq!(keys.len(), 150, "every record has its own key");
     }

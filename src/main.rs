@@ -29,6 +29,12 @@ enum Command {
     /// Compare live rooms with Tencent's REST API now, print what differs, and store the
     /// corrections (drift repair; needs TENCENT_SECRET_KEY). Exit 0 when every room asked for
     /// could be checked.
+    /// Inspect the local journal (JOURNAL_PATH): list parked records, export one, or make
+    /// parked records due now. Listing and exporting work while the service runs.
+    Journal {
+        #[command(subcommand)]
+        action: JournalAction,
+    },
     Reconcile {
         /// Only this app (default: every app with a key).
         #[arg(long)]
@@ -40,6 +46,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum JournalAction {
+    /// Print every parked record (key, attempts, next attempt, error) and the pending count.
+    List,
+    /// Print one record (pending or parked) as JSON: the request as received.
+    Export { key: u64 },
+    /// Make parked records due now (all, or the keys given); the service must be stopped.
+    Retry { keys: Vec<u64> },
 }
 
 #[tokio::main]
@@ -65,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate(&config).await,
         Command::Healthcheck => healthcheck::probe(config.listen_addr).await,
         Command::Rebuild => rebuild(&config).await,
+        Command::Journal { action } => journal(&config, action),
         Command::Reconcile { app, room, dry_run } => {
             reconcile(config, app, room.as_deref(), dry_run).await
         }
@@ -190,6 +207,65 @@ async fn reconcile(
     pool.close().await;
     if failed > 0 {
         return Err(format!("{failed} of {} rooms could not be checked", rooms.len()).into());
+    }
+    Ok(())
+}
+
+fn journal(config: &Config, action: JournalAction) -> Result<(), Box<dyn std::error::Error>> {
+    use roomsync::journal::operator;
+    let path = &config.journal_path;
+    if !path.exists() {
+        return Err(format!("no journal at {}", path.display()).into());
+    }
+    match action {
+        JournalAction::List => {
+            let (parked, pending) = operator::list(path).map_err(chain)?;
+            for entry in &parked {
+                let state = entry.parked.as_ref().expect("parked entries have a state");
+                println!(
+                    "{}\tapp {}\treceived {}\tattempts {}\tnext {}\t{}",
+                    entry.key,
+                    entry.record.sdk_app_id,
+                    entry.record.received_at.to_rfc3339(),
+                    state.attempts,
+                    state.next_attempt_at.to_rfc3339(),
+                    state.error
+                );
+            }
+            println!("{} parked, {pending} pending", parked.len());
+        }
+        JournalAction::Export { key } => {
+            let entry = operator::get(path, key)
+                .map_err(chain)?
+                .ok_or_else(|| format!("no record {key} in the journal"))?;
+            let parked = entry.parked.map(|p| {
+                serde_json::json!({
+                    "attempts": p.attempts,
+                    "first_failed_at": p.first_failed_at.to_rfc3339(),
+                    "next_attempt_at": p.next_attempt_at.to_rfc3339(),
+                    "error": p.error,
+                })
+            });
+            let record = serde_json::json!({
+                "key": entry.key,
+                "sdk_app_id": entry.record.sdk_app_id,
+                "received_at": entry.record.received_at.to_rfc3339(),
+                "query": entry.record.query,
+                "body": entry.record.body,
+                "parked": parked,
+            });
+            println!("{record}");
+        }
+        JournalAction::Retry { keys } => {
+            let keys = (!keys.is_empty()).then_some(keys.as_slice());
+            let changed = operator::retry_now(path, keys).map_err(|e| {
+                format!(
+                    "{} (is the service running? It retries parked records by itself, at least once a minute)",
+                    telemetry::error_chain(&e)
+                )
+            })?;
+            println!("{changed} parked records due now; the service tries them at its next start");
+        }
     }
     Ok(())
 }

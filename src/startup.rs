@@ -5,7 +5,10 @@ use std::{net::TcpListener, sync::Arc, time::Duration};
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use sqlx::{PgPool, postgres::PgConnectOptions};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::{
+    sync::watch,
+    task::{JoinHandle, JoinSet},
+};
 use tracing_actix_web::TracingLogger;
 
 use crate::{
@@ -45,6 +48,7 @@ pub struct Application {
     server: Server,
     pool: PgPool,
     writer_tasks: JoinSet<()>,
+    shutdown: watch::Sender<bool>,
     drain: JoinHandle<()>,
     retention: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
@@ -94,28 +98,34 @@ impl Application {
             tasks: (config.database_max_connections as usize).clamp(1, 4),
             timeout: config.commit_timeout,
         };
-        let (writer, writer_tasks) = Writer::spawn(pool.clone(), options, metrics.clone());
+        let health = store::Health::new(&pool, schema_ready);
+        let (writer, writer_tasks) =
+            Writer::spawn(pool.clone(), options, health.clone(), metrics.clone());
         let ingest = Ingest::new(
             writer,
             journal.clone(),
             pool.clone(),
+            health,
             schema_ready,
             config.run_migrations,
             store::RejectedStore::new(pool.clone(), config.rejected),
             metrics.clone(),
         );
-        let drain = ingest.spawn_drain();
+        // Background tasks stop at a safe point when this turns true (not by abort).
+        let (shutdown, stopping) = watch::channel(false);
+        let drain = ingest.spawn_drain(stopping.clone());
         let retention = store::retention::spawn(
             pool.clone(),
             config.event_retention_days,
             config.rejected.retention_days,
+            stopping.clone(),
         );
         let reconciler = match &config.drift_repair {
             Some(drift) if !drift.interval.is_zero() => {
                 let client = TencentClient::new(drift).map_err(StartupError::Tencent)?;
                 let reconciler =
                     Reconciler::new(pool.clone(), client, drift.clone(), metrics.clone());
-                Some(reconciler.spawn())
+                Some(reconciler.spawn(stopping))
             }
             _ => None,
         };
@@ -155,6 +165,7 @@ impl Application {
             server,
             pool,
             writer_tasks,
+            shutdown,
             drain,
             retention,
             reconciler,
@@ -176,12 +187,18 @@ impl Application {
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let result = self.server.await;
         // Journal commits are durable when they return; what the journal still holds drains at
-        // the next start. (The drain task also holds a writer handle: stop it first.)
-        self.drain.abort();
-        let _ = (&mut self.drain).await;
-        self.retention.abort();
-        if let Some(reconciler) = self.reconciler.take() {
-            reconciler.abort();
+        // the next start. The background tasks finish what they are doing (the drain its batch,
+        // a drift check its room and lease, retention its statement) and stop.
+        let _ = self.shutdown.send(true);
+        let tasks = [Some(&mut self.drain), Some(&mut self.retention), self.reconciler.as_mut()];
+        for task in tasks.into_iter().flatten() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut *task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background task did not stop within 10 s; aborting it");
+                task.abort();
+            }
         }
         // The server dropped its request handlers, so the writer queue closes once drained.
         let drained = tokio::time::timeout(Duration::from_secs(10), async {

@@ -91,7 +91,14 @@ pub struct Metrics {
     pub journal_appended: IntCounter,
     /// Callbacks moved from the journal into PostgreSQL.
     pub journal_drained: IntCounter,
-    /// Callbacks journaled because PostgreSQL was slow or busy (not down).
+    /// Journaled records that PostgreSQL did not take when tried alone, waiting for a retry.
+    pub journal_parked: IntGauge,
+    /// Times a record was parked (each failed attempt counts).
+    pub journal_parked_total: IntCounter,
+    /// 1 while callbacks go to PostgreSQL, 0 while it is down and they go to the journal.
+    pub database_up: IntGauge,
+    /// Callbacks journaled because PostgreSQL was up but did not take them now (slow, busy,
+    /// or a failure that may pass).
     pub store_slow: IntCounter,
     /// Rejected callbacks not kept in `rejected_callbacks` (over the budget).
     pub rejected_dropped: IntCounter,
@@ -139,9 +146,24 @@ impl Metrics {
             "Callbacks moved from the local journal into PostgreSQL",
         )
         .expect("valid metric");
+        let journal_parked = IntGauge::new(
+            "journal_parked",
+            "Journaled callbacks PostgreSQL did not take when tried alone, waiting for a retry",
+        )
+        .expect("valid metric");
+        let journal_parked_total = IntCounter::new(
+            "journal_parked_total",
+            "Failed attempts to move a journaled callback into PostgreSQL (each parks it again)",
+        )
+        .expect("valid metric");
+        let database_up = IntGauge::new(
+            "database_up",
+            "1 while callbacks go to PostgreSQL, 0 while it is down and they go to the journal",
+        )
+        .expect("valid metric");
         let store_slow = IntCounter::new(
             "store_slow_total",
-            "Callbacks journaled because PostgreSQL was slow or busy, not down",
+            "Callbacks journaled while PostgreSQL was up but did not take them now (slow, busy, or a failure that may pass)",
         )
         .expect("valid metric");
         let rejected_dropped = IntCounter::new(
@@ -187,6 +209,9 @@ impl Metrics {
             Box::new(journal_depth.clone()),
             Box::new(journal_appended.clone()),
             Box::new(journal_drained.clone()),
+            Box::new(journal_parked.clone()),
+            Box::new(journal_parked_total.clone()),
+            Box::new(database_up.clone()),
             Box::new(store_slow.clone()),
             Box::new(rejected_dropped.clone()),
             Box::new(reconcile_rooms_checked.clone()),
@@ -205,6 +230,9 @@ impl Metrics {
             journal_depth,
             journal_appended,
             journal_drained,
+            journal_parked,
+            journal_parked_total,
+            database_up,
             store_slow,
             rejected_dropped,
             reconcile_rooms_checked,

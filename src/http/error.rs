@@ -58,6 +58,7 @@ impl CallbackError {
                 StoreError::Closed => 50303,
                 StoreError::Refused(_) => 50304,
                 StoreError::Busy(_) => 50308,
+                StoreError::Failed(_) => 50309,
             },
             Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => 50305,
             Self::NotDurable(IngestError::Journal(_)) => 50306,

@@ -12,9 +12,10 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Readiness: the database answers, within a second. The body also tells how many callbacks
-/// wait in the local journal.
+/// wait in the local journal, and how many of those are parked (docs/durability.md).
 pub async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
     let depth = ctx.ingest.journal_depth();
+    let parked = ctx.ingest.journal_parked();
     let database = match tokio::time::timeout(Duration::from_secs(1), store::ping(&ctx.pool)).await
     {
         Ok(Ok(())) => "up",
@@ -24,7 +25,7 @@ pub async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
         }
         Err(_) => "timeout",
     };
-    let body = json!({"database": database, "journal_depth": depth});
+    let body = json!({"database": database, "journal_depth": depth, "journal_parked": parked});
     if database == "up" {
         HttpResponse::Ok().json(body)
     } else {

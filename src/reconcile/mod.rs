@@ -180,12 +180,23 @@ impl Reconciler {
         self.config.keys.keys().map(|app| app.get()).collect()
     }
 
-    /// The background task of `roomsync serve`; runs until aborted.
-    pub fn spawn(self) -> JoinHandle<()> {
+    /// The background task of `roomsync serve`; runs until `stop` turns true. A check under
+    /// way then finishes and records its result, which releases its room's lease.
+    pub fn spawn(self, stop: tokio::sync::watch::Receiver<bool>) -> JoinHandle<()> {
         let owner = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         tokio::spawn(async move {
             let mut last_pass = Instant::now();
-            loop {
+            let waker = stop.clone();
+            let pause = |wait| {
+                let mut stop = waker.clone();
+                async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            };
+            while !*stop.borrow() {
                 self.metrics
                     .reconcile_since_last_pass
                     .set(last_pass.elapsed().as_secs_f64());
@@ -202,7 +213,7 @@ impl Reconciler {
                     Ok(rooms) => rooms,
                     Err(error) => {
                         tracing::warn!(error = %error, "drift repair: cannot claim rooms; will retry");
-                        tokio::time::sleep(IDLE).await;
+                        pause(IDLE).await;
                         continue;
                     }
                 };
@@ -214,10 +225,11 @@ impl Reconciler {
                         last_pass = Instant::now();
                         self.metrics.reconcile_since_last_pass.set(0.0);
                     }
-                    tokio::time::sleep(IDLE.min(self.config.interval)).await;
+                    pause(IDLE.min(self.config.interval)).await;
                     continue;
                 }
                 for room in rooms {
+                    // Claimed rooms are checked; unclaimed ones wait for the next instance.
                     self.check_claimed(&room, &owner).await;
                 }
             }

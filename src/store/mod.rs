@@ -5,6 +5,7 @@
 //! them into one transaction.
 
 mod apply;
+mod health;
 pub mod membership;
 pub mod rebuild;
 pub mod reconcile;
@@ -21,27 +22,34 @@ use sqlx::{
 
 pub use apply::{Outcome, apply_batch};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, insert_rejected};
-pub use writer::{Writer, WriterOptions, write_batch};
+pub use health::Health;
+pub use writer::{Writer, WriterOptions, room_group, write_batch, write_isolating};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Why the store could not take a callback. Cloneable, because one failed batch answers every
-/// callback in it. What follows from each is [`StoreError::is_outage`] and
-/// [`StoreError::is_refusal`]; everything else is transient.
+/// callback in it. What each means is decided in one place, [`health`]: the variant is the
+/// evidence of one error; [`Health::judge`] adds the evidence of a fresh connection.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// PostgreSQL cannot be reached: callbacks go to the journal until it can.
+    /// PostgreSQL is down: callbacks go to the journal until the drain task reaches it again.
     #[error("the database is unavailable")]
     Unavailable(#[source] Arc<sqlx::Error>),
-    /// PostgreSQL is there but busy (no free connection in time, a deadlock or serialization
-    /// failure, a cancelled statement): this write may go to the journal, the next ones still
-    /// try PostgreSQL.
+    /// PostgreSQL is there but slow or busy (no free connection in time while it still accepts
+    /// new ones, a deadlock or serialization failure, a cancelled statement): this write goes to
+    /// the journal, the next ones still try PostgreSQL.
     #[error("the database is busy")]
     Busy(#[source] Arc<sqlx::Error>),
-    /// PostgreSQL refused this record and will refuse it again (a data or integrity error).
+    /// PostgreSQL refused this record's data (SQLSTATE classes 22 and 23): it will refuse it
+    /// again, so a live callback is answered 503 rather than acknowledged.
     #[error("the database refused the write")]
     Refused(#[source] Arc<sqlx::Error>),
+    /// PostgreSQL did not take this record now, for a reason that may pass (a trigger, a
+    /// privilege, a program limit such as a full NOTIFY queue, a statement timeout): journaled
+    /// and parked, never dropped.
+    #[error("the database did not take the write")]
+    Failed(#[source] Arc<sqlx::Error>),
     #[error("the writer is shutting down")]
     Closed,
     #[error("the write did not finish in time")]
@@ -50,19 +58,23 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        let class = match &error {
-            sqlx::Error::Database(db) => db.code().map(|c| c[..2.min(c.len())].to_owned()),
+        let code = match &error {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
             _ => None,
         };
-        match (&error, class.as_deref()) {
-            // Data exception, integrity constraint, program limit (e.g. a row too large).
-            (_, Some("22" | "23" | "54")) => Self::Refused(Arc::new(error)),
-            // Connection exception, shutdown or crash, insufficient resources (e.g. disk full).
-            (sqlx::Error::Database(db), Some("08" | "53" | "57"))
-                if db.code().as_deref() != Some("57014") =>
-            {
+        let class = code.as_deref().map(|c| &c[..2.min(c.len())]);
+        match (&error, code.as_deref(), class) {
+            // Data exception, integrity constraint violation: this record, whenever it is tried.
+            (_, _, Some("22" | "23")) => Self::Refused(Arc::new(error)),
+            // Too many connections: the server is up and our pooled connections still work.
+            (_, Some("53300"), _) => Self::Busy(Arc::new(error)),
+            // Connection exception; the server shutting down, crashed or not accepting
+            // connections (57P01–57P05); insufficient resources (disk full, out of memory).
+            (_, Some(code), Some("08" | "53" | "57")) if code != "57014" => {
                 Self::Unavailable(Arc::new(error))
             }
+            // Cancelled (statement_timeout), serialization failure, deadlock, lock not available.
+            (_, Some("57014" | "40001" | "40P01" | "55P03"), _) => Self::Busy(Arc::new(error)),
             (
                 sqlx::Error::PoolClosed
                 | sqlx::Error::Io(_)
@@ -70,34 +82,60 @@ impl From<sqlx::Error> for StoreError {
                 | sqlx::Error::Protocol(_)
                 | sqlx::Error::WorkerCrashed,
                 _,
+                _,
             ) => Self::Unavailable(Arc::new(error)),
-            // A refused connection also ends as PoolTimedOut: see `StoreError::on_pool`.
-            (sqlx::Error::PoolTimedOut, _) => Self::Unavailable(Arc::new(error)),
-            _ => Self::Busy(Arc::new(error)),
+            // sqlx reports a refused connection as this timeout too: `Health::judge` tells.
+            (sqlx::Error::PoolTimedOut, _, _) => Self::Busy(Arc::new(error)),
+            _ => Self::Failed(Arc::new(error)),
         }
     }
 }
 
 impl StoreError {
-    /// Classifies `error` from `pool`: a pool that timed out while it holds open connections
-    /// is busy, not down (sqlx reports "connection refused" as the same timeout).
-    pub fn on_pool(error: sqlx::Error, pool: &PgPool) -> Self {
-        match Self::from(error) {
-            Self::Unavailable(e) if matches!(*e, sqlx::Error::PoolTimedOut) && pool.size() > 0 => {
-                Self::Busy(e)
-            }
-            other => other,
-        }
-    }
-
     /// PostgreSQL cannot be reached: stop trying it until the drain task can.
     pub fn is_outage(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
 
-    /// This record will never be taken: keep it in `rejected_callbacks` instead.
+    /// This record's data will never be taken: a live callback is answered 503.
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Refused(_))
+    }
+
+    /// The failure may concern some of the records written together (a refusal, a trigger, a
+    /// statement timeout), so a smaller batch may fare better; not a connection or a timeout.
+    pub fn is_about_the_records(&self) -> bool {
+        match self {
+            Self::Refused(_) | Self::Failed(_) => true,
+            Self::Busy(e) => !matches!(**e, sqlx::Error::PoolTimedOut),
+            Self::Unavailable(_) | Self::Closed | Self::Timeout => false,
+        }
+    }
+
+    /// Evidence that calls for a look at the server itself: the pool gave no connection in
+    /// time, or the commit did not come back in time.
+    fn may_hide_an_outage(&self) -> bool {
+        match self {
+            Self::Busy(e) => matches!(**e, sqlx::Error::PoolTimedOut),
+            Self::Timeout => true,
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE and message PostgreSQL gave, or the error's text: what an operator needs,
+    /// no secrets.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Unavailable(e) | Self::Busy(e) | Self::Refused(e) | Self::Failed(e) => {
+                match e.as_ref() {
+                    sqlx::Error::Database(db) => {
+                        format!("{} ({})", db.message(), db.code().unwrap_or_default())
+                    }
+                    other => other.to_string(),
+                }
+            }
+            other => other.to_string(),
+        }
     }
 }
 
@@ -118,7 +156,7 @@ pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     let query = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(pool);
     match tokio::time::timeout(PING_TIMEOUT, query).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => Err(StoreError::on_pool(error, pool)),
+        Ok(Err(error)) => Err(StoreError::from(error)),
         // No answer at all (a host that vanished without a reset) counts as down.
         Err(_) => Err(StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut))),
     }

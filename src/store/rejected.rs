@@ -65,7 +65,7 @@ impl RejectedStore {
             .pool
             .acquire()
             .await
-            .map_err(|e| StoreError::on_pool(e, &self.pool))?;
+            .map_err(StoreError::from)?;
         insert_rejected(&mut conn, rejected, self.limits.body_max_bytes).await?;
         Ok(true)
     }

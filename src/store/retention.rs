@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 /// Rows deleted per statement: short transactions, short locks.
 const BATCH: i64 = 1000;
@@ -15,7 +16,15 @@ const EVERY: Duration = Duration::from_secs(3600);
 
 /// Deletes history received more than `days` days ago; returns the rows deleted.
 pub async fn prune(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
-    prune_in_batches(|| async {
+    prune_history(pool, days, &never()).await
+}
+
+async fn prune_history(
+    pool: &PgPool,
+    days: i32,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, sqlx::Error> {
+    prune_in_batches(stop, || async {
         sqlx::query!(
             r#"DELETE FROM room_events WHERE id IN (
                    SELECT id FROM room_events
@@ -33,7 +42,15 @@ pub async fn prune(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
 
 /// Deletes rejected callbacks received more than `days` days ago; returns the rows deleted.
 pub async fn prune_rejected(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
-    prune_in_batches(|| async {
+    prune_rejected_until(pool, days, &never()).await
+}
+
+async fn prune_rejected_until(
+    pool: &PgPool,
+    days: i32,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, sqlx::Error> {
+    prune_in_batches(stop, || async {
         sqlx::query!(
             r#"DELETE FROM rejected_callbacks WHERE id IN (
                    SELECT id FROM rejected_callbacks
@@ -49,7 +66,16 @@ pub async fn prune_rejected(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error
     .await
 }
 
-async fn prune_in_batches<F, Fut>(mut batch: F) -> Result<u64, sqlx::Error>
+/// A stop signal that never comes (pruning by hand runs to the end).
+fn never() -> watch::Receiver<bool> {
+    watch::channel(false).1
+}
+
+/// Deletes batch after batch until one comes back short, or `stop` turns true between two.
+async fn prune_in_batches<F, Fut>(
+    stop: &watch::Receiver<bool>,
+    mut batch: F,
+) -> Result<u64, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
@@ -58,23 +84,25 @@ where
     loop {
         let deleted = batch().await?;
         total += deleted;
-        if deleted < BATCH as u64 {
+        if deleted < BATCH as u64 || *stop.borrow() {
             return Ok(total);
         }
         tokio::time::sleep(PAUSE).await;
     }
 }
 
-/// Prunes at start and then hourly, until aborted. `history_days` `None` keeps the history.
+/// Prunes at start and then hourly, until `stop` turns true (it then stops between two
+/// statements). `history_days` `None` keeps the history.
 pub fn spawn(
     pool: PgPool,
     history_days: Option<i32>,
     rejected_days: i32,
+    mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
+        while !*stop.borrow() {
             if let Some(days) = history_days {
-                match prune(&pool, days).await {
+                match prune_history(&pool, days, &stop).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, days, "pruned old history"),
                     Err(error) => {
@@ -82,7 +110,7 @@ pub fn spawn(
                     }
                 }
             }
-            match prune_rejected(&pool, rejected_days).await {
+            match prune_rejected_until(&pool, rejected_days, &stop).await {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(
@@ -95,7 +123,10 @@ pub fn spawn(
                     tracing::warn!(error = %error, "rejected-callback pruning failed; will retry")
                 }
             }
-            tokio::time::sleep(EVERY).await;
+            tokio::select! {
+                _ = tokio::time::sleep(EVERY) => {}
+                _ = stop.changed() => {}
+            }
         }
     })
 }

@@ -13,7 +13,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use super::{Outcome, StoreError, apply_batch};
+use super::{Health, Outcome, StoreError, apply_batch};
 use crate::{callback::Callback, telemetry::Metrics};
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,7 @@ impl Writer {
     pub fn spawn(
         pool: PgPool,
         options: WriterOptions,
+        health: Health,
         metrics: Arc<Metrics>,
     ) -> (Self, JoinSet<()>) {
         let (queue, receiver) = mpsc::channel(options.max_batch * options.tasks * 4);
@@ -49,10 +50,10 @@ impl Writer {
         let mut tasks = JoinSet::new();
         for _ in 0..options.tasks {
             let (pool, receiver, metrics) = (pool.clone(), receiver.clone(), metrics.clone());
-            let max_batch = options.max_batch;
+            let (max_batch, health) = (options.max_batch, health.clone());
             tasks.spawn(async move {
                 while let Some(batch) = next_batch(&receiver, max_batch).await {
-                    commit_batch(&pool, batch, &metrics).await;
+                    commit_batch(&pool, batch, &health, &metrics).await;
                 }
             });
         }
@@ -102,32 +103,69 @@ async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> 
     Some(batch)
 }
 
-async fn commit_batch(pool: &PgPool, batch: Vec<Job>, metrics: &Metrics) {
+async fn commit_batch(pool: &PgPool, batch: Vec<Job>, health: &Health, metrics: &Metrics) {
+    // Found down meanwhile: these go to the journal now, not after a connection timeout.
+    if !health.is_up() {
+        let down = StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed));
+        for job in batch {
+            let _ = job.reply.send(Err(down.clone()));
+        }
+        return;
+    }
     let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
     metrics.batch_size.observe(batch.len() as f64);
-    match write_batch(pool, &callbacks).await {
-        Ok(outcomes) => {
-            for (job, outcome) in batch.into_iter().zip(outcomes) {
-                let _ = job.reply.send(Ok(outcome));
-            }
+    let results = write_isolating(pool, &callbacks).await;
+    for (job, result) in batch.into_iter().zip(results) {
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Writes callbacks, in as few transactions as their failures allow: the whole batch first;
+/// when it fails because of what is in it, each half on its own, and so on, so that one
+/// callback PostgreSQL does not take fails alone and its neighbours are stored (a few bad ones
+/// in a batch of n cost about 2·log2(n) transactions each, not n). An error that concerns the
+/// server, not the records, answers every callback not yet written. Results in the order given.
+pub async fn write_isolating(
+    pool: &PgPool,
+    callbacks: &[&Callback],
+) -> Vec<Result<Outcome, StoreError>> {
+    let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];
+    // Ranges still to write, the next one last.
+    let mut todo = vec![0..callbacks.len()];
+    while let Some(range) = todo.pop() {
+        if range.is_empty() {
+            continue;
         }
-        // One bad callback must not fail the others: retry each on its own. When the database
-        // is unreachable that would only multiply the wait.
-        Err(error) if batch.len() > 1 && !error.is_outage() => {
-            tracing::warn!(error = ?error, size = batch.len(), "batch failed, retrying one by one");
-            for job in batch {
-                let result = write_batch(pool, &[&job.callback])
-                    .await
-                    .map(|mut o| o.remove(0));
-                let _ = job.reply.send(result);
+        match write_batch(pool, &callbacks[range.clone()]).await {
+            Ok(outcomes) => {
+                for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
+                    *slot = Some(Ok(outcome));
+                }
             }
-        }
-        Err(error) => {
-            for job in batch {
-                let _ = job.reply.send(Err(error.clone()));
+            Err(error) if range.len() > 1 && error.is_about_the_records() => {
+                let middle = range.start + range.len() / 2;
+                todo.push(middle..range.end);
+                todo.push(range.start..middle);
+            }
+            Err(error) => {
+                let unwritten = if error.is_about_the_records() {
+                    vec![range]
+                } else {
+                    // The server, not the records: nothing else would fare better now.
+                    std::iter::once(range).chain(todo.drain(..)).collect()
+                };
+                for range in unwritten {
+                    for slot in &mut results[range] {
+                        *slot = Some(Err(error.clone()));
+                    }
+                }
             }
         }
     }
+    results
+        .into_iter()
+        .map(|r| r.expect("every callback has a result"))
+        .collect()
 }
 
 /// Writes callbacks in one transaction; outcomes in the order given. Rooms are locked in one
@@ -139,10 +177,9 @@ pub async fn write_batch(
     let mut order: Vec<usize> = (0..callbacks.len()).collect();
     order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
     let sorted: Vec<&Callback> = order.iter().map(|&i| callbacks[i]).collect();
-    let classify = |error| StoreError::on_pool(error, pool);
-    let mut tx = pool.begin().await.map_err(classify)?;
-    let applied = apply_batch(&mut tx, &sorted).await.map_err(classify)?;
-    tx.commit().await.map_err(classify)?;
+    let mut tx = pool.begin().await?;
+    let applied = apply_batch(&mut tx, &sorted).await?;
+    tx.commit().await?;
     let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
     for (i, outcome) in order.into_iter().zip(applied) {
         outcomes[i] = outcome;
@@ -163,4 +200,17 @@ fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>, &[u8; 32]) {
         room.map(|r| r.as_str()),
         &callback.dedup_key,
     )
+}
+
+/// Which of `groups` concurrent writers takes `callback`: all callbacks of one room (and every
+/// copy of one callback) go to the same one, so concurrent transactions never wait on each
+/// other's room locks or history keys.
+pub fn room_group(callback: &Callback, groups: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match lock_order(callback) {
+        (false, app, Some(room), _) => (app, room).hash(&mut hasher),
+        (.., key) => key.hash(&mut hasher),
+    }
+    (hasher.finish() % groups as u64) as usize
 }
