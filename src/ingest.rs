@@ -141,10 +141,10 @@ impl Ingest {
 
     fn show_journal(&self) {
         self.metrics.journal_depth.set(self.journal.depth() as i64);
-        self.metrics.journal_parked.set(self.journal.parked() as i64);
         self.metrics
-            .database_up
-            .set(i64::from(self.health.is_up()));
+            .journal_parked
+            .set(self.journal.parked() as i64);
+        self.metrics.database_up.set(i64::from(self.health.is_up()));
     }
 
     /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal. `query`
@@ -288,11 +288,19 @@ impl Ingest {
                 .await
                 .map_err(DrainError::Journal)?;
             let wait = due.map_or(PARK_BACKOFF_MAX, |at| {
-                (at - now).to_std().unwrap_or_default().min(PARK_BACKOFF_MAX)
+                (at - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(PARK_BACKOFF_MAX)
             });
             return Ok(Step::Idle(Some(wait)));
         }
-        if let Some(last) = entries.iter().filter(|e| e.parked.is_none()).map(|e| e.key).max() {
+        if let Some(last) = entries
+            .iter()
+            .filter(|e| e.parked.is_none())
+            .map(|e| e.key)
+            .max()
+        {
             drain.cursor = Some(last);
         }
         self.move_batch(entries, drain).await?;
@@ -315,7 +323,10 @@ impl Ingest {
             self.schema_ready.store(true, Ordering::Relaxed);
         }
         if self.health.set_up(true) {
-            tracing::info!(depth = self.journal.depth(), "database reachable again; callbacks go to it");
+            tracing::info!(
+                depth = self.journal.depth(),
+                "database reachable again; callbacks go to it"
+            );
         }
         self.show_journal();
         Ok(())
@@ -436,10 +447,7 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 
 /// Writes callbacks in [`DRAIN_WRITERS`] concurrent transactions, split by room so that they
 /// never wait on each other's locks; results in the order given.
-async fn write_by_room(
-    pool: &PgPool,
-    callbacks: &[&Callback],
-) -> Vec<Result<Outcome, StoreError>> {
+async fn write_by_room(pool: &PgPool, callbacks: &[&Callback]) -> Vec<Result<Outcome, StoreError>> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); DRAIN_WRITERS];
     for (i, callback) in callbacks.iter().enumerate() {
         groups[store::room_group(callback, DRAIN_WRITERS)].push(i);

@@ -160,8 +160,8 @@ impl Parked {
                 .and_then(|us| DateTime::from_timestamp_micros(us).ok_or(JournalError::Damaged))
         };
         let error_len = u32_at(21)? as usize;
-        let error = String::from_utf8(take(25, error_len)?.to_vec())
-            .map_err(|_| JournalError::Damaged)?;
+        let error =
+            String::from_utf8(take(25, error_len)?.to_vec()).map_err(|_| JournalError::Damaged)?;
         let record = bytes.get(25 + error_len..).ok_or(JournalError::Damaged)?;
         let parked = Self {
             attempts: u32_at(1)?,
@@ -449,21 +449,20 @@ impl Journal {
                     let mut pending = tx.open_table(PENDING).map_err(storage)?;
                     let mut parked = tx.open_table(PARKED).map_err(storage)?;
                     for (key, error) in failures {
-                        let (old, value) = if let Some(value) =
-                            pending.remove(key).map_err(storage)?
-                        {
-                            moved += 1;
-                            let record = value.value().to_vec();
-                            let state = Parked::after_failure(None, error, now);
-                            (record.len(), state.encode(&record))
-                        } else if let Some(value) = parked.get(key).map_err(storage)? {
-                            let bytes = value.value();
-                            let (previous, record) = Parked::decode(bytes)?;
-                            let state = Parked::after_failure(Some(&previous), error, now);
-                            (bytes.len(), state.encode(record))
-                        } else {
-                            continue;
-                        };
+                        let (old, value) =
+                            if let Some(value) = pending.remove(key).map_err(storage)? {
+                                moved += 1;
+                                let record = value.value().to_vec();
+                                let state = Parked::after_failure(None, error, now);
+                                (record.len(), state.encode(&record))
+                            } else if let Some(value) = parked.get(key).map_err(storage)? {
+                                let bytes = value.value();
+                                let (previous, record) = Parked::decode(bytes)?;
+                                let state = Parked::after_failure(Some(&previous), error, now);
+                                (bytes.len(), state.encode(record))
+                            } else {
+                                continue;
+                            };
                         parked.insert(key, value.as_slice()).map_err(storage)?;
                         added += value.len() as u64;
                         removed += old as u64;
@@ -669,7 +668,11 @@ pub mod operator {
         let db = read_only(path)?;
         let parked = parked_entries(&db, None, usize::MAX)?;
         let read = db.begin_read().map_err(storage)?;
-        let pending = read.open_table(PENDING).map_err(storage)?.len().map_err(storage)?;
+        let pending = read
+            .open_table(PENDING)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
         Ok((parked, pending))
     }
 
@@ -818,7 +821,10 @@ mod tests {
         journal.remove(keys(&first)).await.unwrap();
         journal.append(vec![record(2)]).await.unwrap();
         // A reader that walked past the first key still finds the second record.
-        let next = journal.pending_after(Some(first[0].key), 10, usize::MAX).await.unwrap();
+        let next = journal
+            .pending_after(Some(first[0].key), 10, usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].record, record(2));
     }
@@ -833,7 +839,8 @@ mod tests {
             .await
             .unwrap();
         let all = journal.pending_after(None, 10, usize::MAX).await.unwrap();
-        let now = Utc::now();
+        // Whole microseconds: what the journal stores.
+        let now = DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap();
         journal
             .park(vec![(all[1].key, "P0001: not now".into())], now)
             .await
@@ -843,7 +850,13 @@ mod tests {
             keys(&journal.pending_after(None, 10, usize::MAX).await.unwrap()),
             vec![all[0].key, all[2].key]
         );
-        assert!(journal.parked_entries(Some(now), 10).await.unwrap().is_empty());
+        assert!(
+            journal
+                .parked_entries(Some(now), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let later = now + chrono::Duration::seconds(2);
         let due = journal.parked_entries(Some(later), 10).await.unwrap();
         assert_eq!(due.len(), 1);
@@ -856,7 +869,10 @@ mod tests {
             .unwrap();
         let again = journal.parked_entries(None, 10).await.unwrap();
         assert_eq!(again[0].parked.as_ref().unwrap().attempts, 2);
-        assert_eq!(journal.next_parked_due().await.unwrap(), Some(later + chrono::Duration::seconds(2)));
+        assert_eq!(
+            journal.next_parked_due().await.unwrap(),
+            Some(later + chrono::Duration::seconds(2))
+        );
         // Counted the same after a reopen.
         let bytes = journal.inner.bytes.load(Ordering::Relaxed);
         drop(journal);
@@ -875,7 +891,10 @@ mod tests {
         journal.append(vec![record(1), record(2)]).await.unwrap();
         let all = journal.pending_after(None, 10, usize::MAX).await.unwrap();
         journal
-            .park(vec![(all[0].key, "42501: permission denied".into())], Utc::now())
+            .park(
+                vec![(all[0].key, "42501: permission denied".into())],
+                Utc::now(),
+            )
             .await
             .unwrap();
         let (parked, pending) = operator::list(&path).unwrap();
@@ -891,7 +910,11 @@ mod tests {
         assert_eq!(operator::retry_now(&path, None).unwrap(), 1);
         let journal = Journal::open(&path, 1 << 20).unwrap();
         assert_eq!(
-            journal.parked_entries(Some(Utc::now()), 10).await.unwrap().len(),
+            journal
+                .parked_entries(Some(Utc::now()), 10)
+                .await
+                .unwrap()
+                .len(),
             1,
             "due now"
         );
@@ -909,7 +932,14 @@ mod tests {
             Err(JournalError::Full { .. })
         ));
         assert_eq!(journal.depth(), 2);
-        assert_eq!(journal.pending_after(None, 10, usize::MAX).await.unwrap().len(), 2);
+        assert_eq!(
+            journal
+                .pending_after(None, 10, usize::MAX)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,7 +190,11 @@ impl Application {
         // the next start. The background tasks finish what they are doing (the drain its batch,
         // a drift check its room and lease, retention its statement) and stop.
         let _ = self.shutdown.send(true);
-        let tasks = [Some(&mut self.drain), Some(&mut self.retention), self.reconciler.as_mut()];
+        let tasks = [
+            Some(&mut self.drain),
+            Some(&mut self.retention),
+            self.reconciler.as_mut(),
+        ];
         for task in tasks.into_iter().flatten() {
             if tokio::time::timeout(Duration::from_secs(10), &mut *task)
                 .await

@@ -61,11 +61,7 @@ impl RejectedStore {
             metrics.rejected_dropped.inc();
             return Ok(false);
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(StoreError::from)?;
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         insert_rejected(&mut conn, rejected, self.limits.body_max_bytes).await?;
         Ok(true)
     }

@@ -42,13 +42,6 @@ async fn app_with_drift_repair(pool: PgPool, fake: &FakeTencent, grace: &str) ->
     .await
 }
 
-async fn metric(app: &TestApp, sample: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The correction rows of a room: (event_type, member_list, reason).
 async fn corrections(pool: &PgPool, room: &str) -> Vec<(String, Vec<String>, Option<String>)> {
     sqlx::query_as(

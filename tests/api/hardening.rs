@@ -11,19 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{helpers::*, rows::*};
 
-/// The value of one sample of `/metrics`, 0 when absent.
-async fn metric(app: &TestApp, sample: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn journal_depth(app: &TestApp) -> i64 {
-    let ready: Value = app.get("/readyz").await.json().await.unwrap();
-    ready["journal_depth"].as_i64().unwrap()
-}
-
 /// An id of exactly 256 bytes whose every byte but a short prefix is escaped in JSON (\u0001).
 fn worst_id(n: usize) -> String {
     let mut id = format!("{n:05}");
@@ -148,73 +135,6 @@ async fn notifications_are_split_by_their_encoded_size(pool: PgPool) {
     let refs: Vec<&str> = quoted.iter().map(String::as_str).collect();
     app.deliver(&enter(&room, &refs, 100)).await;
     assert_eq!(roster(&pool, &room).await.len(), 1000);
-    app.stop().await;
-}
-
-/// A database trigger refuses one room's history row the way PostgreSQL refuses data it
-/// cannot store (SQLSTATE 22003): a stand-in for any record the database will never take.
-async fn poison(pool: &PgPool) {
-    sqlx::raw_sql(
-        r#"CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN
-               IF NEW.room_id = 'poison' THEN
-                   RAISE EXCEPTION 'value overflows numeric format' USING ERRCODE = '22003';
-               END IF;
-               RETURN NEW;
-           END $$;
-           CREATE TRIGGER refuse_poison BEFORE INSERT ON room_events
-               FOR EACH ROW EXECUTE FUNCTION refuse_poison();"#,
-    )
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
-#[sqlx::test]
-async fn a_journaled_record_the_database_refuses_does_not_block_the_others(pool: PgPool) {
-    poison(&pool).await;
-    let proxy = Proxy::start(server_of(&pool)).await;
-    let app = spawn_app(proxy.pool_for(&pool)).await;
-    proxy.cut();
-    app.deliver(&enter("a", &["u1"], 100)).await;
-    app.deliver(&enter("poison", &["u2"], 100)).await;
-    app.deliver(&enter("b", &["u3"], 100)).await;
-    assert_eq!(journal_depth(&app).await, 3);
-    proxy.restore();
-    let drained = eventually(Duration::from_secs(15), || async {
-        journal_depth(&app).await == 0
-    })
-    .await;
-    assert!(drained, "the journal drains past the refused record");
-    assert_eq!(roster(&pool, "a").await, vec!["u1"]);
-    assert_eq!(roster(&pool, "b").await, vec!["u3"]);
-    let (code, info, body): (i32, String, String) = sqlx::query_as(
-        "SELECT error_code, error_info, body FROM rejected_callbacks WHERE body LIKE '%poison%'",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(code, 50304);
-    assert!(info.contains("22003"), "{info}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["RoomId"],
-        "poison"
-    );
-
-    // Live, the refused callback gets 503 and is kept; its neighbours are stored.
-    let (status, answer) = app.send(&enter("poison", &["u4"], 200)).await;
-    assert_eq!((status, answer["ErrorCode"].clone()), (503, json!(50304)));
-    app.deliver(&enter("a", &["u5"], 200)).await;
-    assert_eq!(roster(&pool, "a").await, vec!["u1", "u5"]);
-    assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM rejected_callbacks WHERE error_code = 50304"
-        )
-        .await,
-        2
-    );
-    assert_eq!(journal_depth(&app).await, 0, "a refusal is not an outage");
     app.stop().await;
 }
 

@@ -171,6 +171,24 @@ impl TestApp {
     }
 }
 
+/// The value of one sample of `/metrics` (name and labels as exposed), 0 when absent.
+pub async fn metric(app: &TestApp, sample: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A number from `/readyz` (`journal_depth`, `journal_parked`).
+pub async fn readyz_count(app: &TestApp, field: &str) -> i64 {
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    ready[field].as_i64().unwrap()
+}
+
+pub async fn journal_depth(app: &TestApp) -> i64 {
+    readyz_count(app, "journal_depth").await
+}
+
 /// Status and JSON body of a callback answer; asserts the JSON content type every answer has.
 pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
