@@ -224,6 +224,8 @@ impl Ingest {
                     Ok(Step::Idle(wait)) => wait,
                     Err(error) => {
                         drain.cursor = None;
+                        // Its keys stay in `applied` if it failed: retried at the next step.
+                        let _ = ingest.finish_removal(&mut drain).await;
                         tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");
                         Some(DRAIN_RETRY)
                     }
@@ -235,6 +237,9 @@ impl Ingest {
                     _ = sleep_or_forever(wait) => {}
                 }
             }
+            if let Err(error) = ingest.finish_removal(&mut drain).await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "journal removal failed at stop; the records drain again (a no-op) at the next start");
+            }
         })
     }
 
@@ -244,8 +249,8 @@ impl Ingest {
         if !self.health.is_up() || !self.schema_ready.load(Ordering::Relaxed) {
             self.reach_database().await?;
         }
-        // Applied earlier, but the removal failed: remove before anything else is read.
-        if !drain.applied.is_empty() {
+        // Applied earlier, but their removal failed: remove them before anything else.
+        if drain.removal.is_none() && !drain.applied.is_empty() {
             let keys: Vec<u64> = drain.applied.iter().copied().collect();
             self.journal
                 .remove(keys)
@@ -268,6 +273,11 @@ impl Ingest {
             .pending_after(drain.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)
             .await
             .map_err(DrainError::Journal)?;
+        if entries.is_empty() && drain.removal.is_some() {
+            // The journal may be empty once the last removal is done.
+            self.finish_removal(drain).await?;
+            return Ok(Step::Worked);
+        }
         let now = Utc::now();
         if self.journal.parked() > 0 && entries.len() < DRAIN_BATCH {
             let due = self
@@ -370,7 +380,11 @@ impl Ingest {
             }
         }
         let callbacks: Vec<&Callback> = parsed.iter().map(|(_, c)| c).collect();
-        let results = write_by_room(&self.pool, &callbacks).await;
+        // The previous step's removal (an fsync) runs while this step writes.
+        let (results, removed) = tokio::join!(
+            write_by_room(&self.pool, &callbacks),
+            self.finish_removal(drain)
+        );
         let mut parks = Vec::new();
         let mut outage = None;
         for ((entry, _), result) in parsed.iter().zip(results) {
@@ -397,20 +411,38 @@ impl Ingest {
         }
         // Counted once committed, so an empty journal implies the count is complete.
         self.metrics.journal_drained.inc_by(done.len() as u64);
-        // Removed only after the commit. Should the removal fail, they are not written again
-        // by this process (`applied`); after a crash in between, the history's dedup key makes
-        // the second write a no-op.
-        if !done.is_empty()
-            && let Err(error) = self.journal.remove(done.clone()).await
-        {
-            drain.applied.extend(done);
-            return Err(DrainError::Journal(error));
+        // Removed only after the commit, in the background. Until the removal is done they are
+        // in `applied`, and this process does not write them again, even if the removal fails;
+        // after a crash in between, the history's dedup key makes the second write a no-op.
+        if !done.is_empty() {
+            drain.applied.extend(done.iter().copied());
+            let journal = self.journal.clone();
+            drain.removal = Some(tokio::spawn(async move {
+                let result = journal.remove(done.clone()).await;
+                (done, result)
+            }));
         }
-        self.show_journal();
+        removed?;
         match outage {
             Some(error) => Err(DrainError::Unreachable(error)),
             None => Ok(()),
         }
+    }
+
+    /// Waits for the removal started by the previous step, if any.
+    async fn finish_removal(&self, drain: &mut Drain) -> Result<(), DrainError> {
+        let Some(removal) = drain.removal.take() else {
+            return Ok(());
+        };
+        let (keys, result) = removal
+            .await
+            .map_err(|e| DrainError::Journal(JournalError::Storage(Box::new(e))))?;
+        result.map_err(DrainError::Journal)?;
+        for key in keys {
+            drain.applied.remove(&key);
+        }
+        self.show_journal();
+        Ok(())
     }
 
     /// Keeps a record whatever the budget: PostgreSQL refused it, or it no longer parses.
@@ -430,6 +462,8 @@ struct Drain {
     cursor: Option<u64>,
     /// Committed in PostgreSQL, not yet removed from the journal.
     applied: HashSet<u64>,
+    /// The removal of the last step's committed records, under way: the keys and the result.
+    removal: Option<JoinHandle<(Vec<u64>, Result<(), JournalError>)>>,
 }
 
 enum Step {
