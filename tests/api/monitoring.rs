@@ -479,8 +479,8 @@ async fn rules_and_dashboard_hold_against_a_real_prometheus(pool: PgPool) {
     .await;
     assert!(scraped, "roomsync scraped:\n{}", prometheus.log());
 
-    // Accepted and refused callbacks, in two rounds so every counter grows between scrapes
-    // (a rate needs an increase Prometheus saw).
+    // Accepted and refused callbacks, in two rounds with a scrape between them, so every
+    // counter grows after Prometheus first saw it (a rate needs an increase it saw).
     let mut at = 1_000;
     for round in 0..2 {
         for user in ["a", "b"] {
@@ -494,7 +494,19 @@ async fn rules_and_dashboard_hold_against_a_real_prometheus(pool: PgPool) {
         let (status, _) = answer(app.post_raw(stranger, body.to_string()).await).await;
         assert_eq!(status, 403);
         if round == 0 {
-            tokio::time::sleep(Duration::from_millis(2500)).await;
+            let seen = eventually(Duration::from_secs(30), || async {
+                let mut all = true;
+                for outcome in ["stored", "invalid", "forbidden"] {
+                    let selector = format!(r#"roomsync_callbacks_total{{outcome="{outcome}"}}"#);
+                    all &= prometheus
+                        .query(&selector)
+                        .await
+                        .is_ok_and(|r| !r.is_empty());
+                }
+                all
+            })
+            .await;
+            assert!(seen, "the first round scraped:\n{}", prometheus.log());
         }
     }
     assert!(
@@ -526,7 +538,8 @@ async fn rules_and_dashboard_hold_against_a_real_prometheus(pool: PgPool) {
         app.deliver(&enter("r", &[&format!("cut{user}")], at)).await;
     }
     let ready: Value = app.get("/readyz").await.json().await.unwrap();
-    assert_eq!(ready["journal_depth"], 10, "{ready}");
+    // At least these ten (a commit slow before the cut may have journaled one more).
+    assert!(ready["journal_depth"].as_u64() >= Some(10), "{ready}");
     assert!(
         prometheus
             .wait_alert("RoomsyncJournalNotDraining", true, Duration::from_secs(60))
