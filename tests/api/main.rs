@@ -12,6 +12,7 @@ mod helpers;
 mod lifecycle;
 mod live;
 mod model;
+mod monitoring;
 mod operations;
 mod process;
 mod rows;
