@@ -224,6 +224,7 @@ impl Ingest {
                     Ok(Step::Idle(wait)) => wait,
                     Err(error) => {
                         drain.cursor = None;
+                        ingest.show_journal();
                         // Its keys stay in `applied` if it failed: retried at the next step.
                         let _ = ingest.finish_removal(&mut drain).await;
                         tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");

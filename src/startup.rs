@@ -96,7 +96,6 @@ impl Application {
         metrics
             .callback_signing_enabled
             .set(i64::from(config.callback_token.is_some()));
-        metrics.database_up.set(i64::from(schema_ready));
         let options = WriterOptions {
             max_batch: config.batch_max_events,
             tasks: (config.database_max_connections as usize).clamp(1, 4),

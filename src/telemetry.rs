@@ -112,11 +112,6 @@ pub struct Metrics {
     /// 1 when callbacks must be signed (`CALLBACK_TOKEN` set), 0 when anyone who knows the
     /// SdkAppid, which ships in every client app, can forge one. Set at start-up.
     pub callback_signing_enabled: IntGauge,
-    /// 1 while callbacks go to PostgreSQL, 0 while they go only to the journal because
-    /// PostgreSQL is down.
-    pub database_up: IntGauge,
-    /// Journaled records that failed on their own and wait for a retry with backoff.
-    pub journal_parked: IntGauge,
 }
 
 impl Metrics {
@@ -215,16 +210,6 @@ impl Metrics {
             "1 when callbacks must carry a valid signature (CALLBACK_TOKEN set), else 0",
         )
         .expect("valid metric");
-        let database_up = IntGauge::new(
-            "database_up",
-            "1 while callbacks go to PostgreSQL, 0 while they go only to the local journal",
-        )
-        .expect("valid metric");
-        let journal_parked = IntGauge::new(
-            "journal_parked",
-            "Journaled callbacks that failed on their own and wait for a retry with backoff",
-        )
-        .expect("valid metric");
         for collector in [
             Box::new(callbacks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -243,8 +228,6 @@ impl Metrics {
             Box::new(reconcile_rest_errors.clone()),
             Box::new(reconcile_since_last_pass.clone()),
             Box::new(callback_signing_enabled.clone()),
-            Box::new(database_up.clone()),
-            Box::new(journal_parked.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -267,8 +250,6 @@ impl Metrics {
             reconcile_rest_errors,
             reconcile_since_last_pass,
             callback_signing_enabled,
-            database_up,
-            journal_parked,
         }
     }
 
