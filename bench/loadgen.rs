@@ -102,6 +102,10 @@ struct Args {
     /// Seconds the forwarder drops connections before it forwards them.
     #[arg(long, default_value_t = 0.0)]
     closed_for: f64,
+    /// Also report the requests sent from this many seconds after the start on their own
+    /// (the "window": e.g. from a second after PostgreSQL was stopped).
+    #[arg(long)]
+    window_from: Option<f64>,
 }
 
 /// The forwarder stops by itself this long after it opened.
@@ -238,6 +242,9 @@ struct WorkerStats {
     leaves: u64,
     /// Largest delay behind the pacing schedule when a request was sent.
     max_behind: Duration,
+    /// Latencies and acknowledgements of the requests sent inside the window.
+    window_latencies_us: Vec<u32>,
+    window_accepted: u64,
 }
 
 struct Plan {
@@ -252,6 +259,8 @@ struct Plan {
     rate: Option<f64>,
     start: tokio::time::Instant,
     deadline: tokio::time::Instant,
+    /// Requests scheduled from then on are also counted in the window.
+    window_start: Option<tokio::time::Instant>,
     next: AtomicU64,
 }
 
@@ -286,6 +295,9 @@ async fn run(args: Args) -> Result<Value, BoxError> {
         rate: args.rate,
         start,
         deadline: start + duration,
+        window_start: args
+            .window_from
+            .map(|from| start + Duration::from_secs_f64(from)),
         next: AtomicU64::new(0),
     });
     let mut workers = JoinSet::new();
@@ -319,7 +331,7 @@ async fn run(args: Args) -> Result<Value, BoxError> {
     // The journal takes callbacks whose commit is too slow: wait until it has drained.
     let drain_started = Instant::now();
     let limit = Duration::from_secs(args.drain_timeout.min(3600));
-    let drained = wait_journal_drained(&client, &base, limit).await;
+    let (drained, drain_rate) = wait_journal_drained(&client, &base, limit).await;
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let after = scrape_metrics(&client, &base).await?;
 
@@ -349,6 +361,20 @@ async fn run(args: Args) -> Result<Value, BoxError> {
         latencies.iter().map(|&l| l as f64).sum::<f64>() / latencies.len() as f64 / 1000.0
     };
     let errors_total: u64 = stats.errors.values().sum();
+    let window = match args.window_from {
+        Some(from) => {
+            let mut window = std::mem::take(&mut stats.window_latencies_us);
+            window.sort_unstable();
+            let wms = |q: f64| percentile(&window, q) as f64 / 1000.0;
+            let span = (secs - from).max(f64::EPSILON);
+            json!({
+                "from_s": from, "sent": window.len(), "accepted": stats.window_accepted,
+                "accepted_per_sec": round3(stats.window_accepted as f64 / span),
+                "p50_ms": wms(0.50), "p99_ms": wms(0.99), "max_ms": wms(1.0),
+            })
+        }
+        None => Value::Null,
+    };
     let batch = batch_delta(&before, &after);
     let journaled = counter(&after, "roomsync_journal_appended_total")
         - counter(&before, "roomsync_journal_appended_total");
@@ -392,6 +418,12 @@ async fn run(args: Args) -> Result<Value, BoxError> {
         "over_2s": latencies.iter().filter(|&&l| l > 2_000_000).count(),
         "batch_mean": batch["mean"],
         "lost": verify["lost"],
+        // Records removed per second while the journal emptied (its deepest point to empty).
+        "journal_drain_per_sec": drain_rate.map(round3),
+        "window": window,
+        "window_per_sec": window["accepted_per_sec"],
+        "window_p99_ms": window["p99_ms"],
+        "window_max_ms": window["max_ms"],
     });
     eprintln!(
         "loadgen: {} {accepted} accepted in {secs:.2} s = {:.0} callbacks/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {errors_total} {:?}; mean batch {}; journaled {journaled}; verify {}",
@@ -421,6 +453,8 @@ fn merge(into: &mut WorkerStats, w: WorkerStats) {
     into.enters += w.enters;
     into.leaves += w.leaves;
     into.max_behind = into.max_behind.max(w.max_behind);
+    into.window_latencies_us.extend(w.window_latencies_us);
+    into.window_accepted += w.window_accepted;
 }
 
 async fn worker(plan: Arc<Plan>, client: reqwest::Client, mut rng: SmallRng) -> WorkerStats {
@@ -506,12 +540,16 @@ async fn worker(plan: Arc<Plan>, client: reqwest::Client, mut rng: SmallRng) -> 
         };
         // Paced: from the scheduled time, so a stall also counts for the requests it delayed.
         let latency = scheduled.elapsed();
-        stats
-            .latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        stats.latencies_us.push(latency_us);
+        let in_window = plan.window_start.is_some_and(|from| scheduled >= from);
+        if in_window {
+            stats.window_latencies_us.push(latency_us);
+        }
         match outcome {
             Ok(()) => {
                 stats.acked.push((at, room));
+                stats.window_accepted += u64::from(in_window);
                 if !leave {
                     if remembered.len() == REMEMBERED {
                         let i = rng.random_range(0..REMEMBERED);
@@ -619,9 +657,17 @@ fn batch_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) ->
     })
 }
 
-/// Waits until `/readyz` reports an empty journal (bounded).
-async fn wait_journal_drained(client: &reqwest::Client, base: &str, limit: Duration) -> bool {
+/// Waits until `/readyz` reports an empty journal (bounded). Also returns the drain's rate:
+/// records from the deepest point seen to empty, over the time that took (`None` when the
+/// journal was empty from the start or did not drain).
+async fn wait_journal_drained(
+    client: &reqwest::Client,
+    base: &str,
+    limit: Duration,
+) -> (bool, Option<f64>) {
     let deadline = Instant::now() + limit;
+    // The deepest point, and the last time it was seen.
+    let mut peak: Option<(u64, Instant)> = None;
     loop {
         let depth = async {
             let body: Value = client
@@ -635,13 +681,20 @@ async fn wait_journal_drained(client: &reqwest::Client, base: &str, limit: Durat
             body["journal_depth"].as_u64()
         }
         .await;
+        let now = Instant::now();
         if depth == Some(0) {
-            return true;
+            let rate = peak.map(|(n, at)| n as f64 / (now - at).as_secs_f64().max(1e-3));
+            return (true, rate);
         }
-        if Instant::now() >= deadline {
-            return false;
+        if let Some(depth) = depth
+            && peak.is_none_or(|(n, _)| depth >= n)
+        {
+            peak = Some((depth, now));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if now >= deadline {
+            return (false, None);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
