@@ -10,8 +10,14 @@ use sha2::{Digest, Sha256};
 pub struct SdkAppId(i64);
 
 impl SdkAppId {
+    /// Plain decimal digits, as Tencent writes it: no sign, no leading zero, no spaces
+    /// (`i64`'s own parser would take `+1400000001` as that app).
     pub fn parse(raw: &str) -> Option<Self> {
-        raw.parse::<i64>().ok().and_then(Self::from_i64)
+        let plain = raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0');
+        plain
+            .then(|| raw.parse::<i64>().ok())
+            .flatten()
+            .and_then(Self::from_i64)
     }
     /// From a stored value (the journal, the history).
     pub fn from_i64(id: i64) -> Option<Self> {
@@ -503,6 +509,27 @@ mod tests {
         // 256 bytes, not characters: 86 three-byte characters are 258 bytes.
         assert!(Id::parse(&"中".repeat(86)).is_err());
         assert!(Id::parse("a\0b").is_err());
+    }
+
+    #[test]
+    fn sdk_app_id_is_plain_digits() {
+        assert_eq!(
+            SdkAppId::parse("1400000001").map(SdkAppId::get),
+            Some(1_400_000_001)
+        );
+        for bad in [
+            "",
+            "+1400000001",
+            "-1",
+            "01400000001",
+            "0",
+            " 1400000001",
+            "1400000001 ",
+            "1_4",
+            "99999999999999999999",
+        ] {
+            assert_eq!(SdkAppId::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
