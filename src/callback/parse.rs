@@ -1280,7 +1280,7 @@ mod tests {
     #[test]
     fn dedup_key_ignores_member_order_and_repeats() {
         let a = parse(ENTER).unwrap();
-        let b = parse(r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["b","a","b"],"EventTime":5,"MemberCount":3}"#).unwrap();
+        let b = parse(r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["b","a","b"],"EventTime":5}"#).unwrap();
         assert_eq!(a.dedup_key, b.dedup_key);
         let other_time = parse(&ENTER.replace("\"EventTime\":5", "\"EventTime\":6")).unwrap();
         let other_members = parse(&ENTER.replace("[\"a\",\"b\"]", "[\"a\"]")).unwrap();
@@ -1288,6 +1288,74 @@ mod tests {
         for other in [other_time, other_members, other_room] {
             assert_ne!(a.dedup_key, other.dedup_key);
         }
+    }
+
+    #[test]
+    fn dedup_key_covers_content_with_an_effect_in_canonical_form() {
+        let seat = |list: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":{list}}}"#
+            ))
+            .unwrap()
+        };
+        let alice = seat(r#"[{"Index":0,"Member_Account":"alice"}]"#);
+        let bob = seat(r#"[{"Index":1,"Member_Account":"bob"}]"#);
+        let free = seat(r#"[{"Index":0,"Member_Account":""}]"#);
+        assert_ne!(alice.dedup_key, bob.dedup_key);
+        assert_ne!(alice.dedup_key, free.dedup_key);
+        // Order of the entries, of the keys, whitespace, a flag as a string: the same list.
+        let two = seat(r#"[{"Index":0,"Member_Account":"a"},{"Index":1,"IsAudioDisabled":true}]"#);
+        let again =
+            seat(r#"[ {"IsAudioDisabled":"true", "Index":1}, {"Member_Account":"a","Index":0} ]"#);
+        assert_eq!(two.dedup_key, again.dedup_key);
+
+        let update = |info: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterUpdateRoomInfo","EventTime":5,"RoomInfo":{info}}}"#
+            ))
+            .unwrap()
+        };
+        let name = update(r#"{"RoomId":"r","RoomName":"a","Deep":{"x":1,"y":[true]}}"#);
+        let same =
+            update(r#"{ "Deep" : { "y" : [ true ] , "x" : 1 }, "RoomName":"a","RoomId":"r"}"#);
+        let mode = update(r#"{"RoomId":"r","TakeSeatMode":"ApplyToTake"}"#);
+        assert_eq!(name.dedup_key, same.dedup_key);
+        assert_ne!(name.dedup_key, mode.dedup_key);
+        let create = |name: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5,"RoomInfo":{{"RoomId":"r","RoomName":"{name}"}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_ne!(create("a").dedup_key, create("b").dedup_key);
+
+        // A leave's Reason and a member event's MemberCount have an effect too.
+        let leave = |extra: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterMemberLeave","RoomId":"r","MemberList_Account":["a"],"Type":"Kicked","EventTime":5{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = leave("");
+        assert_ne!(plain.dedup_key, leave(r#","Reason":"x""#).dedup_key);
+        assert_ne!(plain.dedup_key, leave(r#","MemberCount":3"#).dedup_key);
+        // The Operator_Account only reaches the history: the same callback.
+        assert_eq!(
+            plain.dedup_key,
+            leave(r#","Operator_Account":"op""#).dedup_key
+        );
+
+        // The first version's key is kept beside, for redeliveries of what it stored: it left
+        // the content out, so the three seat changes share it.
+        assert_eq!(alice.legacy_key, free.legacy_key);
+        assert!(alice.legacy_key.is_some());
+        assert_ne!(alice.legacy_key, Some(alice.dedup_key));
+        // A destroy has no content of its own: one key, as before.
+        let destroy = parse(
+            r#"{"CallbackCommand":"Room.CallbackAfterDestroyRoom","RoomId":"r","EventTime":5}"#,
+        )
+        .unwrap();
+        assert_eq!(destroy.legacy_key, None);
     }
 
     #[test]

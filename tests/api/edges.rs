@@ -140,3 +140,73 @@ async fn a_malformed_content_length_or_transfer_encoding_gets_a_bare_400(pool: P
     }
     app.stop().await;
 }
+
+fn seat_change(at: i64, index: i32, member: &str) -> serde_json::Value {
+    json!({"CallbackCommand": "Mic.CallbackAfterSeatInfoChanged", "RoomId": "r", "EventTime": at,
+           "SeatList": [{"Index": index, "Member_Account": member}]})
+}
+
+/// Three different seat changes at one millisecond are three callbacks, and where two set one
+/// seat, the content decides (the taken seat over the free one), whatever came first.
+#[sqlx::test]
+async fn distinct_seat_changes_at_one_millisecond_all_count(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let changes = [
+        seat_change(100, 0, "alice"),
+        seat_change(100, 1, "bob"),
+        seat_change(100, 0, ""),
+    ];
+    for order in [[0, 1, 2], [2, 1, 0]] {
+        sqlx::raw_sql("TRUNCATE room_events, room_seats, rooms")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for i in order {
+            app.deliver(&changes[i]).await;
+        }
+        assert_eq!(history(&pool).await, 3, "{order:?}");
+        let seats: Vec<(i32, Option<String>)> = seats(&pool, "r")
+            .await
+            .into_iter()
+            .map(|(index, member, ..)| (index, member))
+            .collect();
+        assert_eq!(
+            seats,
+            [(0, Some("alice".into())), (1, Some("bob".into()))],
+            "{order:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A callback stored by a version whose key left the content out is still a duplicate when
+/// it comes again; a different one at that time is not.
+#[sqlx::test]
+async fn a_redelivery_of_a_callback_stored_under_the_old_key_is_a_duplicate(pool: PgPool) {
+    let old = seat_change(100, 0, "alice");
+    let query = roomsync::callback::CallbackQuery::default();
+    let text = old.to_string();
+    let parsed =
+        roomsync::callback::parse_stored(APP_ID, &query, text.as_bytes(), chrono::Utc::now())
+            .unwrap();
+    let legacy = parsed.legacy_key.expect("a seat change's key changed");
+    sqlx::query(
+        "INSERT INTO room_events (sdk_app_id, callback_command, room_id, event_at, payload, dedup_key)
+         VALUES ($1, 'Mic.CallbackAfterSeatInfoChanged', 'r', $2, $3::jsonb, $4)",
+    )
+    .bind(APP_ID)
+    .bind(ms(100))
+    .bind(&text)
+    .bind(&legacy[..])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = spawn_app(pool.clone()).await;
+    app.deliver(&old).await;
+    assert_eq!(history(&pool).await, 1, "the redelivery adds no row");
+    assert!(seats(&pool, "r").await.is_empty(), "and changes nothing");
+    app.deliver(&seat_change(100, 1, "bob")).await;
+    assert_eq!(history(&pool).await, 2);
+    assert_eq!(seats(&pool, "r").await.len(), 1);
+    app.stop().await;
+}
