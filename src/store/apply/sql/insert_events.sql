@@ -17,11 +17,15 @@ WITH ev AS (
                 $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
                 $13::text[], $14::text[], $15::bytea[], $19::bytea[])
          AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k, lk)
-    WHERE u.lk IS NULL OR NOT EXISTS (
-        SELECT 1 FROM room_events e
-        WHERE e.sdk_app_id = u.a AND e.room_id = u.r AND e.dedup_key = u.lk
-          AND e.payload = u.p::jsonb
-    )
+    -- One index probe per row, as for the members below (a NOT EXISTS planned while the table
+    -- was empty hashes all of room_events, and a cached plan keeps doing so).
+    LEFT JOIN LATERAL (
+        SELECT true AS seen FROM room_events e
+        WHERE u.lk IS NOT NULL AND e.sdk_app_id = u.a AND e.room_id = u.r
+          AND e.dedup_key = u.lk AND e.payload = u.p::jsonb
+        LIMIT 1
+    ) AS old ON true
+    WHERE old.seen IS NULL
     ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
     RETURNING id, sdk_app_id, room_id, dedup_key
 )
