@@ -45,6 +45,8 @@ pub struct Config {
     pub sdk_app_ids: Vec<SdkAppId>,
     pub callback_token: Option<Secret>,
     pub signature_max_skew: Duration,
+    /// How far an `EventTime` may be ahead of the arrival (docs/limits.md#the-callback).
+    pub event_time_max_future: Duration,
     pub listen_addr: SocketAddr,
     pub run_migrations: bool,
     pub max_body_bytes: usize,
@@ -121,6 +123,11 @@ impl Config {
             sdk_app_ids,
             callback_token,
             signature_max_skew: Duration::from_secs(skew_secs),
+            event_time_max_future: Duration::from_secs(parse_or(
+                &get,
+                "EVENT_TIME_MAX_FUTURE_SECS",
+                DEFAULT_EVENT_TIME_MAX_FUTURE_SECS,
+            )?),
             listen_addr: parse_or(&get, "LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
             max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
@@ -201,6 +208,10 @@ impl Config {
 /// Room for 10,000 member ids of about 100 bytes in one callback: each id costs its JSON text
 /// (quotes, escapes) plus a comma, so N ids of L plain bytes need about N * (L + 3) bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Five minutes: far more than the clock differences NTP-synced hosts show (and than the 60 s
+/// a signed `RequestTime` may be off), small enough that a forged time holds a room for
+/// minutes, not for ever.
+pub const DEFAULT_EVENT_TIME_MAX_FUTURE_SECS: u64 = 300;
 
 /// The error for `var`, with why (never the value of a secret).
 pub(crate) fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -266,6 +277,7 @@ mod tests {
         assert_eq!(c.sdk_app_ids, vec![SdkAppId::parse("1400000001").unwrap()]);
         assert!(c.callback_token.is_none());
         assert_eq!(c.signature_max_skew, Duration::from_secs(60));
+        assert_eq!(c.event_time_max_future, Duration::from_secs(300));
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
         assert!(c.run_migrations);
         assert_eq!(c.max_body_bytes, 1_048_576);
@@ -321,6 +333,10 @@ mod tests {
             (
                 &[BASE[0], BASE[1], ("SIGNATURE_MAX_SKEW_SECS", "x")],
                 "SIGNATURE_MAX_SKEW_SECS",
+            ),
+            (
+                &[BASE[0], BASE[1], ("EVENT_TIME_MAX_FUTURE_SECS", "-5")],
+                "EVENT_TIME_MAX_FUTURE_SECS",
             ),
             (&[("DATABASE_URL", "mysql://x"), BASE[1]], "DATABASE_URL"),
             (

@@ -184,10 +184,14 @@ async fn reconcile(
     }
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
     let rooms = reconciler.rooms_to_check(&apps, room.as_ref()).await?;
-    let mut failed = 0;
+    let (mut failed, mut unknown) = (0, 0);
     for (app, room) in &rooms {
         let label = format!("app {} room {:?}", app.get(), room.as_str());
         match reconciler.check_room(*app, room, mode).await {
+            Ok(report) if report.unknown => {
+                unknown += 1;
+                println!("{label}: unknown room: {report}");
+            }
             Ok(report) => println!("{label}: {report}"),
             Err(error) => {
                 failed += 1;
@@ -201,12 +205,17 @@ async fn reconcile(
         "corrections stored"
     };
     println!(
-        "{} rooms checked, {failed} failed ({stored})",
-        rooms.len() - failed
+        "{} rooms checked, {failed} failed, {unknown} unknown ({stored})",
+        rooms.len() - failed - unknown
     );
     pool.close().await;
     if failed > 0 {
         return Err(format!("{failed} of {} rooms could not be checked", rooms.len()).into());
+    }
+    // A room asked for by name that no app's view has is a typo, not a successful check
+    // (with several apps, one that has it is enough).
+    if let Some(room) = room.filter(|_| unknown > 0 && unknown == rooms.len()) {
+        return Err(format!("room {:?} is unknown: not in the view", room.as_str()).into());
     }
     Ok(())
 }

@@ -10,6 +10,11 @@ use super::{
 
 /// Most entries any list may hold (docs/protocol.md#bounds).
 pub const MAX_LIST_ENTRIES: usize = 10_000;
+/// Longest `Type` and `EventCause` (a word from a short list, kept as sent when unknown) and
+/// `Operator_Account` (an account, like an id), in bytes: they are copied into the view rows.
+pub const MAX_TYPE_BYTES: usize = 256;
+/// Longest `Reason` of a leave, in bytes (free text, copied into `room_members.leave_reason`).
+pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Why a body was refused: the kind fixes the ErrorCode, `info` names the field or problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +33,8 @@ pub enum RejectionKind {
     NulCharacter,
     CommandMismatch,
     MissingCommand,
+    /// `EventTime` further ahead of the arrival than the configured skew.
+    FutureEventTime,
 }
 
 impl Rejection {
@@ -83,7 +90,9 @@ fn key_in_path(key: &str) -> String {
 }
 
 /// Parses a callback again from what was stored (the journal, the history), with the same
-/// rules as when it arrived.
+/// rules as when it arrived, except the bound on a future `EventTime`: that one was checked
+/// against the bound in force at its arrival, and a record already answered 200 (or already
+/// in the history) must not turn into a refusal because the bound was lowered since.
 pub fn parse_stored(
     sdk_app_id: i64,
     query: &CallbackQuery,
@@ -92,16 +101,19 @@ pub fn parse_stored(
 ) -> Result<Callback, Rejection> {
     let app = SdkAppId::from_i64(sdk_app_id)
         .ok_or_else(|| Rejection::bounds("SdkAppid", "must be a positive integer"))?;
-    parse_body(body, query, app, received_at)
+    parse_body(body, query, app, received_at, None)
 }
 
 /// Parses a body that passed the app-id and signature checks.
-/// `received_at` stands in for a missing `EventTime` of an unknown command.
+/// `received_at` stands in for a missing `EventTime` of an unknown command, and is what
+/// `max_future` (docs/limits.md#the-callback) is measured from: an `EventTime` later than
+/// `received_at + max_future` is refused.
 pub fn parse_body(
     body: &[u8],
     query: &CallbackQuery,
     sdk_app_id: SdkAppId,
     received_at: chrono::DateTime<chrono::Utc>,
+    max_future: Option<std::time::Duration>,
 ) -> Result<Callback, Rejection> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
@@ -143,7 +155,7 @@ pub fn parse_body(
                 format!("CallbackCommand differs: {q:?} in the query, {b:?} in the body"),
             ));
         }
-        (Some(name), _) | (None, Some(name)) if name.starts_with(RESERVED_PREFIX) => {
+        (Some(name), _) | (None, Some(name)) if is_reserved(name) => {
             return Err(Rejection::bounds(
                 "CallbackCommand",
                 &format!("{name:?} is reserved for roomsync's own corrections"),
@@ -158,10 +170,15 @@ pub fn parse_body(
         }
     };
 
-    // Live callbacks may carry EventTime inside RoomInfo instead (docs/live.md).
+    // Live callbacks may carry EventTime inside RoomInfo instead, and Tencent's own Live
+    // create sample carries only RoomInfo.CreateTime, in seconds (docs/live.md#quirks).
     let event_time = match body.opt_event_time()? {
         Some(t) => Some(t),
-        None if command.product() == Some(Product::Live) => body.room_info_event_time()?,
+        None if command.product() == Some(Product::Live) => match body.room_info_event_time()? {
+            Some(t) => Some(t),
+            None if command == Command::LiveCreateRoom => body.room_info_create_time()?,
+            None => None,
+        },
         None => None,
     };
     let event_time = match (event_time, &command) {
@@ -169,7 +186,12 @@ pub fn parse_body(
         (None, Command::Other(_)) => None,
         (None, _) => return Err(Rejection::missing("EventTime")),
     };
-    let operator = body.opt_text("Operator_Account")?.filter(|s| !s.is_empty());
+    if let (Some(t), Some(max_future)) = (event_time, max_future) {
+        check_not_future(t, received_at, max_future)?;
+    }
+    let operator = body
+        .opt_short_text("Operator_Account", MAX_TYPE_BYTES)?
+        .filter(|s| !s.is_empty());
 
     let (room_id, event) = match &command {
         Command::MemberEnter => (
@@ -240,6 +262,38 @@ pub fn parse_body(
         meta: query.meta(),
         payload,
     }))
+}
+
+/// Whether a command name is under roomsync's own prefix, as a sender could try to spell it
+/// (any case, padded with whitespace).
+fn is_reserved(name: &str) -> bool {
+    let name = name.trim();
+    name.get(..RESERVED_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
+/// A time further ahead than `max_future` would win over every real event and correction
+/// until then: refused rather than clamped (docs/limits.md#the-callback says why).
+fn check_not_future(
+    t: EventTime,
+    received_at: chrono::DateTime<chrono::Utc>,
+    max_future: std::time::Duration,
+) -> Result<(), Rejection> {
+    let limit = received_at
+        .timestamp_millis()
+        .saturating_add(i64::try_from(max_future.as_millis()).unwrap_or(i64::MAX));
+    if t.millis() > limit {
+        return Err(Rejection::new(
+            RejectionKind::FutureEventTime,
+            format!(
+                "EventTime {} is more than {} s after the arrival time {}",
+                t.millis(),
+                max_future.as_secs(),
+                received_at.timestamp_millis()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_storable(value: &Value, path: &str) -> Result<(), Rejection> {
@@ -352,6 +406,16 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// A string of at most `max` bytes.
+    fn opt_short_text(&self, key: &str, max: usize) -> Result<Option<String>, Rejection> {
+        let text = self.opt_text(key)?;
+        if text.as_ref().is_some_and(|t| t.len() > max) {
+            let problem = format!("is longer than {max} bytes");
+            return Err(Rejection::bounds(&self.path_of(key), &problem));
+        }
+        Ok(text)
+    }
+
     fn opt_id(&self, key: &str) -> Result<Option<Id>, Rejection> {
         self.get(key)
             .map(|v| id_from(v, &self.path_of(key)))
@@ -437,6 +501,33 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// `RoomInfo.CreateTime` (seconds) as an EventTime in milliseconds (a Live create).
+    fn room_info_create_time(&self) -> Result<Option<EventTime>, Rejection> {
+        let Some(Value::Object(map)) = self.get("RoomInfo") else {
+            return Ok(None);
+        };
+        let info = Object {
+            map,
+            path: "RoomInfo".into(),
+        };
+        // 0 is no time at all: refused as a missing EventTime.
+        let Some(secs) = info
+            .opt_integer("CreateTime", 0, i64::MAX)?
+            .filter(|s| *s > 0)
+        else {
+            return Ok(None);
+        };
+        secs.checked_mul(1000)
+            .and_then(EventTime::from_millis)
+            .map(Some)
+            .ok_or_else(|| {
+                Rejection::bounds(
+                    &info.path_of("CreateTime"),
+                    "is not a valid time in seconds",
+                )
+            })
+    }
+
     /// `Live.CallbackAfterMemberStateChanged`: `Online` is an enter, `Offline` a leave whose
     /// `leave_type` is the `EventCause` (an unknown cause is kept as sent).
     fn member_state(&self) -> Result<Event, Rejection> {
@@ -451,7 +542,7 @@ impl<'a> Object<'a> {
             }
             None => return Err(Rejection::missing("EventType")),
         };
-        let cause = match self.opt_text("EventCause")? {
+        let cause = match self.opt_short_text("EventCause", MAX_TYPE_BYTES)? {
             Some(cause) if !cause.is_empty() => cause,
             Some(_) => return Err(Rejection::bounds("EventCause", "must not be empty")),
             None => return Err(Rejection::missing("EventCause")),
@@ -505,10 +596,10 @@ impl<'a> Object<'a> {
             member_count: self
                 .opt_integer("MemberCount", 0, i32::MAX.into())?
                 .map(|n| n as i32),
-            kind: self.opt_text("Type")?,
+            kind: self.opt_short_text("Type", MAX_TYPE_BYTES)?,
             // Only a leave has a Reason.
             reason: match direction {
-                Direction::Leave => self.opt_text("Reason")?,
+                Direction::Leave => self.opt_short_text("Reason", MAX_REASON_BYTES)?,
                 Direction::Enter => None,
             },
         })
@@ -648,6 +739,7 @@ mod tests {
             &CallbackQuery::parse(query),
             SdkAppId::parse(APP).unwrap(),
             chrono::Utc::now(),
+            Some(std::time::Duration::from_secs(300)),
         )
     }
 
@@ -868,6 +960,7 @@ mod tests {
             &CallbackQuery::default(),
             SdkAppId::parse(APP).unwrap(),
             chrono::Utc::now(),
+            Some(std::time::Duration::from_secs(300)),
         );
         assert_eq!(bad_utf8.unwrap_err().kind, RejectionKind::NotJson);
         let nul_ip = parse_with(ENTER, "ClientIP=%00").unwrap_err();
@@ -925,6 +1018,129 @@ mod tests {
         .unwrap();
         assert_eq!(alias.command, Command::LiveMemberStateChanged);
         assert_eq!(alias.dedup_key, online.dedup_key);
+    }
+
+    #[test]
+    fn an_event_time_beyond_the_skew_is_refused() {
+        let arrival = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        let skew = std::time::Duration::from_secs(300);
+        let at = |ms: i64, max: Option<std::time::Duration>| {
+            let body = ENTER.replace("\"EventTime\":5", &format!("\"EventTime\":{ms}"));
+            let query = CallbackQuery::default();
+            let app = SdkAppId::parse(APP).unwrap();
+            parse_body(body.as_bytes(), &query, app, arrival, max)
+        };
+        let limit = 1_700_000_000_000 + 300_000;
+        assert!(at(limit, Some(skew)).is_ok(), "exactly at the bound");
+        let r = at(limit + 1, Some(skew)).unwrap_err();
+        assert_eq!(r.kind, RejectionKind::FutureEventTime);
+        assert!(r.info.contains("EventTime"), "{:?}", r.info);
+        assert_eq!(
+            at(8_210_266_876_799_999, Some(skew)).unwrap_err().kind,
+            RejectionKind::FutureEventTime
+        );
+        // Measured from the arrival, not from now: a record journaled long ago still parses.
+        assert!(
+            parse_stored(
+                1_400_000_001,
+                &CallbackQuery::default(),
+                ENTER.as_bytes(),
+                arrival
+            )
+            .is_ok()
+        );
+        // Inside RoomInfo, and from CreateTime, the same bound.
+        let live = format!(
+            r#"{{"CallbackCommand":"Live.CallbackAfterCreateRoom","RoomInfo":{{"RoomId":"r","CreateTime":{}}}}}"#,
+            (limit + 1000) / 1000
+        );
+        let r = parse_body(
+            live.as_bytes(),
+            &CallbackQuery::default(),
+            SdkAppId::parse(APP).unwrap(),
+            arrival,
+            Some(skew),
+        )
+        .unwrap_err();
+        assert_eq!(r.kind, RejectionKind::FutureEventTime);
+    }
+
+    #[test]
+    fn a_live_create_without_event_time_takes_create_time() {
+        let sample = r#"{"CallbackCommand":"Live.CallbackAfterCreateRoom","Operator_Account":"@TIM#SYSTEM","RoomInfo":{"RoomId":"live-1","RoomName":"n","CreateTime":1703589922}}"#;
+        let create = parse(sample).unwrap();
+        assert_eq!(create.event_time.millis(), 1_703_589_922_000);
+        // EventTime, at the top or inside RoomInfo, wins over CreateTime.
+        let inner = sample.replace(
+            r#""CreateTime""#,
+            r#""EventTime":1703589922780,"CreateTime""#,
+        );
+        assert_eq!(
+            parse(&inner).unwrap().event_time.millis(),
+            1_703_589_922_780
+        );
+        let top = sample.replace(
+            r#""Operator_Account""#,
+            r#""EventTime":77,"Operator_Account""#,
+        );
+        assert_eq!(parse(&top).unwrap().event_time.millis(), 77);
+        // Neither: refused as before; CreateTime 0 is no time.
+        for none in [
+            sample.replace(r#","CreateTime":1703589922"#, ""),
+            sample.replace("1703589922", "0"),
+        ] {
+            assert_eq!(rejected(&none).kind, RejectionKind::MissingField, "{none}");
+        }
+        let huge = sample.replace("1703589922", "9223372036854775807");
+        assert!(rejected(&huge).info.contains("RoomInfo.CreateTime"));
+        // Only a Live create: an update or a Room create still needs EventTime.
+        let update = sample.replace("AfterCreateRoom", "AfterUpdateRoomInfo");
+        assert_eq!(rejected(&update).kind, RejectionKind::MissingField);
+        let room = sample.replace("Live.", "Room.");
+        assert_eq!(rejected(&room).kind, RejectionKind::MissingField);
+    }
+
+    #[test]
+    fn short_texts_are_bounded() {
+        let leave = |extra: &str| {
+            format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterMemberLeave","RoomId":"r","MemberList_Account":["a"],"EventTime":5,{extra}}}"#
+            )
+        };
+        let cases = [
+            ("Type", MAX_TYPE_BYTES),
+            ("Reason", MAX_REASON_BYTES),
+            ("Operator_Account", MAX_TYPE_BYTES),
+        ];
+        for (field, max) in cases {
+            let at = leave(&format!(r#""{field}":"{}""#, "x".repeat(max)));
+            assert!(parse(&at).is_ok(), "{field} at its bound");
+            let past = leave(&format!(r#""{field}":"{}""#, "x".repeat(max + 1)));
+            let r = rejected(&past);
+            assert_eq!(r.kind, RejectionKind::OutOfBounds, "{field}");
+            assert!(r.info.starts_with(field), "{:?}", r.info);
+        }
+        let state = format!(
+            r#"{{"CallbackCommand":"Live.CallbackAfterMemberStateChanged","RoomId":"r","EventTime":5,"EventType":"Offline","EventCause":"{}","MemberList":[{{"Member_Account":"a"}}]}}"#,
+            "c".repeat(MAX_TYPE_BYTES + 1)
+        );
+        assert!(rejected(&state).info.starts_with("EventCause"));
+    }
+
+    #[test]
+    fn the_reserved_prefix_in_any_spelling_is_refused() {
+        for name in [
+            "roomsync.Reconcile",
+            "ROOMSYNC.Reconcile",
+            " roomsync.Reconcile",
+            "\\troomSync.anything",
+        ] {
+            let body = ENTER.replace("Room.CallbackAfterMemberEnter", name);
+            let r = rejected(&body);
+            assert_eq!(r.kind, RejectionKind::OutOfBounds, "{name:?}");
+            assert!(r.info.contains("reserved"), "{:?}", r.info);
+        }
+        assert!(parse(&ENTER.replace("Room.CallbackAfterMemberEnter", "roomsync2.X")).is_ok());
     }
 
     #[test]
@@ -1064,7 +1280,7 @@ mod tests {
     #[test]
     fn dedup_key_ignores_member_order_and_repeats() {
         let a = parse(ENTER).unwrap();
-        let b = parse(r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["b","a","b"],"EventTime":5,"MemberCount":3}"#).unwrap();
+        let b = parse(r#"{"CallbackCommand":"Room.CallbackAfterMemberEnter","RoomId":"r1","MemberList_Account":["b","a","b"],"EventTime":5}"#).unwrap();
         assert_eq!(a.dedup_key, b.dedup_key);
         let other_time = parse(&ENTER.replace("\"EventTime\":5", "\"EventTime\":6")).unwrap();
         let other_members = parse(&ENTER.replace("[\"a\",\"b\"]", "[\"a\"]")).unwrap();
@@ -1072,6 +1288,74 @@ mod tests {
         for other in [other_time, other_members, other_room] {
             assert_ne!(a.dedup_key, other.dedup_key);
         }
+    }
+
+    #[test]
+    fn dedup_key_covers_content_with_an_effect_in_canonical_form() {
+        let seat = |list: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":{list}}}"#
+            ))
+            .unwrap()
+        };
+        let alice = seat(r#"[{"Index":0,"Member_Account":"alice"}]"#);
+        let bob = seat(r#"[{"Index":1,"Member_Account":"bob"}]"#);
+        let free = seat(r#"[{"Index":0,"Member_Account":""}]"#);
+        assert_ne!(alice.dedup_key, bob.dedup_key);
+        assert_ne!(alice.dedup_key, free.dedup_key);
+        // Order of the entries, of the keys, whitespace, a flag as a string: the same list.
+        let two = seat(r#"[{"Index":0,"Member_Account":"a"},{"Index":1,"IsAudioDisabled":true}]"#);
+        let again =
+            seat(r#"[ {"IsAudioDisabled":"true", "Index":1}, {"Member_Account":"a","Index":0} ]"#);
+        assert_eq!(two.dedup_key, again.dedup_key);
+
+        let update = |info: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterUpdateRoomInfo","EventTime":5,"RoomInfo":{info}}}"#
+            ))
+            .unwrap()
+        };
+        let name = update(r#"{"RoomId":"r","RoomName":"a","Deep":{"x":1,"y":[true]}}"#);
+        let same =
+            update(r#"{ "Deep" : { "y" : [ true ] , "x" : 1 }, "RoomName":"a","RoomId":"r"}"#);
+        let mode = update(r#"{"RoomId":"r","TakeSeatMode":"ApplyToTake"}"#);
+        assert_eq!(name.dedup_key, same.dedup_key);
+        assert_ne!(name.dedup_key, mode.dedup_key);
+        let create = |name: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterCreateRoom","EventTime":5,"RoomInfo":{{"RoomId":"r","RoomName":"{name}"}}}}"#
+            ))
+            .unwrap()
+        };
+        assert_ne!(create("a").dedup_key, create("b").dedup_key);
+
+        // A leave's Reason and a member event's MemberCount have an effect too.
+        let leave = |extra: &str| {
+            parse(&format!(
+                r#"{{"CallbackCommand":"Room.CallbackAfterMemberLeave","RoomId":"r","MemberList_Account":["a"],"Type":"Kicked","EventTime":5{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = leave("");
+        assert_ne!(plain.dedup_key, leave(r#","Reason":"x""#).dedup_key);
+        assert_ne!(plain.dedup_key, leave(r#","MemberCount":3"#).dedup_key);
+        // The Operator_Account only reaches the history: the same callback.
+        assert_eq!(
+            plain.dedup_key,
+            leave(r#","Operator_Account":"op""#).dedup_key
+        );
+
+        // The first version's key is kept beside, for redeliveries of what it stored: it left
+        // the content out, so the three seat changes share it.
+        assert_eq!(alice.legacy_key, free.legacy_key);
+        assert!(alice.legacy_key.is_some());
+        assert_ne!(alice.legacy_key, Some(alice.dedup_key));
+        // A destroy has no content of its own: one key, as before.
+        let destroy = parse(
+            r#"{"CallbackCommand":"Room.CallbackAfterDestroyRoom","RoomId":"r","EventTime":5}"#,
+        )
+        .unwrap();
+        assert_eq!(destroy.legacy_key, None);
     }
 
     #[test]
@@ -1086,6 +1370,7 @@ mod tests {
             &CallbackQuery::default(),
             SdkAppId::parse(APP).unwrap(),
             later,
+            None,
         )
         .unwrap();
         assert_eq!(a.dedup_key, again.dedup_key);
@@ -1153,7 +1438,13 @@ mod tests {
         fn check(body: &[u8], query: &str) {
             let query = CallbackQuery::parse(query);
             let app = SdkAppId::parse("1400000001").unwrap();
-            match parse_body(body, &query, app, chrono::Utc::now()) {
+            match parse_body(
+                body,
+                &query,
+                app,
+                chrono::Utc::now(),
+                Some(std::time::Duration::from_secs(300)),
+            ) {
                 Ok(callback) => {
                     let value: Value = serde_json::from_str(&callback.payload).unwrap();
                     assert!(check_storable(&value, "body").is_ok());

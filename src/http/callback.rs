@@ -116,7 +116,7 @@ async fn process(
         .sdk_app_id
         .as_deref()
         .ok_or(CallbackError::AppIdMissing)?;
-    let app = SdkAppId::parse(app.trim())
+    let app = SdkAppId::parse(app)
         .filter(|id| config.is_our_app(*id))
         .ok_or(CallbackError::AppIdUnknown)?;
     if let Some(token) = &config.callback_token {
@@ -130,7 +130,8 @@ async fn process(
         )
         .map_err(CallbackError::Signature)?;
     }
-    let callback = match parse_body(&body, query, app, received_at) {
+    let max_future = Some(config.event_time_max_future);
+    let callback = match parse_body(&body, query, app, received_at, max_future) {
         Ok(callback) => callback,
         Err(rejection) => {
             let error = CallbackError::Invalid(rejection);

@@ -42,6 +42,7 @@ impl CallbackError {
                 RejectionKind::NulCharacter => 40005,
                 RejectionKind::CommandMismatch => 40006,
                 RejectionKind::MissingCommand => 40007,
+                RejectionKind::FutureEventTime => 40010,
             },
             Self::BodyRead(_) => 40008,
             Self::BodyTimeout => 40009,

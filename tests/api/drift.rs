@@ -490,14 +490,23 @@ async fn the_reconcile_command_prints_and_stores_the_differences(pool: PgPool) {
     assert_eq!(corrections(&pool, "r").await.len(), 2);
 
     // A room the view never saw is not invented (Tencent says it does not exist either).
-    let typo = reconcile_command(&pool, &fake, &["--room", "typo"], "warn").await;
-    assert!(typo.success, "{}{}", typo.stdout, typo.stderr);
-    assert!(
-        typo.stdout
-            .contains(r#"room "typo": not a room of the view"#),
-        "{}",
-        typo.stdout
-    );
+    // It is said, and the exit status is not a success, dry run or not.
+    for args in [&["--room", "typo"][..], &["--dry-run", "--room", "typo"]] {
+        let typo = reconcile_command(&pool, &fake, args, "warn").await;
+        assert!(!typo.success, "{}{}", typo.stdout, typo.stderr);
+        assert!(
+            typo.stdout
+                .contains(r#"room "typo": unknown room: not a room of the view"#),
+            "{}",
+            typo.stdout
+        );
+        assert!(typo.stdout.contains("0 rooms checked"), "{}", typo.stdout);
+        assert!(
+            typo.stderr.contains(r#"room "typo" is unknown"#),
+            "{}",
+            typo.stderr
+        );
+    }
     assert_eq!(
         count(&pool, "SELECT count(*) FROM rooms WHERE room_id = 'typo'").await,
         0

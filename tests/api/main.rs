@@ -5,6 +5,7 @@ mod batches;
 mod callback;
 mod drift;
 mod durability;
+mod edges;
 mod failures;
 mod fake_tencent;
 mod hardening;

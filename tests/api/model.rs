@@ -1,5 +1,6 @@
-//! Model-based randomized test (docs/semantics.md): thousands of enter/leave/destroy/create events over a
-//! few rooms and users, with duplicates, shuffled, delivered concurrently to two running
+//! Model-based randomized test (docs/semantics.md): thousands of enter/leave/destroy/create,
+//! room-info update and seat events over a few rooms and users (many at one millisecond in one
+//! room: distinct callbacks at one EventTime all count), with duplicates, shuffled, delivered concurrently to two running
 //! instances sharing one database. The result must equal an in-memory model that applies the
 //! distinct events one by one in EventTime order.
 //!
@@ -40,6 +41,22 @@ enum Ev {
     },
     Create {
         room: String,
+        name: String,
+        at: i64,
+    },
+    /// A room-info update: `RoomName` when `name` is set, and `CustomInfo`.
+    Update {
+        room: String,
+        name: Option<String>,
+        custom: String,
+        at: i64,
+    },
+    /// A seat change of one seat (`member` `None`: the seat is freed).
+    Seat {
+        room: String,
+        index: i32,
+        member: Option<String>,
+        audio: bool,
         at: i64,
     },
     /// Drift-repair corrections (docs/drift-repair.md), stored by the library as the
@@ -86,6 +103,8 @@ impl Ev {
             | Ev::Leave { at, .. }
             | Ev::Destroy { at, .. }
             | Ev::Create { at, .. }
+            | Ev::Update { at, .. }
+            | Ev::Seat { at, .. }
             | Ev::FixEnter { at, .. }
             | Ev::FixLeave { at, .. }
             | Ev::FixDestroy { at, .. }
@@ -100,6 +119,8 @@ impl Ev {
             | Ev::Leave { room, .. }
             | Ev::Destroy { room, .. }
             | Ev::Create { room, .. }
+            | Ev::Update { room, .. }
+            | Ev::Seat { room, .. }
             | Ev::FixEnter { room, .. }
             | Ev::FixLeave { room, .. }
             | Ev::FixDestroy { room, .. }
@@ -122,15 +143,15 @@ impl Ev {
     fn reason(kind: &str, at: i64) -> String {
         format!("{kind}:{}", at % 3)
     }
-    fn room_name(room: &str, at: i64) -> String {
-        format!("{room}-name-{}", at % 5)
-    }
     /// Order of application (docs/semantics.md#equal-eventtime): at equal EventTime, enters
     /// and creates, then leaves, then destroys; two leaves by (Type, Reason).
     fn order(&self) -> (i64, u8, String, String) {
         match self {
+            // Room info and seats at one time: their own rule on content (in the model below).
             Ev::Enter { at, .. }
             | Ev::Create { at, .. }
+            | Ev::Update { at, .. }
+            | Ev::Seat { at, .. }
             | Ev::FixEnter { at, .. }
             | Ev::LiveOnline { at, .. } => (*at, 0, String::new(), String::new()),
             Ev::LiveOffline { at, cause, .. } => (*at, 1, cause.clone(), String::new()),
@@ -161,7 +182,20 @@ impl Ev {
                 at,
             } => format!("leave/{room}/{at}/{kind}/{}", set(users)),
             Ev::Destroy { room, at } => format!("destroy/{room}/{at}"),
-            Ev::Create { room, at } => format!("create/{room}/{at}"),
+            Ev::Create { room, name, at } => format!("create/{room}/{at}/{name}"),
+            Ev::Update {
+                room,
+                name,
+                custom,
+                at,
+            } => format!("update/{room}/{at}/{name:?}/{custom}"),
+            Ev::Seat {
+                room,
+                index,
+                member,
+                audio,
+                at,
+            } => format!("seat/{room}/{at}/{index}/{member:?}/{audio}"),
             Ev::FixEnter { room, users, at } => format!("fix-enter/{room}/{at}/{}", set(users)),
             Ev::FixLeave { room, users, at } => format!("fix-leave/{room}/{at}/{}", set(users)),
             Ev::FixDestroy { room, at } => format!("fix-destroy/{room}/{at}"),
@@ -222,7 +256,30 @@ impl Ev {
                 "Reason": Ev::reason(kind, *at), "EventTime": at})
             }
             Ev::Destroy { room, at } => destroy(room, *at),
-            Ev::Create { room, at } => create(room, &Ev::room_name(room, *at), *at),
+            Ev::Create { room, name, at } => create(room, name, *at),
+            Ev::Update {
+                room,
+                name,
+                custom,
+                at,
+            } => {
+                let mut info = json!({"RoomId": room, "CustomInfo": custom});
+                if let Some(name) = name {
+                    info["RoomName"] = json!(name);
+                }
+                json!({"CallbackCommand": "Room.CallbackAfterUpdateRoomInfo", "EventTime": at, "RoomInfo": info})
+            }
+            Ev::Seat {
+                room,
+                index,
+                member,
+                audio,
+                at,
+            } => {
+                json!({"CallbackCommand": "Mic.CallbackAfterSeatInfoChanged", "RoomId": room, "EventTime": at,
+                       "SeatList": [{"Index": index, "Member_Account": member.clone().unwrap_or_default(),
+                                     "IsAudioDisabled": audio}]})
+            }
             Ev::LiveOnline {
                 room,
                 users,
@@ -302,6 +359,34 @@ fn generate(rng: &mut StdRng) -> Vec<Ev> {
     };
     (0..EVENTS)
         .map(|_| {
+            // One event in six sets room info or a seat, in a few rooms over a few
+            // milliseconds: many distinct ones at one time in one room.
+            if rng.random_range(0..6) == 0 {
+                let room = format!("room{}", rng.random_range(0..4));
+                let at = BASE + rng.random_range(0..20);
+                let name = |rng: &mut StdRng| format!("n{}", rng.random_range(0..4));
+                return match rng.random_range(0..10) {
+                    0..3 => Ev::Create {
+                        room,
+                        name: name(rng),
+                        at,
+                    },
+                    3..6 => Ev::Update {
+                        room,
+                        name: (rng.random_range(0..3) > 0).then(|| name(rng)),
+                        custom: format!("c{}", rng.random_range(0..3)),
+                        at,
+                    },
+                    _ => Ev::Seat {
+                        room,
+                        index: rng.random_range(0..3),
+                        member: (rng.random_range(0..4) > 0)
+                            .then(|| format!("u{}", rng.random_range(0..4))),
+                        audio: rng.random_range(0..2) == 0,
+                        at,
+                    },
+                };
+            }
             let room = format!("room{}", rng.random_range(0..ROOMS));
             // A narrow time range, so equal EventTimes happen often.
             let at = BASE + rng.random_range(0..150);
@@ -348,7 +433,11 @@ fn generate(rng: &mut StdRng) -> Vec<Ev> {
                     }
                 }
                 75..84 => Ev::Destroy { room, at },
-                84..92 => Ev::Create { room, at },
+                84..92 => Ev::Create {
+                    room,
+                    name: format!("n{}", rng.random_range(0..4)),
+                    at,
+                },
                 92..96 => Ev::FixLeave {
                     room,
                     users: pick_users(rng),
@@ -382,6 +471,7 @@ struct Room {
     product: String,
     member_count: Option<i32>,
     room_name: Option<String>,
+    custom: Option<String>,
     created_at: Option<Time>,
     destroyed_at: Option<Time>,
     last_event_at: Option<Time>,
@@ -413,11 +503,25 @@ fn seed(test: &str) -> u64 {
 }
 
 /// The sequential result, written straight from docs/semantics.md.
-fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<String, Room>) {
+fn model(distinct: &[Ev]) -> Sequential {
     let mut events = distinct.to_vec();
     events.sort_by_key(Ev::order);
     let mut members: BTreeMap<(String, String), Member> = BTreeMap::new();
     let mut rooms: BTreeMap<String, Room> = BTreeMap::new();
+    let mut seats: BTreeMap<(String, i32), SeatState> = BTreeMap::new();
+    // Per room and field, the (EventTime, JSON text) that set it: at one time the larger
+    // text wins (docs/semantics.md#create-and-update-room-info).
+    let mut info_version: BTreeMap<(String, &str), (i64, String)> = BTreeMap::new();
+    let mut set_field = |room: &str, field: &'static str, at: i64, value: &str| {
+        let version = (at, Value::String(value.to_owned()).to_string());
+        let slot = info_version.entry((room.to_owned(), field));
+        let current = slot.or_insert((i64::MIN, String::new()));
+        let newer = version >= *current;
+        if newer {
+            *current = version;
+        }
+        newer
+    };
     let mut count_version: BTreeMap<String, (i64, u8, i32)> = BTreeMap::new();
     for ev in &events {
         let t = ms(ev.at());
@@ -507,6 +611,7 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
                     "RoomDestroyed"
                 };
                 room.destroyed_at = Some(t);
+                seats.retain(|(r, _), _| r != id);
                 for ((r, _), m) in members.iter_mut() {
                     if r == id && m.in_room {
                         m.in_room = false;
@@ -515,14 +620,73 @@ fn model(distinct: &[Ev]) -> (BTreeMap<(String, String), Member>, BTreeMap<Strin
                     }
                 }
             }
-            Ev::Create { room: id, at } => {
-                room.room_name = Some(Ev::room_name(id, *at));
+            Ev::Create { room: id, name, at } => {
+                if set_field(id, "RoomName", *at, name) {
+                    room.room_name = Some(name.clone());
+                }
                 room.created_at = Some(t);
                 room.destroyed_at = None;
             }
+            Ev::Update {
+                room: id,
+                name,
+                custom,
+                at,
+            } => {
+                if let Some(name) = name
+                    && set_field(id, "RoomName", *at, name)
+                {
+                    room.room_name = Some(name.clone());
+                }
+                if set_field(id, "CustomInfo", *at, custom) {
+                    room.custom = Some(custom.clone());
+                }
+            }
+            Ev::Seat {
+                room: id,
+                index,
+                member,
+                audio,
+                at,
+            } => {
+                // Newest wins; at one time the larger (member, flags), a free seat smallest.
+                let state = SeatState {
+                    at: *at,
+                    member: member.clone(),
+                    audio: *audio,
+                };
+                let slot = seats.entry((id.clone(), *index)).or_insert(state.clone());
+                if state.order() >= slot.order() {
+                    *slot = state;
+                }
+            }
         }
     }
-    (members, rooms)
+    Sequential {
+        members,
+        rooms,
+        seats,
+    }
+}
+
+/// The sequential result: members, rooms, seats.
+struct Sequential {
+    members: BTreeMap<(String, String), Member>,
+    rooms: BTreeMap<String, Room>,
+    seats: BTreeMap<(String, i32), SeatState>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SeatState {
+    at: i64,
+    member: Option<String>,
+    audio: bool,
+}
+
+impl SeatState {
+    fn order(&self) -> (i64, &str, bool) {
+        (self.at, self.member.as_deref().unwrap_or(""), self.audio)
+    }
 }
 
 #[sqlx::test]
@@ -576,7 +740,11 @@ async fn two_instances_converge_to_the_sequential_result(pool: PgPool) {
 
 /// Asserts that the view equals the model's sequential result for these distinct events.
 async fn check_against_model(pool: &PgPool, distinct: &[Ev], seed: u64) {
-    let (want_members, want_rooms) = model(distinct);
+    let Sequential {
+        members: want_members,
+        rooms: want_rooms,
+        seats: want_seats,
+    } = model(distinct);
     let rows: Vec<MemberInRoom> = sqlx::query_as(
         "SELECT room_id, user_id, in_room, entered_at, left_at, leave_type, leave_reason, last_event_at FROM room_members",
     )
@@ -597,7 +765,7 @@ async fn check_against_model(pool: &PgPool, distinct: &[Ev], seed: u64) {
     assert_eq!(got_members.len(), want_members.len(), "seed {seed}");
 
     let rows: Vec<RoomWithId> = sqlx::query_as(
-        "SELECT room_id, product, member_count, room_name, created_at, destroyed_at, last_event_at FROM rooms",
+        "SELECT room_id, product, member_count, room_name, room_info ->> 'CustomInfo' AS custom, created_at, destroyed_at, last_event_at FROM rooms",
     )
     .fetch_all(pool)
     .await
@@ -607,6 +775,20 @@ async fn check_against_model(pool: &PgPool, distinct: &[Ev], seed: u64) {
         .map(|row| (row.room_id, row.room))
         .collect();
     assert_eq!(got_rooms, want_rooms, "rooms (seed {seed})");
+    let rows: Vec<(String, i32, Option<String>, bool, Time)> = sqlx::query_as(
+        "SELECT room_id, seat_index, member_account, is_audio_disabled, last_event_at FROM room_seats",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let got_seats: BTreeMap<(String, i32), SeatState> = rows
+        .into_iter()
+        .map(|(room, index, member, audio, at)| {
+            let at = at.timestamp_millis();
+            ((room, index), SeatState { at, member, audio })
+        })
+        .collect();
+    assert_eq!(got_seats, want_seats, "seats (seed {seed})");
     println!("{} members checked", want_members.len());
 }
 

@@ -38,6 +38,7 @@ pub(super) async fn insert_events(
         &member_apps,
         &member_rooms as &[&str],
         &member_users as &[&str],
+        &rows.legacy_keys as &[Option<&[u8]>],
     )
     .fetch_all(conn)
     .await?;
@@ -103,6 +104,7 @@ struct HistoryRows<'a> {
     platforms: Vec<Option<&'a str>>,
     payloads: Vec<&'a str>,
     keys: Vec<&'a [u8]>,
+    legacy_keys: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> HistoryRows<'a> {
@@ -123,6 +125,7 @@ impl<'a> HistoryRows<'a> {
             platforms: Vec::with_capacity(n),
             payloads: Vec::with_capacity(n),
             keys: Vec::with_capacity(n),
+            legacy_keys: Vec::with_capacity(n),
         }
     }
 
@@ -151,5 +154,7 @@ impl<'a> HistoryRows<'a> {
         self.platforms.push(callback.meta.opt_platform.as_deref());
         self.payloads.push(callback.payload.as_str());
         self.keys.push(&callback.dedup_key[..]);
+        self.legacy_keys
+            .push(callback.legacy_key.as_ref().map(|k| &k[..]));
     }
 }

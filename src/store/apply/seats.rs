@@ -11,8 +11,8 @@ pub(super) struct SeatChange<'a> {
 }
 
 /// Writes every seat's newest state in one statement (per seat the newest change wins; at
-/// equal times the later one in the batch, as if applied one by one); then a correction
-/// removes the seats it does not list.
+/// equal times the larger state by [`seat_order`], in the batch as against the row, so
+/// arrival order never shows); then a correction removes the seats it does not list.
 pub(super) async fn change_seats(
     conn: &mut PgConnection,
     changes: &[SeatChange<'_>],
@@ -23,7 +23,7 @@ pub(super) async fn change_seats(
             let slot = newest
                 .entry((change.room, seat.index))
                 .or_insert((change.at, seat));
-            if change.at >= slot.0 {
+            if (change.at, seat_order(seat)) >= (slot.0, seat_order(slot.1)) {
                 *slot = (change.at, seat);
             }
         }
@@ -51,7 +51,13 @@ pub(super) async fn change_seats(
                    is_video_disabled = EXCLUDED.is_video_disabled,
                    is_audio_disabled = EXCLUDED.is_audio_disabled,
                    last_event_at = EXCLUDED.last_event_at
-               WHERE s.last_event_at <= EXCLUDED.last_event_at"#,
+               WHERE s.last_event_at < EXCLUDED.last_event_at
+                  OR (s.last_event_at = EXCLUDED.last_event_at
+                      AND (coalesce(s.member_account, '') COLLATE "C", s.is_taken_disabled,
+                           s.is_video_disabled, s.is_audio_disabled)
+                       <= (coalesce(EXCLUDED.member_account, '') COLLATE "C",
+                           EXCLUDED.is_taken_disabled, EXCLUDED.is_video_disabled,
+                           EXCLUDED.is_audio_disabled))"#,
             &apps,
             &ids as &[&str],
             &index,
@@ -68,6 +74,21 @@ pub(super) async fn change_seats(
         remove_unlisted_seats(conn, change.room, change.at, change.seats).await?;
     }
     Ok(())
+}
+
+/// How two states of one seat at one EventTime are ordered; the larger wins (a rule on content,
+/// docs/semantics.md#seat-change). The SQL above compares the same tuple: a free seat as `''`,
+/// which sorts before every id (ids are never empty), ids as bytes (`COLLATE "C"`), then the
+/// flags, `false` before `true`.
+fn seat_order(seat: &Seat) -> (&[u8], bool, bool, bool) {
+    (
+        seat.member
+            .as_ref()
+            .map_or(&[][..], |m| m.as_str().as_bytes()),
+        seat.is_taken_disabled,
+        seat.is_video_disabled,
+        seat.is_audio_disabled,
+    )
 }
 
 async fn remove_unlisted_seats(

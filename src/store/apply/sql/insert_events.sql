@@ -5,6 +5,9 @@
 -- (bench/pgbench-script).
 -- $6 is every member list of the batch in one flat array; row i's list is $6[$7[i] : $8[i]]
 -- (spaced: pgbench would read ":hi" as one of its variables).
+-- $19 is each row's first-version key, or NULL when it equals $15's: a row stored under it,
+-- before the key covered content, with the same body makes a redelivery a duplicate (the same
+-- body, as the first-version key also matches different callbacks; docs/semantics.md).
 WITH ev AS (
     INSERT INTO room_events
         (sdk_app_id, callback_command, room_id, operator_account, event_type, member_list,
@@ -12,8 +15,17 @@ WITH ev AS (
     SELECT a, c, r, o, t, ($6::text[])[lo : hi], mc, rs, at, ip, pf, p::jsonb, k
     FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $7::int4[],
                 $8::int4[], $9::int4[], $10::text[], $11::timestamptz[], $12::text[],
-                $13::text[], $14::text[], $15::bytea[])
-         AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k)
+                $13::text[], $14::text[], $15::bytea[], $19::bytea[])
+         AS u(a, c, r, o, t, lo, hi, mc, rs, at, ip, pf, p, k, lk)
+    -- One index probe per row, as for the members below (a NOT EXISTS planned while the table
+    -- was empty hashes all of room_events, and a cached plan keeps doing so).
+    LEFT JOIN LATERAL (
+        SELECT true AS seen FROM room_events e
+        WHERE u.lk IS NOT NULL AND e.sdk_app_id = u.a AND e.room_id = u.r
+          AND e.dedup_key = u.lk AND e.payload = u.p::jsonb
+        LIMIT 1
+    ) AS old ON true
+    WHERE old.seen IS NULL
     ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
     RETURNING id, sdk_app_id, room_id, dedup_key
 )
