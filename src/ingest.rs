@@ -464,8 +464,11 @@ struct Drain {
     /// Committed in PostgreSQL, not yet removed from the journal.
     applied: HashSet<u64>,
     /// The removal of the last step's committed records, under way: the keys and the result.
-    removal: Option<JoinHandle<(Vec<u64>, Result<(), JournalError>)>>,
+    removal: Option<Removal>,
 }
+
+/// A journal removal under way: the keys it removes, and its result.
+type Removal = JoinHandle<(Vec<u64>, Result<(), JournalError>)>;
 
 enum Step {
     Worked,

@@ -131,7 +131,8 @@ pub async fn write_isolating(
 ) -> Vec<Result<Outcome, StoreError>> {
     let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];
     // Ranges still to write, the next one last.
-    let mut todo = vec![0..callbacks.len()];
+    let mut todo = Vec::with_capacity(16);
+    todo.push(0..callbacks.len());
     while let Some(range) = todo.pop() {
         if range.is_empty() {
             continue;
