@@ -67,7 +67,7 @@ pub enum IngestError {
 /// Why a drain step stopped; the task tries again after [`DRAIN_RETRY`].
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
-    #[error("the database is unreachable")]
+    #[error("the database is unreachable or too busy")]
     Unreachable(#[source] StoreError),
     #[error("could not apply the migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -387,17 +387,18 @@ impl Ingest {
             self.finish_removal(drain)
         );
         let mut parks = Vec::new();
-        let mut outage = None;
+        let mut stopped = None;
         for ((entry, _), result) in parsed.iter().zip(results) {
             match result {
                 Ok(_) => done.push(entry.key),
                 Err(error) => {
                     let error = self.health.judge(error).await;
-                    if error.is_outage() {
-                        // Still pending: the next step starts again from the oldest.
-                        outage.get_or_insert(error);
-                    } else {
+                    if error.is_about_the_records() {
                         parks.push((entry.key, error.detail()));
+                    } else {
+                        // Down, or too busy to give a connection: not this record's doing. It
+                        // stays pending, and the next step starts again from the oldest.
+                        stopped.get_or_insert(error);
                     }
                 }
             }
@@ -424,7 +425,7 @@ impl Ingest {
             }));
         }
         removed?;
-        match outage {
+        match stopped {
             Some(error) => Err(DrainError::Unreachable(error)),
             None => Ok(()),
         }

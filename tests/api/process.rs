@@ -199,3 +199,76 @@ async fn kill_9_at_any_moment_loses_nothing_answered_200(pool: PgPool) {
     process.child.kill().unwrap();
     process.child.wait().unwrap();
 }
+
+/// `roomsync journal …` with the service's configuration, in `dir`; exit status and output.
+fn journal_command(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_roomsync"))
+        .current_dir(dir)
+        .env("DATABASE_URL", "postgres://unused@127.0.0.1/unused")
+        .env("SDK_APP_ID", APP_ID.to_string())
+        .env("JOURNAL_PATH", dir.join("journal.redb"))
+        .env("RUST_LOG", "off")
+        .arg("journal")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_journal_command_lists_exports_and_retries_parked_records() {
+    use roomsync::journal::{Journal, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let record = |n: i64| Record {
+        sdk_app_id: APP_ID,
+        received_at: chrono::Utc::now(),
+        query: format!("SdkAppid={APP_ID}"),
+        body: enter("r", &[&format!("u{n}")], n).to_string(),
+    };
+    // The running service holds the file.
+    let journal = Journal::open(&dir.path().join("journal.redb"), 1 << 20).unwrap();
+    journal.append(vec![record(1), record(2)]).await.unwrap();
+    let pending = journal.pending_after(None, 10, usize::MAX).await.unwrap();
+    let key = pending[0].key;
+    journal
+        .park(vec![(key, "not now (P0001)".into())], chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let (ok, listed) = journal_command(dir.path(), &["list"]);
+    assert!(ok, "{listed}");
+    assert!(listed.contains(&format!("{key}\tapp {APP_ID}")), "{listed}");
+    assert!(
+        listed.contains("attempts 1") && listed.contains("not now (P0001)"),
+        "{listed}"
+    );
+    assert!(listed.contains("1 parked, 1 pending"), "{listed}");
+
+    let (ok, exported) = journal_command(dir.path(), &["export", &key.to_string()]);
+    assert!(ok, "{exported}");
+    let exported: serde_json::Value = serde_json::from_str(exported.trim()).unwrap();
+    assert_eq!(exported["body"], pending[0].record.body.as_str());
+    assert_eq!(exported["parked"]["error"], "not now (P0001)");
+    let (ok, missing) = journal_command(dir.path(), &["export", "999"]);
+    assert!(!ok && missing.contains("no record 999"), "{missing}");
+
+    let (ok, refused) = journal_command(dir.path(), &["retry"]);
+    assert!(
+        !ok && refused.contains("is the service running"),
+        "{refused}"
+    );
+    drop(journal);
+    let (ok, retried) = journal_command(dir.path(), &["retry"]);
+    assert!(
+        ok && retried.contains("1 parked records due now"),
+        "{retried}"
+    );
+    let journal = Journal::open(&dir.path().join("journal.redb"), 1 << 20).unwrap();
+    let due = journal
+        .parked_entries(Some(chrono::Utc::now()), 10)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "due at once");
+}
