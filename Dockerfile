@@ -43,7 +43,7 @@ RUN cargo build --release --locked --bin roomsync
 FROM rust:1.95-bookworm AS sqlx-cli
 ARG SQLX_CLI_VERSION=0.9.0
 RUN cargo install sqlx-cli --locked --version "${SQLX_CLI_VERSION}" \
-        --no-default-features --features postgres,rustls
+        --no-default-features --features postgres,native-tls
 
 # ---- migrate: one-shot `sqlx migrate run` (docker-compose service `migrate`) ------------------
 FROM debian:bookworm-slim AS migrate
@@ -51,7 +51,7 @@ FROM debian:bookworm-slim AS migrate
 # ca-certificates version disappears from the archive when the next update lands.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 roomsync \
     && useradd --system --no-log-init --uid 10001 --gid roomsync \
@@ -67,14 +67,13 @@ FROM debian:bookworm-slim AS runtime
 LABEL org.opencontainers.image.title="roomsync" \
       org.opencontainers.image.description="Receiver for Tencent Cloud Room callbacks that keeps a synchronized membership view in PostgreSQL" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0"
-# roomsync links only glibc, libm and libgcc_s (all in the base); its TLS is rustls, so no
-# OpenSSL. ca-certificates is for drift repair: the client of Tencent's REST API verifies
-# Tencent's certificate against the system's roots (the database connection uses roots compiled
-# in). The image is about 100 MB: the base (about 75 MB), ca-certificates (about 10 MB) and the
+# roomsync links glibc, libm, libgcc_s and OpenSSL's libssl3 (the database connection's TLS, as
+# libpq's: it accepts the self-signed v1 certificates stock Citus nodes present). ca-certificates
+# is for drift repair (rustls against the system's roots) and for sslmode=verify-full. The image is about 100 MB: the base (about 75 MB), ca-certificates (about 10 MB) and the
 # binary (about 15 MB). Versions are not pinned, as in the migrate stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 roomsync \
     && useradd --system --no-log-init --uid 10001 --gid roomsync \

@@ -19,3 +19,4 @@ mod process;
 mod rows;
 mod server;
 mod tencent_client;
+mod tls;

@@ -14,6 +14,8 @@ pub struct PrivateServer {
     bin: PathBuf,
     data: PathBuf,
     pub port: u16,
+    /// More `-c` settings (TLS).
+    extra: String,
     /// initdb and the server refuse to run as root: then they run as `postgres`.
     as_postgres: bool,
     _dir: tempfile::TempDir,
@@ -44,6 +46,22 @@ impl PrivateServer {
     /// Creates and starts a server; `None` (with the reason printed) where PostgreSQL's
     /// programs are not installed, so the test is skipped rather than failed.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// As [`Self::start`], with TLS on and a self-signed X.509 **v1** certificate for
+    /// `localhost` (`cert()`), as a stock Citus node presents: what libpq-based clients such as
+    /// psql accept without verification, and verify against the certificate itself.
+    pub fn start_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    /// The TLS server's certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.data.join("server.crt")
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
         let Some(bin) = server_bin() else {
             eprintln!("SKIPPED: no PostgreSQL server programs under /usr/lib/postgresql");
             return None;
@@ -63,6 +81,7 @@ impl PrivateServer {
             bin,
             data,
             port: 0,
+            extra: String::new(),
             as_postgres,
             _dir: dir,
         };
@@ -74,6 +93,11 @@ impl PrivateServer {
             "initdb",
         );
         assert!(made, "initdb made the private server");
+        if tls {
+            server.make_certificate();
+            server.extra =
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         // A port the kernel has just given out; another process may take it before the server
         // does, so a few tries.
         for _ in 0..5 {
@@ -87,6 +111,24 @@ impl PrivateServer {
             }
         }
         panic!("the private PostgreSQL server did not start");
+    }
+
+    /// A key and a v1 certificate (no extensions: `openssl x509 -req` without an extension
+    /// file), owned by the server's user.
+    fn make_certificate(&self) {
+        let key = self.data.join("server.key");
+        self_signed_v1(&key, &self.cert());
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&key)
+                .arg(self.cert())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let status = Command::new("chmod").arg("600").arg(&key).status().unwrap();
+        assert!(status.success());
     }
 
     fn program(&self, name: &str) -> Command {
@@ -114,9 +156,10 @@ impl PrivateServer {
 
     fn try_start(&self) -> bool {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c max_connections=40 -c shared_buffers=16MB -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c max_connections=40 -c shared_buffers=16MB -c fsync=off{}",
             self.port,
-            self.data.display()
+            self.data.display(),
+            self.extra
         );
         let log = self.data.join("server.log");
         let mut command = self.program("pg_ctl");
@@ -159,6 +202,44 @@ impl PrivateServer {
             .connect_lazy_with(self.options());
         roomsync::store::MIGRATOR.run(&pool).await.unwrap();
         pool
+    }
+}
+
+/// A key at `key` and a self-signed X.509 v1 certificate for `localhost` at `cert` (no
+/// extensions: `openssl x509 -req` without an extension file).
+pub fn self_signed_v1(key: &Path, cert: &Path) {
+    let csr = key.with_extension("csr");
+    let (key, csr, cert) = (
+        key.to_str().unwrap(),
+        csr.to_str().unwrap(),
+        cert.to_str().unwrap(),
+    );
+    let steps: [&[&str]; 3] = [
+        &["genrsa", "-out", key, "2048"],
+        &[
+            "req",
+            "-new",
+            "-key",
+            key,
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            csr,
+        ],
+        &[
+            "x509", "-req", "-in", csr, "-signkey", key, "-days", "2", "-out", cert,
+        ],
+    ];
+    for args in steps {
+        let output = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
