@@ -281,6 +281,11 @@ fn journal(config: &Config, action: JournalAction) -> Result<(), Box<dyn std::er
 
 async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let pool = startup::database_pool(config).map_err(chain)?;
+    // Say why the database cannot be reached (refused, certificate, password), not only that a
+    // pool timed out.
+    store::connect_once(&pool.connect_options(), std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
     store::MIGRATOR.run(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())

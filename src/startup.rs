@@ -79,7 +79,12 @@ impl Application {
                 true
             }
             Err(error) => {
-                tracing::warn!(error = ?error, journal_depth = journal.depth(), "database unreachable at start");
+                // A fresh connection names the cause the pool's timeout hides.
+                let cause = store::connect_once(&pool.connect_options(), Duration::from_secs(3))
+                    .await
+                    .err()
+                    .map_or_else(|| format!("{error:?}"), |e| e.to_string());
+                tracing::warn!(%cause, journal_depth = journal.depth(), "database unreachable at start; callbacks go to the local journal");
                 false
             }
         };

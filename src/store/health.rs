@@ -37,7 +37,7 @@ struct Inner {
     up: AtomicBool,
     options: Arc<PgConnectOptions>,
     /// The last probe: when it ended and whether it connected.
-    last_probe: Mutex<Option<(Instant, bool)>>,
+    last_probe: Mutex<Option<(Instant, Result<(), Arc<sqlx::Error>>)>>,
 }
 
 impl Health {
@@ -65,8 +65,12 @@ impl Health {
     /// and a fresh connection fails; as it came otherwise. An outage also turns the service
     /// to journal-only until the drain task reaches the server again.
     pub async fn judge(&self, error: StoreError) -> StoreError {
-        let error = if error.may_hide_an_outage() && !self.server_accepts().await {
-            StoreError::Unavailable(Arc::new(sqlx::Error::PoolTimedOut))
+        let error = if error.may_hide_an_outage() {
+            match self.server_accepts().await {
+                // What the fresh connection met names the cause (refused, TLS, password…).
+                Err(cause) => StoreError::Unavailable(cause),
+                Ok(()) => error,
+            }
         } else {
             error
         };
@@ -76,29 +80,36 @@ impl Health {
         error
     }
 
-    /// Whether the server accepts a fresh connection within [`PROBE_CONNECT_TIMEOUT`]. A
-    /// server that is shutting down or starting up refuses it too (SQLSTATE 57P03).
-    pub async fn server_accepts(&self) -> bool {
+    /// Whether the server accepts a fresh connection within [`PROBE_CONNECT_TIMEOUT`], and if
+    /// not, why. A server that is shutting down or starting up refuses it too (SQLSTATE 57P03).
+    pub async fn server_accepts(&self) -> Result<(), Arc<sqlx::Error>> {
         let mut last = self.inner.last_probe.lock().await;
-        if let Some((at, accepted)) = *last
+        if let Some((at, accepted)) = &*last
             && at.elapsed() < PROBE_REUSE
         {
-            return accepted;
+            return accepted.clone();
         }
-        let connect = PgConnection::connect_with(&self.inner.options);
-        let accepted = match tokio::time::timeout(PROBE_CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(connection)) => {
-                // Said goodbye off this path: the answer is already known.
-                tokio::spawn(connection.close());
-                true
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(error = %error, "probe connection failed");
-                false
-            }
-            Err(_) => false,
-        };
-        *last = Some((Instant::now(), accepted));
+        let accepted = connect_once(&self.inner.options, PROBE_CONNECT_TIMEOUT)
+            .await
+            .map_err(Arc::new);
+        *last = Some((Instant::now(), accepted.clone()));
         accepted
+    }
+}
+
+/// Opens one connection (outside any pool) and closes it: the error, if any, says what is
+/// wrong (refused, a certificate, a password, a timeout) where a pool only says it timed out.
+pub async fn connect_once(options: &PgConnectOptions, limit: Duration) -> Result<(), sqlx::Error> {
+    match tokio::time::timeout(limit, PgConnection::connect_with(options)).await {
+        Ok(Ok(connection)) => {
+            // Said goodbye off this path: the answer is already known.
+            tokio::spawn(connection.close());
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {} ms", limit.as_millis()),
+        ))),
     }
 }

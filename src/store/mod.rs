@@ -21,7 +21,7 @@ use sqlx::{
 };
 
 pub use apply::{Outcome, apply_batch};
-pub use health::Health;
+pub use health::{Health, connect_once};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, insert_rejected};
 pub use writer::{Writer, WriterOptions, room_group, write_batch, write_isolating};
 

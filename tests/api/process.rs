@@ -272,3 +272,29 @@ async fn the_journal_command_lists_exports_and_retries_parked_records() {
         .unwrap();
     assert_eq!(due.len(), 1, "due at once");
 }
+
+#[test]
+fn migrate_says_why_it_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on: the cause is named, not only a pool timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let output = Command::new(env!("CARGO_BIN_EXE_roomsync"))
+        .current_dir(dir.path())
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{port}/x"),
+        )
+        .env("SDK_APP_ID", APP_ID.to_string())
+        .env("RUST_LOG", "off")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cannot connect to the database") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
