@@ -45,6 +45,8 @@ const DRAIN_WRITERS: usize = 2;
 /// How long the drain pauses between steps after live callbacks found PostgreSQL slow: its
 /// batches would lock rooms that live batches wait for.
 const SLOW_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the drain reads the parked records for those that are due.
+const PARKED_LOOK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
@@ -280,7 +282,12 @@ impl Ingest {
             return Ok(Step::Worked);
         }
         let now = Utc::now();
-        if self.journal.parked() > 0 && entries.len() < DRAIN_BATCH {
+        // Parked records are looked at once a second at most: their table is read whole.
+        let look_at_parked = drain
+            .parked_seen_at
+            .is_none_or(|at| at.elapsed() >= PARKED_LOOK);
+        if self.journal.parked() > 0 && entries.len() < DRAIN_BATCH && look_at_parked {
+            drain.parked_seen_at = Some(std::time::Instant::now());
             let due = self
                 .journal
                 .parked_entries(Some(now), DRAIN_BATCH - entries.len())
@@ -298,13 +305,17 @@ impl Ingest {
                 .next_parked_due()
                 .await
                 .map_err(DrainError::Journal)?;
-            let wait = due.map_or(PARK_BACKOFF_MAX, |at| {
+            let until_due = due.map_or(PARK_BACKOFF_MAX, |at| {
                 (at - now)
                     .to_std()
                     .unwrap_or_default()
                     .min(PARK_BACKOFF_MAX)
             });
-            return Ok(Step::Idle(Some(wait)));
+            // Not before the next look at them is allowed (no spinning meanwhile).
+            let until_look = drain.parked_seen_at.map_or(Duration::ZERO, |at| {
+                PARKED_LOOK.saturating_sub(at.elapsed())
+            });
+            return Ok(Step::Idle(Some(until_due.max(until_look))));
         }
         if let Some(last) = entries
             .iter()
@@ -466,6 +477,8 @@ struct Drain {
     applied: HashSet<u64>,
     /// The removal of the last step's committed records, under way: the keys and the result.
     removal: Option<Removal>,
+    /// When the parked records were last read for the ones that are due.
+    parked_seen_at: Option<std::time::Instant>,
 }
 
 /// A journal removal under way: the keys it removes, and its result.
