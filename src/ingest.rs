@@ -271,11 +271,15 @@ impl Ingest {
         if since_slow < SLOW_BACKOFF.as_millis() as i64 {
             tokio::time::sleep(SLOW_BACKOFF).await;
         }
-        let mut entries = self
-            .journal
-            .pending_after(drain.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)
-            .await
-            .map_err(DrainError::Journal)?;
+        let mut entries = match drain.read_ahead.take() {
+            // Read while the previous step wrote, from where this step starts.
+            Some((from, entries)) if from == drain.cursor => entries,
+            _ => self
+                .journal
+                .pending_after(drain.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)
+                .await
+                .map_err(DrainError::Journal)?,
+        };
         if entries.is_empty() && drain.removal.is_some() {
             // The journal may be empty once the last removal is done.
             self.finish_removal(drain).await?;
@@ -325,7 +329,16 @@ impl Ingest {
         {
             drain.cursor = Some(last);
         }
-        self.move_batch(entries, drain).await?;
+        // The next step's records are read while this one writes.
+        let from = drain.cursor;
+        let next = self
+            .journal
+            .pending_after(from, DRAIN_BATCH, DRAIN_BATCH_BYTES);
+        let (moved, next) = tokio::join!(self.move_batch(entries, drain), next);
+        moved?;
+        if let Ok(next) = next {
+            drain.read_ahead = Some((from, next));
+        }
         Ok(Step::Worked)
     }
 
@@ -479,6 +492,9 @@ struct Drain {
     removal: Option<Removal>,
     /// When the parked records were last read for the ones that are due.
     parked_seen_at: Option<std::time::Instant>,
+    /// Pending records read ahead, and the cursor they were read after: used only if the next
+    /// step starts from that cursor (a failure resets it).
+    read_ahead: Option<(Option<u64>, Vec<Entry>)>,
 }
 
 /// A journal removal under way: the keys it removes, and its result.
