@@ -75,7 +75,8 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// EventTime of the first event in ms (each event gets the next millisecond, so every
-    /// event is distinct). Default: now.
+    /// event is distinct). Default: an hour ago, so that a long run's times stay in the past
+    /// (roomsync refuses times more than EVENT_TIME_MAX_FUTURE_SECS ahead of their arrival).
     #[arg(long)]
     event_time_base: Option<i64>,
     /// Tokio worker threads of the load generator (it shares the machine with the server).
@@ -277,7 +278,7 @@ async fn run(args: Args) -> Result<Value, BoxError> {
 
     let event_time_base = args
         .event_time_base
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis() - 3_600_000);
     let start = tokio::time::Instant::now();
     let duration = Duration::from_secs_f64(args.duration);
     let plan = Arc::new(Plan {
