@@ -24,14 +24,13 @@ use tokio::task::JoinHandle;
 
 use crate::{
     callback::{Callback, Event, EventTime, Id, MemberChange, Product, SdkAppId, event_types},
+    config::DriftRepairConfig,
     store::{
         self, StoreError,
         reconcile::{RateBudget, RoomRef},
     },
     telemetry::Metrics,
-    tencent::{
-        Answer, DriftRepairConfig, RoomDetails, TencentClient, TencentError, client::RateGate,
-    },
+    tencent::{Answer, RoomDetails, TencentClient, TencentError, client::RateGate},
 };
 
 /// How long an instance holds a room it checks; a check that takes longer is cut.

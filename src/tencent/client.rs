@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     callback::{Id, SdkAppId, Seat, account_id, seat_list_of},
-    config::Secret,
-    tencent::{config::DriftRepairConfig, usersig::UserSigCache},
+    config::{DriftRepairConfig, Secret},
+    tencent::usersig::UserSigCache,
 };
 
 /// Rooms and members.

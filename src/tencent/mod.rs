@@ -1,13 +1,12 @@
 //! Tencent's Room REST API, for drift repair: the views that callbacks keep can drift from
 //! Tencent's own state when a callback is lost, and these calls tell what Tencent sees.
 //!
-//! - [`config`]: the `TENCENT_*` and `RECONCILE_*` variables ([`DriftRepairConfig`]).
 //! - [`usersig`]: the UserSig every call is signed with, cached per app ([`UserSigCache`]).
 //! - [`client`]: the calls themselves ([`TencentClient`]), typed answers ([`Answer`]) and errors
 //!   ([`TencentError`]).
 //!
 //! ```no_run
-//! # async fn example(config: &roomsync::tencent::DriftRepairConfig) {
+//! # async fn example(config: &roomsync::config::DriftRepairConfig) {
 //! use roomsync::{callback::Id, tencent::{TencentClient, TencentError}};
 //!
 //! let client = TencentClient::new(config).expect("TLS set-up");
@@ -24,9 +23,7 @@
 //! ```
 
 pub mod client;
-pub mod config;
 pub mod usersig;
 
 pub use client::{Answer, ClientOptions, LiveMembers, RoomDetails, TencentClient, TencentError};
-pub use config::DriftRepairConfig;
 pub use usersig::{UserSigCache, UserSigError, UserSigFields};
