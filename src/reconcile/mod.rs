@@ -16,21 +16,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::{
-    callback::{Callback, Event, EventTime, Id, MemberChange, Product, SdkAppId, event_types},
+    callback::{
+        Callback, Event, Id, MemberChange, Product, SdkAppId, answer::RoomDetails, correction_at,
+    },
     config::DriftRepairConfig,
     store::{
         self, StoreError,
         reconcile::{RateBudget, RoomRef},
     },
     telemetry::Metrics,
-    tencent::{Answer, RoomDetails, TencentClient, TencentError, client::RateGate},
+    tencent::{Answer, TencentClient, TencentError, client::RateGate},
 };
 
 /// How long an instance holds a room it checks; a check that takes longer is cut.
@@ -331,7 +333,7 @@ impl Reconciler {
                         "ErrorCode": crate::tencent::client::ROOM_NOT_FOUND,
                         "ErrorInfo": "the room does not exist",
                     });
-                    corrections.push(correction(
+                    corrections.push(correction_at(
                         app,
                         room,
                         observed_at,
@@ -376,14 +378,14 @@ impl Reconciler {
                 report.leave = names;
                 Event::MemberLeave(change)
             };
-            corrections.push(correction(app, room, observed_at, event, &answer));
+            corrections.push(correction_at(app, room, observed_at, event, &answer));
         }
         // Seats of Live rooms are not compared: their seat list is not in this API family.
         if !live && diff::has_seats(&view, info.data.is_seat_enabled) {
             let seats = self.client.get_seat_list(app, room).await?;
             if diff::seats_differ(&view.seats, &seats.data) {
                 let event = Event::SeatInfoChanged { seats: seats.data };
-                corrections.push(correction(app, room, observed_at, event, &seats.raw));
+                corrections.push(correction_at(app, room, observed_at, event, &seats.raw));
                 report.seats = true;
             }
         }
@@ -503,59 +505,6 @@ impl Reconciler {
     pub fn knows(&self, app: SdkAppId) -> bool {
         self.config.keys.contains_key(&app)
     }
-}
-
-/// A correction again, from its history row (`roomsync rebuild`): the kind, members and reason
-/// are columns; a seat list is read from the stored REST answer.
-#[allow(clippy::too_many_arguments)]
-pub fn correction_from_history(
-    sdk_app_id: i64,
-    room_id: &str,
-    event_type: Option<&str>,
-    member_list: &[String],
-    member_count: Option<i32>,
-    reason: Option<&str>,
-    event_at: DateTime<Utc>,
-    payload: &Value,
-) -> Result<Callback, String> {
-    let app = SdkAppId::from_i64(sdk_app_id).ok_or("bad sdk_app_id")?;
-    let room = Id::parse(room_id).map_err(|e| format!("room_id {e}"))?;
-    let members = || {
-        member_list
-            .iter()
-            .map(|m| Id::parse(m).map_err(|e| format!("member_list {e}")))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let change = |reason: Option<&str>| -> Result<MemberChange, String> {
-        Ok(MemberChange {
-            members: members()?,
-            member_count,
-            kind: None,
-            reason: reason.map(str::to_owned),
-        })
-    };
-    let event = match event_type {
-        Some(event_types::ENTER) => Event::MemberEnter(change(None)?),
-        Some(event_types::LEAVE) => Event::MemberLeave(change(reason)?),
-        Some(event_types::DESTROY) => Event::DestroyRoom,
-        Some(event_types::SEATS) => Event::SeatInfoChanged {
-            seats: crate::tencent::client::seats_of_answer(payload).map_err(|e| e.to_string())?,
-        },
-        other => return Err(format!("unknown correction {other:?}")),
-    };
-    Ok(correction(app, &room, event_at, event, payload))
-}
-
-fn correction(
-    app: SdkAppId,
-    room: &Id,
-    observed_at: DateTime<Utc>,
-    event: Event,
-    payload: &Value,
-) -> Callback {
-    let at =
-        EventTime::from_millis(observed_at.timestamp_millis()).expect("the clock is after 1970");
-    Callback::correction(app, room.clone(), at, event, payload)
 }
 
 /// Tencent's member list of a room.

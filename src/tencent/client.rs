@@ -18,10 +18,13 @@ use std::{
 };
 
 use reqwest::Url;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::{
-    callback::{Id, SdkAppId, Seat, account_id, seat_list_of},
+    callback::{
+        Id, SdkAppId, Seat,
+        answer::{self, LiveMembers, MalformedAnswer, RoomDetails, integer},
+    },
     config::{DriftRepairConfig, Secret},
     tencent::usersig::UserSigCache,
 };
@@ -198,25 +201,6 @@ pub struct Answer<T> {
     pub raw: Value,
 }
 
-/// The members of a Live room as `get_member_list` lists them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveMembers {
-    pub members: Vec<Id>,
-    /// `Response.MemberCount`: the whole room, which may be more than `members`.
-    pub member_count: Option<i64>,
-}
-
-/// `Response.RoomInfo` of `get_room_info`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoomDetails {
-    /// `MemberCount`: how many people are in the room now.
-    pub member_count: Option<i64>,
-    /// `IsSeatEnabled` (also when sent as `"true"`/`"false"`).
-    pub is_seat_enabled: Option<bool>,
-    /// Every field as sent.
-    pub fields: Map<String, Value>,
-}
-
 /// The client. Cheap to share (`Arc` it, or clone: clones share connections and UserSigs).
 #[derive(Clone)]
 pub struct TencentClient {
@@ -337,14 +321,7 @@ impl TencentClient {
                 |next| json!({ "RoomId": room.as_str(), "Next": next }),
             )
             .await?;
-        let mut member_count = None;
-        for page in &pages {
-            if let Some(count) = response(page)?.get("MemberCount") {
-                let count = integer(count)
-                    .ok_or_else(|| malformed("Response.MemberCount is not an integer"))?;
-                member_count = Some(count);
-            }
-        }
+        let member_count = answer::live_member_count(&pages)?;
         let data = LiveMembers {
             members,
             member_count,
@@ -370,7 +347,7 @@ impl TencentClient {
         let mut seen = HashSet::new();
         for _ in 0..self.options.max_member_pages {
             let raw = self.call(app, service, api, &body(&next)).await?;
-            let (page, page_next) = member_page(&raw)?;
+            let (page, page_next) = answer::member_page(&raw)?;
             members.extend(page.into_iter().filter(|m| seen.insert(m.clone())));
             pages.push(raw);
             if page_next.is_empty() {
@@ -401,28 +378,7 @@ impl TencentClient {
                 &json!({ "RoomId": room.as_str() }),
             )
             .await?;
-        let info = match response(&raw)?.get("RoomInfo") {
-            Some(Value::Object(info)) => info,
-            Some(_) => return Err(malformed("Response.RoomInfo is not an object")),
-            None => return Err(malformed("Response.RoomInfo is missing")),
-        };
-        let member_count = match info.get("MemberCount") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                integer(v).ok_or_else(|| malformed("RoomInfo.MemberCount is not an integer"))?,
-            ),
-        };
-        let is_seat_enabled = match info.get("IsSeatEnabled") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                boolean(v).ok_or_else(|| malformed("RoomInfo.IsSeatEnabled is not a boolean"))?,
-            ),
-        };
-        let data = RoomDetails {
-            member_count,
-            is_seat_enabled,
-            fields: info.clone(),
-        };
+        let data = answer::room_details(&raw)?;
         Ok(Answer { data, raw })
     }
 
@@ -462,7 +418,7 @@ impl TencentClient {
                 &json!({ "RoomId": room.as_str() }),
             )
             .await?;
-        let data = seat_list(response(&raw)?)?;
+        let data = answer::seats_of_answer(&raw)?;
         Ok(Answer { data, raw })
     }
 
@@ -552,76 +508,14 @@ fn check_status(answer: Value) -> Result<Value, TencentError> {
     }
 }
 
-fn response(answer: &Value) -> Result<&Map<String, Value>, TencentError> {
-    match answer.get("Response") {
-        Some(Value::Object(response)) => Ok(response),
-        Some(_) => Err(malformed("Response is not an object")),
-        None => Err(malformed("Response is missing")),
-    }
-}
-
-/// One page: its members and the `Next` token (empty: the last page).
-fn member_page(answer: &Value) -> Result<(Vec<Id>, String), TencentError> {
-    let response = response(answer)?;
-    let items: &[Value] = match response.get("MemberList") {
-        None | Some(Value::Null) => &[],
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(malformed("Response.MemberList is not an array")),
-    };
-    let members = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let account = item.get("Member_Account").ok_or_else(|| {
-                TencentError::Malformed(format!("MemberList[{i}].Member_Account is missing"))
-            })?;
-            let path = format!("MemberList[{i}].Member_Account");
-            account_id(account, &path).map_err(|rejection| TencentError::Malformed(rejection.info))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let next = match response.get("Next") {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(next)) => next.clone(),
-        Some(_) => return Err(malformed("Response.Next is not a string")),
-    };
-    Ok((members, next))
-}
-
-/// The seats of a `get_seat_list` answer (also as stored in a seats correction's payload).
-pub fn seats_of_answer(answer: &Value) -> Result<Vec<Seat>, TencentError> {
-    seat_list(response(answer)?)
-}
-
-fn seat_list(response: &Map<String, Value>) -> Result<Vec<Seat>, TencentError> {
-    match response.get("SeatList") {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(_) => {
-            seat_list_of(response).map_err(|rejection| TencentError::Malformed(rejection.info))
-        }
-    }
-}
-
-/// An integer, also when sent as decimal text.
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A boolean, also when sent as the string "true" or "false".
-fn boolean(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
-        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
-        _ => None,
-    }
-}
-
 fn malformed(what: &str) -> TencentError {
     TencentError::Malformed(what.to_owned())
+}
+
+impl From<MalformedAnswer> for TencentError {
+    fn from(error: MalformedAnswer) -> Self {
+        Self::Malformed(error.0)
+    }
 }
 
 fn from_reqwest(error: reqwest::Error) -> TencentError {
@@ -738,52 +632,8 @@ mod tests {
     }
 
     #[test]
-    fn seats_tolerate_strings_and_big_numbers() {
-        let response = json!({"SeatList": [
-            {"Index": 0, "Member_Account": "", "IsTakenDisabled": "true"},
-            {"Index": 1, "Member_Account": 123456789012345678901234567890u128, "IsVideoDisabled": false, "IsAudioDisabled": "false"},
-            {"Index": 2},
-            {"Index": 0, "Member_Account": "later"}
-        ]});
-        let seats = seat_list(response.as_object().unwrap()).unwrap();
-        assert_eq!(seats.len(), 3);
-        assert_eq!(seats[0].index, 1);
-        assert_eq!(
-            seats[0].member.as_ref().unwrap().as_str(),
-            "123456789012345678901234567890"
-        );
-        assert!(seats[1].member.is_none() && !seats[1].is_taken_disabled);
-        assert_eq!(seats[2].member.as_ref().unwrap().as_str(), "later");
-        for bad in [
-            json!({"SeatList": [{"Member_Account": "a"}]}),
-            json!({"SeatList": [{"Index": -1}]}),
-            json!({"SeatList": [{"Index": 1, "IsAudioDisabled": "yes"}]}),
-            json!({"SeatList": [{"Index": 1, "Member_Account": 1.5}]}),
-            json!({"SeatList": {}}),
-        ] {
-            assert!(
-                matches!(
-                    seat_list(bad.as_object().unwrap()),
-                    Err(TencentError::Malformed(_))
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn member_pages() {
-        let answer = json!({"ActionStatus": "OK", "ErrorCode": 0, "Response": {
-            "MemberList": [{"Member_Account": "a", "Role": "Owner"}, {"Member_Account": 18446744073709551617u128}],
-            "Next": "n1"
-        }});
-        let (members, next) = member_page(&answer).unwrap();
-        let ids: Vec<&str> = members.iter().map(Id::as_str).collect();
-        assert_eq!(ids, ["a", "18446744073709551617"]);
-        assert_eq!(next, "n1");
-        let last = json!({"Response": {"Next": ""}});
-        assert_eq!(member_page(&last).unwrap(), (vec![], String::new()));
-        let bad = json!({"Response": {"MemberList": [{"Member_Account": ""}]}});
-        assert!(matches!(member_page(&bad), Err(TencentError::Malformed(_))));
+    fn a_malformed_answer_is_a_malformed_error() {
+        let error = TencentError::from(MalformedAnswer("Response is missing".into()));
+        assert_eq!(error, TencentError::Malformed("Response is missing".into()));
     }
 }

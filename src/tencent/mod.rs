@@ -25,5 +25,5 @@
 pub mod client;
 pub mod usersig;
 
-pub use client::{Answer, ClientOptions, LiveMembers, RoomDetails, TencentClient, TencentError};
+pub use client::{Answer, ClientOptions, TencentClient, TencentError};
 pub use usersig::{UserSigCache, UserSigError, UserSigFields};

@@ -279,6 +279,31 @@ async fn rebuild_after_corrections_equals_the_live_view(pool: PgPool) {
     fake.stop().await;
 }
 
+/// A correction whose row no longer reads back (here a seat list that is not a list) is left
+/// out of the rebuild and counted as skipped; the rest of the history is replayed.
+#[sqlx::test]
+async fn rebuild_skips_a_damaged_correction(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.deliver(&enter("r", &["a"], 100)).await;
+    app.stop().await;
+    sqlx::query(
+        "INSERT INTO room_events (sdk_app_id, callback_command, room_id, event_type, event_at,
+                                  payload, dedup_key)
+         VALUES ($1, 'roomsync.Reconcile', 'r', 'Seats', $2, '{\"Response\": {\"SeatList\": {}}}',
+                 '\\x00')",
+    )
+    .bind(APP_ID)
+    .bind(ms(200))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let live = view_snapshot(&pool).await;
+    let report = roomsync::store::rebuild::rebuild(&pool).await.unwrap();
+    assert_eq!(report.skipped, 1);
+    assert_eq!(report.replayed, 1);
+    assert_eq!(view_snapshot(&pool).await, live);
+}
+
 #[sqlx::test]
 async fn two_instances_share_the_rooms_and_the_rate_bound(pool: PgPool) {
     let fake = fake().await;
