@@ -7,7 +7,10 @@
 //! budget through `reconcile_budget`. It holds no database connection while it waits for
 //! Tencent, and never runs on the callback path. `roomsync reconcile` checks on demand.
 
+mod budget;
 pub mod diff;
+
+use budget::SharedBudget;
 
 use std::{
     collections::HashMap,
@@ -17,7 +20,6 @@ use std::{
 };
 
 use chrono::Utc;
-use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -27,12 +29,9 @@ use crate::{
         Callback, Event, Id, MemberChange, Product, SdkAppId, answer::RoomDetails, correction_at,
     },
     config::DriftRepairConfig,
-    store::{
-        self, StoreError,
-        reconcile::{RateBudget, RoomRef},
-    },
+    store::{self, StoreError, checks::RoomRef},
     telemetry::Metrics,
-    tencent::{Answer, TencentClient, TencentError, client::RateGate},
+    tencent::{Answer, TencentClient, TencentError},
 };
 
 /// How long an instance holds a room it checks; a check that takes longer is cut.
@@ -164,10 +163,7 @@ impl Reconciler {
         config: DriftRepairConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let gate = CountedBudget {
-            budget: RateBudget::new(pool.clone(), config.max_rps),
-            metrics: metrics.clone(),
-        };
+        let gate = SharedBudget::new(pool.clone(), config.max_rps, metrics.clone());
         Self {
             pool,
             client: client.with_gate(Arc::new(gate)),
@@ -201,7 +197,7 @@ impl Reconciler {
                 self.metrics
                     .reconcile_since_last_pass
                     .set(last_pass.elapsed().as_secs_f64());
-                let due = store::reconcile::claim_due(
+                let due = store::checks::claim_due(
                     &self.pool,
                     &self.apps(),
                     &owner,
@@ -221,7 +217,7 @@ impl Reconciler {
                 if rooms.is_empty() {
                     // Every due room has been checked: a complete pass, unless some live room
                     // is waiting out a failure (then the gauge keeps growing).
-                    let failing = store::reconcile::failing(&self.pool, &self.apps()).await;
+                    let failing = store::checks::failing(&self.pool, &self.apps()).await;
                     if failing.is_ok_and(|n| n == 0) {
                         last_pass = Instant::now();
                         self.metrics.reconcile_since_last_pass.set(0.0);
@@ -244,7 +240,7 @@ impl Reconciler {
         ) else {
             // Not a room a callback could have made; let it rest for an interval.
             let failure = Some(("not a valid app or room id", self.config.interval));
-            let _ = store::reconcile::finish_check(&self.pool, room, owner, failure).await;
+            let _ = store::checks::finish_check(&self.pool, room, owner, failure).await;
             return;
         };
         let checked = tokio::time::timeout(LEASE - IDLE, self.check_room(app, &id, Mode::Apply))
@@ -259,9 +255,7 @@ impl Reconciler {
             }
             Err(error) => {
                 self.report_failure(app, &id, error);
-                let failures = store::reconcile::failures(&self.pool, room)
-                    .await
-                    .unwrap_or(0);
+                let failures = store::checks::failures(&self.pool, room).await.unwrap_or(0);
                 // Doubling from BACKOFF_BASE, but never longer than the interval.
                 let backoff = BACKOFF_BASE
                     .saturating_mul(1 << failures.clamp(0, 16))
@@ -272,7 +266,7 @@ impl Reconciler {
         let failure = failure
             .as_ref()
             .map(|(text, backoff)| (text.as_str(), *backoff));
-        if let Err(error) = store::reconcile::finish_check(&self.pool, room, owner, failure).await {
+        if let Err(error) = store::checks::finish_check(&self.pool, room, owner, failure).await {
             tracing::warn!(error = %error, "drift repair: cannot record a check; the lease expires instead");
         }
     }
@@ -309,7 +303,7 @@ impl Reconciler {
     ) -> Result<RoomReport, CheckError> {
         let mut report = RoomReport::default();
         let mut corrections = Vec::new();
-        let view = store::reconcile::room_view(&self.pool, app, room).await?;
+        let view = store::checks::room_view(&self.pool, app, room).await?;
         if view.last_event_at.is_none() {
             // A room the view never saw (a mistyped --room, another app): never invent one.
             report.unknown = true;
@@ -489,7 +483,7 @@ impl Reconciler {
                 .map(|a| (a, room.clone()))
                 .collect());
         }
-        let rooms = store::reconcile::live_rooms(&self.pool, &apps).await?;
+        let rooms = store::checks::live_rooms(&self.pool, &apps).await?;
         Ok(rooms
             .into_iter()
             .filter_map(|r| {
@@ -515,20 +509,4 @@ struct Observed {
     complete: bool,
     /// The API it came from (the key of its answers in a correction's payload).
     api: &'static str,
-}
-
-/// The shared budget, counting every call it admits.
-struct CountedBudget {
-    budget: RateBudget,
-    metrics: Arc<Metrics>,
-}
-
-impl RateGate for CountedBudget {
-    fn admit(&self, app: SdkAppId) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.budget.admit(app).await?;
-            self.metrics.reconcile_rest_calls.inc();
-            Ok(())
-        })
-    }
 }

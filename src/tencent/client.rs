@@ -95,10 +95,9 @@ pub enum TencentError {
     /// The client has no key for this app (a caller's mistake, not Tencent's).
     #[error("no secret key configured for app {0}")]
     NoKey(i64),
-    /// The shared rate budget could not be consulted (its database is unreachable): no call
-    /// was made.
+    /// The rate bound did not admit the call: no call was made.
     #[error("the REST call budget is unavailable: {0}")]
-    Budget(String),
+    Budget(BudgetError),
 }
 
 impl TencentError {
@@ -187,6 +186,18 @@ impl TencentError {
     }
 }
 
+/// Why a [`RateGate`] did not admit a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    /// The bound cannot be known (the shared counter is unreachable); the cause as text, since
+    /// the client knows nothing of where the counter lives.
+    #[error("{0}")]
+    Unavailable(String),
+    /// No call was free within this wait.
+    #[error("no budget within {} s", .0.as_secs())]
+    Exhausted(Duration),
+}
+
 fn is_rate_limit(code: i64) -> bool {
     matches!(code, 60_007 | 60_011 | 60_018 | 60_019)
 }
@@ -213,11 +224,11 @@ pub struct TencentClient {
 }
 
 /// Admits each REST call (every page of a member list too) within a rate bound that may be
-/// shared with other processes; see `store::reconcile::RateBudget`.
+/// shared with other processes (the reconciler's is).
 pub trait RateGate: Send + Sync {
-    /// Returns once one more call for `app` is within the bound; an error when the bound
-    /// cannot be known (then no call is made).
-    fn admit(&self, app: SdkAppId) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+    /// Returns once one more call for `app` is within the bound; an error when it is not
+    /// (then no call is made).
+    fn admit(&self, app: SdkAppId) -> futures_util::future::BoxFuture<'_, Result<(), BudgetError>>;
 }
 
 impl fmt::Debug for TencentClient {

@@ -25,5 +25,7 @@
 pub mod client;
 pub mod usersig;
 
-pub use client::{Answer, ClientOptions, TencentClient, TencentError};
+pub use client::{
+    Answer, BudgetError, ClientOptions, ROOM_NOT_FOUND, RateGate, TencentClient, TencentError,
+};
 pub use usersig::{UserSigCache, UserSigError, UserSigFields};
