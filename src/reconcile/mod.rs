@@ -324,7 +324,7 @@ impl Reconciler {
                 if !view.destroyed && !diff::too_recent(&view, observed_at, grace) {
                     let payload = json!({
                         "ActionStatus": "FAIL",
-                        "ErrorCode": crate::tencent::client::ROOM_NOT_FOUND,
+                        "ErrorCode": crate::tencent::ROOM_NOT_FOUND,
                         "ErrorInfo": "the room does not exist",
                     });
                     corrections.push(correction_at(
