@@ -161,14 +161,7 @@ pub(super) fn from_reqwest(error: reqwest::Error) -> TencentError {
 
 /// The error and its causes, without the URL (which holds the UserSig).
 pub(super) fn describe(error: &reqwest::Error) -> String {
-    let mut text = error_without_url(error);
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::telemetry::chain_after(error_without_url(error), std::error::Error::source(error))
 }
 
 fn error_without_url(error: &reqwest::Error) -> String {
