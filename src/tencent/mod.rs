@@ -33,4 +33,4 @@ pub mod usersig;
 pub use answers::Answer;
 pub use errors::{BudgetError, ROOM_NOT_FOUND, TencentError};
 pub use transport::{ClientOptions, RateGate, TencentClient};
-pub use usersig::{UserSigCache, UserSigError, UserSigFields};
+pub use usersig::UserSigCache;
