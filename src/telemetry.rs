@@ -13,11 +13,12 @@ use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::config::{DEFAULT_RUST_LOG, LogFormat};
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_RUST_LOG));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
@@ -65,8 +66,13 @@ impl RootSpanBuilder for RequestSpan {
 
 /// An error and its sources in one line, for logs and for the operator.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
+    chain_after(error.to_string(), error.source())
+}
+
+/// `head`, then `source` and its own sources, in one line: the walk of [`error_chain`] for an
+/// error whose own text must be replaced (a Tencent call's, which holds the UserSig).
+pub fn chain_after(head: String, mut source: Option<&dyn std::error::Error>) -> String {
+    let mut message = head;
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
@@ -266,5 +272,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_walks_every_source() {
+        let error = Outer(std::io::Error::other("inner"));
+        assert_eq!(error_chain(&error), "outer: inner");
+        // The head replaced, the causes kept.
+        let source = std::error::Error::source(&error);
+        assert_eq!(chain_after("hidden".into(), source), "hidden: inner");
+        assert_eq!(chain_after("alone".into(), None), "alone");
     }
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::{
     callback::{Rejection, RejectionKind, SignatureError},
+    codes,
     ingest::IngestError,
     journal::JournalError,
     store::StoreError,
@@ -31,38 +32,40 @@ pub enum CallbackError {
 }
 
 impl CallbackError {
-    /// Each distinct failure has its own code (docs/http.md#error-codes lists them).
+    /// Each distinct failure has its own code, from the catalogue in [`codes`].
     pub fn code(&self) -> u32 {
         match self {
             Self::Invalid(rejection) => match rejection.kind {
-                RejectionKind::NotJson => 40001,
-                RejectionKind::MissingField => 40002,
-                RejectionKind::WrongType => 40003,
-                RejectionKind::OutOfBounds => 40004,
-                RejectionKind::NulCharacter => 40005,
-                RejectionKind::CommandMismatch => 40006,
-                RejectionKind::MissingCommand => 40007,
-                RejectionKind::FutureEventTime => 40010,
+                RejectionKind::NotJson => codes::NOT_JSON,
+                RejectionKind::MissingField => codes::MISSING_FIELD,
+                RejectionKind::WrongType => codes::WRONG_TYPE,
+                RejectionKind::OutOfBounds => codes::OUT_OF_BOUNDS,
+                RejectionKind::NulCharacter => codes::NUL_CHARACTER,
+                RejectionKind::CommandMismatch => codes::COMMAND_MISMATCH,
+                RejectionKind::MissingCommand => codes::MISSING_COMMAND,
+                RejectionKind::FutureEventTime => codes::FUTURE_EVENT_TIME,
             },
-            Self::BodyRead(_) => 40008,
-            Self::BodyTimeout => 40009,
-            Self::Signature(SignatureError::Missing) => 40101,
-            Self::Signature(SignatureError::BadRequestTime) => 40102,
-            Self::Signature(SignatureError::Expired) => 40103,
-            Self::Signature(SignatureError::Mismatch) => 40104,
-            Self::AppIdMissing => 40301,
-            Self::AppIdUnknown => 40302,
-            Self::TooLarge(_) => 41301,
+            Self::BodyRead(_) => codes::BODY_READ,
+            Self::BodyTimeout => codes::BODY_TIMEOUT,
+            Self::Signature(SignatureError::Missing) => codes::SIGNATURE_MISSING,
+            Self::Signature(SignatureError::BadRequestTime) => codes::SIGNATURE_BAD_REQUEST_TIME,
+            Self::Signature(SignatureError::Expired) => codes::SIGNATURE_EXPIRED,
+            Self::Signature(SignatureError::Mismatch) => codes::SIGNATURE_MISMATCH,
+            Self::AppIdMissing => codes::APP_ID_MISSING,
+            Self::AppIdUnknown => codes::APP_ID_UNKNOWN,
+            Self::TooLarge(_) => codes::TOO_LARGE,
             Self::NotDurable(IngestError::Store(store)) => match store {
-                StoreError::Unavailable(_) => 50301,
-                StoreError::Timeout => 50302,
-                StoreError::Closed => 50303,
-                StoreError::Refused(_) => 50304,
-                StoreError::Busy(_) => 50308,
-                StoreError::Failed(_) => 50309,
+                StoreError::Unavailable(_) => codes::STORE_UNAVAILABLE,
+                StoreError::Timeout => codes::STORE_TIMEOUT,
+                StoreError::Closed => codes::STORE_CLOSED,
+                StoreError::Refused(_) => codes::STORE_REFUSED,
+                StoreError::Busy(_) => codes::STORE_BUSY,
+                StoreError::Failed(_) => codes::STORE_FAILED,
             },
-            Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => 50305,
-            Self::NotDurable(IngestError::Journal(_)) => 50306,
+            Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => {
+                codes::JOURNAL_FULL
+            }
+            Self::NotDurable(IngestError::Journal(_)) => codes::JOURNAL_FAILED,
         }
     }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     callback::{Id, Seat},
-    store::reconcile::{RoomView, ViewSeat},
+    store::checks::{RoomView, ViewSeat},
 };
 
 /// Members to correct, and those left alone because their newest event is too young.
@@ -92,7 +92,7 @@ pub fn seats_differ(view: &[ViewSeat], tencent: &[Seat]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::reconcile::ViewMember;
+    use crate::store::checks::ViewMember;
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(s, 0).unwrap()

@@ -5,10 +5,10 @@
 //! them into one transaction.
 
 mod apply;
+pub mod checks;
 mod health;
 pub mod membership;
 pub mod rebuild;
-pub mod reconcile;
 mod rejected;
 pub mod retention;
 mod writer;

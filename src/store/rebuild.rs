@@ -5,16 +5,14 @@ use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
 use super::apply::replay_batch;
-use crate::{
-    callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
-    reconcile::correction_from_history,
-};
+use crate::callback::{Callback, CallbackQuery, RECONCILE_COMMAND, StoredCorrection, parse_stored};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {
     /// History rows replayed.
     pub replayed: u64,
-    /// History rows that no longer parse (logged, left out).
+    /// History rows that no longer parse (logged, left out): a callback the rules now refuse,
+    /// or a correction whose row is damaged (its payload not JSON, an unknown kind).
     pub skipped: u64,
 }
 
@@ -48,17 +46,18 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
     while let Some(row) = rows.try_next().await? {
         // A correction's payload is Tencent's answer, not a callback: its columns say it all.
         let parsed = if row.callback_command == RECONCILE_COMMAND {
-            let payload = serde_json::from_str(&row.payload).unwrap_or_default();
-            correction_from_history(
-                row.sdk_app_id,
-                &row.room_id,
-                row.event_type.as_deref(),
-                &row.member_list,
-                row.member_count,
-                row.reason.as_deref(),
-                row.event_at,
-                &payload,
-            )
+            StoredCorrection {
+                sdk_app_id: row.sdk_app_id,
+                room_id: &row.room_id,
+                event_type: row.event_type.as_deref(),
+                member_list: &row.member_list,
+                member_count: row.member_count,
+                reason: row.reason.as_deref(),
+                event_at: row.event_at,
+                payload: &row.payload,
+            }
+            .decode()
+            .map_err(|error| crate::telemetry::error_chain(&error))
         } else {
             let query = CallbackQuery {
                 command: Some(row.callback_command),

@@ -1,13 +1,15 @@
 //! Tencent's Room REST API, for drift repair: the views that callbacks keep can drift from
 //! Tencent's own state when a callback is lost, and these calls tell what Tencent sees.
 //!
-//! - [`config`]: the `TENCENT_*` and `RECONCILE_*` variables ([`DriftRepairConfig`]).
 //! - [`usersig`]: the UserSig every call is signed with, cached per app ([`UserSigCache`]).
-//! - [`client`]: the calls themselves ([`TencentClient`]), typed answers ([`Answer`]) and errors
-//!   ([`TencentError`]).
+//! - `transport`: the calls themselves ([`TencentClient`]) and the rate bound they pass
+//!   ([`RateGate`]).
+//! - `answers`: Tencent's answer envelope, into typed answers ([`Answer`]); what the answers
+//!   hold is decoded beside the domain types ([`crate::callback::answer`]).
+//! - `errors`: what a call fails with ([`TencentError`]) and how a failure is classed.
 //!
 //! ```no_run
-//! # async fn example(config: &roomsync::tencent::DriftRepairConfig) {
+//! # async fn example(config: &roomsync::config::DriftRepairConfig) {
 //! use roomsync::{callback::Id, tencent::{TencentClient, TencentError}};
 //!
 //! let client = TencentClient::new(config).expect("TLS set-up");
@@ -23,10 +25,12 @@
 //! # }
 //! ```
 
-pub mod client;
-pub mod config;
+mod answers;
+mod errors;
+mod transport;
 pub mod usersig;
 
-pub use client::{Answer, ClientOptions, LiveMembers, RoomDetails, TencentClient, TencentError};
-pub use config::DriftRepairConfig;
-pub use usersig::{UserSigCache, UserSigError, UserSigFields};
+pub use answers::Answer;
+pub use errors::{BudgetError, ROOM_NOT_FOUND, TencentError};
+pub use transport::{ClientOptions, RateGate, TencentClient};
+pub use usersig::UserSigCache;

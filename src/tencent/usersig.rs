@@ -14,15 +14,14 @@
 //! kept in a [`Secret`] like the key it is derived from.
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use flate2::{Compression, read::ZlibDecoder, write::ZlibEncoder};
+use flate2::{Compression, write::ZlibEncoder};
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::Value;
 use sha2::Sha256;
 
 use crate::{callback::SdkAppId, config::Secret};
@@ -36,48 +35,6 @@ pub const DEFAULT_LIFETIME_SECS: u64 = 24 * 60 * 60;
 /// A cached UserSig is replaced when less than this is left, so that no request goes out with a
 /// signature that expires on its way (or on a server whose clock is a little ahead).
 pub const DEFAULT_REFRESH_MARGIN_SECS: u64 = 60 * 60;
-
-/// Decompressed UserSigs larger than this are refused: a real one is about 200 bytes, and a
-/// zlib bomb must not exhaust memory in [`decode`].
-const MAX_DECODED_BYTES: u64 = 64 * 1024;
-
-/// Why a UserSig was refused by [`decode`] or [`verify`]. No variant carries the key or the
-/// signature.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UserSigError {
-    #[error("UserSig is not valid base64 or zlib")]
-    Encoding,
-    #[error("UserSig JSON is malformed: {0}")]
-    Malformed(&'static str),
-    #[error("UserSig version is not {VERSION}")]
-    Version,
-    #[error("UserSig HMAC does not match")]
-    BadSignature,
-    #[error("UserSig expired")]
-    Expired,
-}
-
-/// The fields of a decoded UserSig.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserSigFields {
-    pub identifier: String,
-    pub sdk_app_id: i64,
-    /// When it was made, Unix seconds.
-    pub time: i64,
-    /// Seconds it is valid for, counted from `time`.
-    pub expire: i64,
-    /// `TLS.userbuf` (base64 text), present only in signatures made with a user buffer.
-    pub userbuf: Option<String>,
-    /// `TLS.sig`: base64 of the HMAC.
-    pub sig: String,
-}
-
-impl UserSigFields {
-    /// Unix seconds after which the signature is no longer valid.
-    pub fn expires_at(&self) -> i64 {
-        self.time.saturating_add(self.expire)
-    }
-}
 
 /// Makes a UserSig for `identifier` of app `sdk_app_id`, valid `expire` seconds from `time`
 /// (Unix seconds). Deterministic: the same inputs give the same text.
@@ -111,75 +68,6 @@ pub fn generate(
         .expect("writing to a Vec cannot fail");
     let compressed = encoder.finish().expect("writing to a Vec cannot fail");
     Secret::new(to_url_base64(&STANDARD.encode(compressed)))
-}
-
-/// Reads the fields of a UserSig without checking its HMAC or expiry.
-pub fn decode(usersig: &str) -> Result<UserSigFields, UserSigError> {
-    let compressed = STANDARD
-        .decode(from_url_base64(usersig))
-        .map_err(|_| UserSigError::Encoding)?;
-    let mut json = Vec::new();
-    ZlibDecoder::new(compressed.as_slice())
-        .take(MAX_DECODED_BYTES + 1)
-        .read_to_end(&mut json)
-        .map_err(|_| UserSigError::Encoding)?;
-    if json.len() as u64 > MAX_DECODED_BYTES {
-        return Err(UserSigError::Malformed("too large"));
-    }
-    let value: Value =
-        serde_json::from_slice(&json).map_err(|_| UserSigError::Malformed("not JSON"))?;
-    let text = |field: &'static str| {
-        value
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or(UserSigError::Malformed(field))
-    };
-    let integer = |field: &'static str| {
-        value
-            .get(field)
-            .and_then(Value::as_i64)
-            .ok_or(UserSigError::Malformed(field))
-    };
-    if text("TLS.ver")? != VERSION {
-        return Err(UserSigError::Version);
-    }
-    Ok(UserSigFields {
-        identifier: text("TLS.identifier")?,
-        sdk_app_id: integer("TLS.sdkappid")?,
-        time: integer("TLS.time")?,
-        expire: integer("TLS.expire")?,
-        userbuf: match value.get("TLS.userbuf") {
-            None => None,
-            Some(_) => Some(text("TLS.userbuf")?),
-        },
-        sig: text("TLS.sig")?,
-    })
-}
-
-/// Decodes a UserSig and checks it as Tencent does: the HMAC under `key` (in constant time),
-/// then that it has not expired at `now` (Unix seconds).
-pub fn verify(key: &Secret, usersig: &str, now: i64) -> Result<UserSigFields, UserSigError> {
-    let fields = decode(usersig)?;
-    let sig = STANDARD
-        .decode(&fields.sig)
-        .map_err(|_| UserSigError::Malformed("TLS.sig"))?;
-    let content = content_to_sign(
-        &fields.identifier,
-        fields.sdk_app_id,
-        fields.time,
-        fields.expire,
-        fields.userbuf.as_deref(),
-    );
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
-        .expect("HMAC takes a key of any length");
-    mac.update(content.as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| UserSigError::BadSignature)?;
-    if now > fields.expires_at() {
-        return Err(UserSigError::Expired);
-    }
-    Ok(fields)
 }
 
 /// One app's UserSig, made once and reused until it gets close to its expiry.
@@ -324,18 +212,6 @@ fn to_url_base64(standard: &str) -> String {
         .collect()
 }
 
-fn from_url_base64(tencent: &str) -> String {
-    tencent
-        .chars()
-        .map(|c| match c {
-            '*' => '+',
-            '-' => '/',
-            '_' => '=',
-            c => c,
-        })
-        .collect()
-}
-
 /// A JSON string literal as Python's `json.dumps` writes it (`ensure_ascii`): `"` and `\`
 /// escaped, control characters and everything outside ASCII as `\uXXXX` (UTF-16 units).
 fn python_json_string(text: &str) -> String {
@@ -363,9 +239,155 @@ fn python_json_string(text: &str) -> String {
     out
 }
 
+/// A reader of UserSigs, for the tests only: roomsync makes UserSigs and never reads one (the
+/// fake Tencent server of the integration tests checks them on its own).
+#[cfg(test)]
+mod reader {
+    use std::io::Read;
+
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use flate2::read::ZlibDecoder;
+    use hmac::{Hmac, KeyInit, Mac};
+    use serde_json::Value;
+    use sha2::Sha256;
+
+    use super::{VERSION, content_to_sign};
+    use crate::config::Secret;
+
+    /// Decompressed UserSigs larger than this are refused: a real one is about 200 bytes, and a
+    /// zlib bomb must not exhaust memory in [`decode`].
+    const MAX_DECODED_BYTES: u64 = 64 * 1024;
+
+    /// Why a UserSig was refused by [`decode`] or [`verify`]. No variant carries the key or the
+    /// signature.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum UserSigError {
+        #[error("UserSig is not valid base64 or zlib")]
+        Encoding,
+        #[error("UserSig JSON is malformed: {0}")]
+        Malformed(&'static str),
+        #[error("UserSig version is not {VERSION}")]
+        Version,
+        #[error("UserSig HMAC does not match")]
+        BadSignature,
+        #[error("UserSig expired")]
+        Expired,
+    }
+
+    /// The fields of a decoded UserSig.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct UserSigFields {
+        pub identifier: String,
+        pub sdk_app_id: i64,
+        /// When it was made, Unix seconds.
+        pub time: i64,
+        /// Seconds it is valid for, counted from `time`.
+        pub expire: i64,
+        /// `TLS.userbuf` (base64 text), present only in signatures made with a user buffer.
+        pub userbuf: Option<String>,
+        /// `TLS.sig`: base64 of the HMAC.
+        pub sig: String,
+    }
+
+    impl UserSigFields {
+        /// Unix seconds after which the signature is no longer valid.
+        pub fn expires_at(&self) -> i64 {
+            self.time.saturating_add(self.expire)
+        }
+    }
+
+    /// Reads the fields of a UserSig without checking its HMAC or expiry.
+    pub fn decode(usersig: &str) -> Result<UserSigFields, UserSigError> {
+        let compressed = STANDARD
+            .decode(from_url_base64(usersig))
+            .map_err(|_| UserSigError::Encoding)?;
+        let mut json = Vec::new();
+        ZlibDecoder::new(compressed.as_slice())
+            .take(MAX_DECODED_BYTES + 1)
+            .read_to_end(&mut json)
+            .map_err(|_| UserSigError::Encoding)?;
+        if json.len() as u64 > MAX_DECODED_BYTES {
+            return Err(UserSigError::Malformed("too large"));
+        }
+        let value: Value =
+            serde_json::from_slice(&json).map_err(|_| UserSigError::Malformed("not JSON"))?;
+        let text = |field: &'static str| {
+            value
+                .get(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or(UserSigError::Malformed(field))
+        };
+        let integer = |field: &'static str| {
+            value
+                .get(field)
+                .and_then(Value::as_i64)
+                .ok_or(UserSigError::Malformed(field))
+        };
+        if text("TLS.ver")? != VERSION {
+            return Err(UserSigError::Version);
+        }
+        Ok(UserSigFields {
+            identifier: text("TLS.identifier")?,
+            sdk_app_id: integer("TLS.sdkappid")?,
+            time: integer("TLS.time")?,
+            expire: integer("TLS.expire")?,
+            userbuf: match value.get("TLS.userbuf") {
+                None => None,
+                Some(_) => Some(text("TLS.userbuf")?),
+            },
+            sig: text("TLS.sig")?,
+        })
+    }
+
+    /// Decodes a UserSig and checks it as Tencent does: the HMAC under `key` (in constant time),
+    /// then that it has not expired at `now` (Unix seconds).
+    pub fn verify(key: &Secret, usersig: &str, now: i64) -> Result<UserSigFields, UserSigError> {
+        let fields = decode(usersig)?;
+        let sig = STANDARD
+            .decode(&fields.sig)
+            .map_err(|_| UserSigError::Malformed("TLS.sig"))?;
+        let content = content_to_sign(
+            &fields.identifier,
+            fields.sdk_app_id,
+            fields.time,
+            fields.expire,
+            fields.userbuf.as_deref(),
+        );
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(content.as_bytes());
+        mac.verify_slice(&sig)
+            .map_err(|_| UserSigError::BadSignature)?;
+        if now > fields.expires_at() {
+            return Err(UserSigError::Expired);
+        }
+        Ok(fields)
+    }
+
+    pub fn from_url_base64(tencent: &str) -> String {
+        tencent
+            .chars()
+            .map(|c| match c {
+                '*' => '+',
+                '-' => '/',
+                '_' => '=',
+                c => c,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::Read;
+
+    use flate2::read::ZlibDecoder;
+
+    use super::{
+        reader::{UserSigError, UserSigFields, decode, from_url_base64, verify},
+        *,
+    };
 
     /// The sample key of Tencent's reference implementation (not a real app's key).
     const KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";

@@ -354,6 +354,8 @@ async fn database_gone_is_answered_quickly(pool: PgPool) {
         started.elapsed() < Duration::from_secs(2),
         "answered within Tencent's 2 s"
     );
+    // The mechanism: the 200 stands on the journal.
+    assert_eq!(journal_depth(&app).await, 1);
     assert_eq!(app.get("/readyz").await.status(), 503);
     assert_eq!(app.get("/healthz").await.status(), 200);
     // Without room in the journal either: a quick 503 that tells nothing internal.

@@ -29,43 +29,66 @@ impl Drop for Process {
 }
 
 /// Starts `roomsync` against `pool`'s database through `proxy`, with the journal file
-/// `journal`, and waits until it answers `/healthz`. Its logs go to this process's stderr with
-/// `TEST_LOG` (at that filter), else nowhere.
+/// `journal`, on a port of its own choosing (port 0, read from its log line, as bench/run does:
+/// a port reserved here and freed could be taken before it binds), and waits until it answers
+/// `/healthz`. Its logs go to this process's stderr with `TEST_LOG` (at that filter, plus
+/// roomsync's `info` for the port), else nowhere.
 async fn start(pool: &PgPool, proxy: &Proxy, journal: &std::path::Path) -> Process {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
     let work_dir = tempfile::tempdir().unwrap();
     let log_filter = test_log_filter();
-    let output = || {
-        if log_filter.is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        }
-    };
+    let show = log_filter.is_some();
     let child = Command::new(env!("CARGO_BIN_EXE_roomsync"))
         // Away from any developer .env file.
         .current_dir(work_dir.path())
         .env("DATABASE_URL", database_url(pool, proxy.port))
         .env("SDK_APP_ID", APP_ID.to_string())
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("RUN_MIGRATIONS", "false")
         .env("JOURNAL_PATH", journal)
         .env("DATABASE_ACQUIRE_TIMEOUT_MS", "500")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", log_filter.as_deref().unwrap_or("warn"))
-        .stdout(output())
-        .stderr(output())
+        .env(
+            "RUST_LOG",
+            format!("{},roomsync=info", log_filter.as_deref().unwrap_or("warn")),
+        )
+        .stdout(Stdio::piped())
+        .stderr(if show {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("roomsync starts");
     // Owned from here on, so an assertion below cannot leave it running.
-    let process = Process {
+    let mut process = Process {
         child,
-        address: format!("http://127.0.0.1:{port}"),
+        address: String::new(),
         _work_dir: work_dir,
     };
+    let stdout = process.child.stdout.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    // Reads the log to its end (a full pipe would stall the server): the port once, every
+    // line to stderr with TEST_LOG.
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if show {
+                eprintln!("{line}");
+            }
+            let port = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|entry| entry["port"].as_u64());
+            if let Some(port) = port {
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let port = tokio::task::spawn_blocking(move || port_rx.recv_timeout(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("roomsync logs the port it listens on");
+    process.address = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let up = eventually(Duration::from_secs(15), || {
         let request = client.get(format!("{}/healthz", process.address)).send();

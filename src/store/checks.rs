@@ -1,17 +1,14 @@
-//! Drift repair's storage (docs/drift-repair.md): which rooms are due for a check and who holds
-//! them, the REST call budget that all instances share, and what the view says of one room.
-//! Corrections themselves are written like callbacks, through [`super::write_batch`].
+//! Drift repair's storage (docs/drift-repair.md#several-instances-leases-and-one-rate-bound):
+//! which rooms are due for a check and who holds them, the REST call counter that all
+//! instances share, and what the view says of one room. The reconciler decides what to do with
+//! them; corrections themselves are written like callbacks, through [`super::write_batch`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 
-use crate::{
-    callback::{Id, SdkAppId},
-    tencent::client::RateGate,
-};
+use crate::callback::{Id, SdkAppId};
 
 /// A room to check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,62 +210,21 @@ pub async fn room_view(pool: &PgPool, app: SdkAppId, room: &Id) -> Result<RoomVi
     })
 }
 
-/// `RECONCILE_MAX_RPS` for all instances together: calls are counted per app and per second
-/// of the database's clock, in one row each app.
-pub struct RateBudget {
-    pool: PgPool,
-    max_rps: i32,
-}
-
-impl RateBudget {
-    pub fn new(pool: PgPool, max_rps: u32) -> Self {
-        Self {
-            pool,
-            max_rps: i32::try_from(max_rps).unwrap_or(i32::MAX),
-        }
-    }
-
-    /// Takes one call of this second's budget; `false` when it is spent.
-    pub async fn try_take(&self, app: SdkAppId) -> Result<bool, sqlx::Error> {
-        let taken = sqlx::query_scalar!(
-            r#"INSERT INTO reconcile_budget AS b (sdk_app_id, second, used)
+/// Takes one REST call of `app`'s budget for this second of the database's clock (one row per
+/// app, so every instance counts against the same `max_rps`); `false` when it is spent.
+pub async fn take_budget(pool: &PgPool, app: SdkAppId, max_rps: i32) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query_scalar!(
+        r#"INSERT INTO reconcile_budget AS b (sdk_app_id, second, used)
                VALUES ($1, date_trunc('second', clock_timestamp()), 1)
                ON CONFLICT (sdk_app_id) DO UPDATE SET
                    used = CASE WHEN b.second = EXCLUDED.second THEN b.used + 1 ELSE 1 END,
                    second = EXCLUDED.second
                WHERE b.second <> EXCLUDED.second OR b.used < $2
                RETURNING used"#,
-            app.get(),
-            self.max_rps,
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(taken.is_some())
-    }
-}
-
-/// How long one call may wait for the budget before the check gives up on it.
-const BUDGET_WAIT: Duration = Duration::from_secs(30);
-
-impl RateGate for RateBudget {
-    fn admit(&self, app: SdkAppId) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
-            loop {
-                match self.try_take(app).await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => {}
-                    Err(error) => return Err(error.to_string()),
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(format!("no budget within {} s", BUDGET_WAIT.as_secs()));
-                }
-                // The next second starts within a second; a little jitter spreads the
-                // instances that wait for it.
-                let to_next = 1000 - u64::from(Utc::now().timestamp_subsec_millis()).min(999);
-                let jitter = u64::from(rand::random::<u8>() % 20);
-                tokio::time::sleep(Duration::from_millis(to_next + jitter)).await;
-            }
-        })
-    }
+        app.get(),
+        max_rps,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(taken.is_some())
 }

@@ -1,11 +1,12 @@
-//! Drift-repair configuration: the `TENCENT_*` and `RECONCILE_*` variables.
+//! Drift-repair configuration: the `TENCENT_*` and `RECONCILE_*` variables
+//! (docs/configuration.md#drift-repair).
 //!
 //! [`DriftRepairConfig::from_lookup`] reads the same kind of variable source as
-//! [`Config::from_lookup`](crate::config::Config::from_lookup), so that one can call it with its
+//! [`Config::from_lookup`](super::Config::from_lookup), so that one can call it with its
 //! own `lookup` and the SDK app ids it has already parsed:
 //!
 //! ```
-//! # use roomsync::{callback::SdkAppId, tencent::DriftRepairConfig};
+//! # use roomsync::{callback::SdkAppId, config::DriftRepairConfig};
 //! let apps = [SdkAppId::parse("1400000001").unwrap()];
 //! let lookup = |name: &str| (name == "TENCENT_SECRET_KEY").then(|| "k3y".to_owned());
 //! let drift = DriftRepairConfig::from_lookup(lookup, &apps).unwrap().expect("on");
@@ -29,10 +30,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use reqwest::Url;
 
-use crate::{
-    callback::SdkAppId,
-    config::{ConfigError, Secret, invalid, parse_or},
-};
+use super::{ConfigError, Secret, invalid, parse_or};
+use crate::callback::SdkAppId;
 
 pub const DEFAULT_API_BASE: &str = "https://console.tim.qq.com";
 pub const DEFAULT_ADMIN_ACCOUNT: &str = "administrator";

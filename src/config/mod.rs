@@ -2,7 +2,11 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use crate::{callback::SdkAppId, tencent::DriftRepairConfig};
+mod drift_repair;
+
+pub use drift_repair::DriftRepairConfig;
+
+use crate::callback::SdkAppId;
 
 /// Invalid or missing configuration; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +182,12 @@ impl Config {
         if !(1..=10_000).contains(&config.commit_timeout.as_millis()) {
             return Err(invalid("COMMIT_TIMEOUT_MS", "must be in 1..=10000"));
         }
+        if config.batch_max_events > BATCH_MAX_EVENTS_LIMIT {
+            return Err(invalid(
+                "BATCH_MAX_EVENTS",
+                format!("must be at most {BATCH_MAX_EVENTS_LIMIT}"),
+            ));
+        }
         for (var, value) in [
             (
                 "DATABASE_MAX_CONNECTIONS",
@@ -185,6 +195,10 @@ impl Config {
             ),
             ("HTTP_WORKERS", config.http_workers),
             ("BATCH_MAX_EVENTS", config.batch_max_events),
+            (
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                config.database_acquire_timeout.as_millis() as usize,
+            ),
             ("JOURNAL_MAX_BYTES", config.journal_max_bytes as usize),
             ("HTTP_MAX_CONNECTIONS", config.http_max_connections),
             ("REJECTED_MAX_PER_SEC", config.rejected.max_per_sec as usize),
@@ -208,6 +222,12 @@ impl Config {
 /// Room for 10,000 member ids of about 100 bytes in one callback: each id costs its JSON text
 /// (quotes, escapes) plus a comma, so N ids of L plain bytes need about N * (L + 3) bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The log filter when `RUST_LOG` is unset (read by the logging set-up, not by [`Config`]).
+pub const DEFAULT_RUST_LOG: &str = "info";
+/// The most callbacks a batch may hold: the history insert numbers the members of a whole
+/// batch with `int4` offsets, so a batch of callbacks at the list bound must stay within
+/// `i32::MAX` members (214,748 callbacks of 10,000 members each).
+pub const BATCH_MAX_EVENTS_LIMIT: usize = i32::MAX as usize / crate::callback::MAX_LIST_ENTRIES;
 /// Five minutes: far more than the clock differences NTP-synced hosts show (and than the 60 s
 /// a signed `RequestTime` may be off), small enough that a forged time holds a room for
 /// minutes, not for ever.
@@ -271,27 +291,80 @@ mod tests {
         ("SDK_APP_ID", "1400000001"),
     ];
 
+    /// Each variable's default as docs/configuration.md states it: the first value in
+    /// backticks of the default column, or `None` for "unset", "number of CPUs" and no default.
+    fn documented_defaults() -> Vec<(String, Option<String>)> {
+        include_str!("../../docs/configuration.md")
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let var = cells[1].trim_matches('`').to_owned();
+                let default = cells[3].split('`').nth(1).map(str::to_owned);
+                (var, default)
+            })
+            .filter(|(var, _)| var.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect()
+    }
+
     #[test]
-    fn defaults_follow_the_spec() {
+    fn defaults_follow_the_docs() {
+        let drift_key = ("TENCENT_SECRET_KEY", "k3y");
         let c = config(&BASE).unwrap();
-        assert_eq!(c.sdk_app_ids, vec![SdkAppId::parse("1400000001").unwrap()]);
-        assert!(c.callback_token.is_none());
-        assert_eq!(c.signature_max_skew, Duration::from_secs(60));
-        assert_eq!(c.event_time_max_future, Duration::from_secs(300));
-        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
-        assert!(c.run_migrations);
-        assert_eq!(c.max_body_bytes, 1_048_576);
+        let d = config(&[BASE[0], BASE[1], drift_key])
+            .unwrap()
+            .drift_repair
+            .unwrap();
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // What the configuration holds when a variable is unset; `None`: unset or no default.
+        let actual = |var: &str| -> Option<String> {
+            Some(match var {
+                "DATABASE_URL" | "SDK_APP_ID" => return None,
+                "CALLBACK_TOKEN" => return c.callback_token.as_ref().map(|_| "set".into()),
+                "SIGNATURE_MAX_SKEW_SECS" => c.signature_max_skew.as_secs().to_string(),
+                "EVENT_TIME_MAX_FUTURE_SECS" => c.event_time_max_future.as_secs().to_string(),
+                "LISTEN_ADDR" => c.listen_addr.to_string(),
+                "RUN_MIGRATIONS" => c.run_migrations.to_string(),
+                "MAX_BODY_BYTES" => c.max_body_bytes.to_string(),
+                "LOG_FORMAT" => format!("{:?}", c.log_format).to_ascii_lowercase(),
+                // Read by `telemetry::init_logging`, with this fallback.
+                "RUST_LOG" => DEFAULT_RUST_LOG.into(),
+                "DATABASE_MAX_CONNECTIONS" => c.database_max_connections.to_string(),
+                "DATABASE_ACQUIRE_TIMEOUT_MS" => c.database_acquire_timeout.as_millis().to_string(),
+                "COMMIT_TIMEOUT_MS" => c.commit_timeout.as_millis().to_string(),
+                // Documented as "number of CPUs".
+                "HTTP_WORKERS" => {
+                    assert_eq!(c.http_workers, cpus);
+                    return None;
+                }
+                "BATCH_MAX_EVENTS" => c.batch_max_events.to_string(),
+                "JOURNAL_PATH" => c.journal_path.display().to_string(),
+                "JOURNAL_MAX_BYTES" => c.journal_max_bytes.to_string(),
+                "EVENT_RETENTION_DAYS" => return c.event_retention_days.map(|d| d.to_string()),
+                "HTTP_MAX_CONNECTIONS" => c.http_max_connections.to_string(),
+                "REJECTED_BODY_MAX_BYTES" => c.rejected.body_max_bytes.to_string(),
+                "REJECTED_MAX_PER_SEC" => c.rejected.max_per_sec.to_string(),
+                "REJECTED_RETENTION_DAYS" => c.rejected.retention_days.to_string(),
+                "TENCENT_SECRET_KEY" => return c.drift_repair.as_ref().map(|_| "set".into()),
+                // The URL type adds the root path's slash.
+                "TENCENT_API_BASE" => d.api_base.as_str().trim_end_matches('/').to_owned(),
+                "TENCENT_ADMIN_ACCOUNT" => d.admin_account.clone(),
+                "RECONCILE_INTERVAL_SECS" => d.interval.as_secs().to_string(),
+                "RECONCILE_GRACE_SECS" => d.grace.as_secs().to_string(),
+                "RECONCILE_MAX_RPS" => d.max_rps.to_string(),
+                other => panic!("{other} is documented but this test does not know it"),
+            })
+        };
+        let documented = documented_defaults();
         assert_eq!(
-            c.rejected,
-            RejectedLimits {
-                body_max_bytes: 65_536,
-                max_per_sec: 10,
-                retention_days: 30
-            }
+            documented.len(),
+            28,
+            "a row was added or lost: {documented:?}"
         );
-        assert_eq!(c.log_format, LogFormat::Pretty);
-        assert_eq!(c.journal_path, PathBuf::from("journal/roomsync.redb"));
-        assert_eq!(c.journal_max_bytes, 256 * 1024 * 1024);
+        for (var, default) in documented {
+            assert_eq!(actual(&var), default, "the default of {var}");
+        }
+        assert_eq!(c.sdk_app_ids, vec![SdkAppId::parse("1400000001").unwrap()]);
     }
 
     #[test]
@@ -360,6 +433,31 @@ mod tests {
             let err = config(vars).unwrap_err().to_string();
             assert!(err.contains(name), "{err:?} should name {name}");
         }
+    }
+
+    #[test]
+    fn bounds_hold_just_past_them() {
+        let with = |var, value: &str| config(&[BASE[0], BASE[1], (var, value)]);
+        let limit = BATCH_MAX_EVENTS_LIMIT.to_string();
+        let past = (BATCH_MAX_EVENTS_LIMIT + 1).to_string();
+        assert_eq!(BATCH_MAX_EVENTS_LIMIT, 214_748);
+        assert_eq!(
+            with("BATCH_MAX_EVENTS", &limit).unwrap().batch_max_events,
+            BATCH_MAX_EVENTS_LIMIT
+        );
+        let err = with("BATCH_MAX_EVENTS", &past).unwrap_err().to_string();
+        assert!(err.contains("BATCH_MAX_EVENTS"), "{err}");
+        // The largest batch's member offsets fit in i32; one callback more would not.
+        let members = |events: usize| events * crate::callback::MAX_LIST_ENTRIES;
+        assert!(i32::try_from(members(BATCH_MAX_EVENTS_LIMIT)).is_ok());
+        assert!(i32::try_from(members(BATCH_MAX_EVENTS_LIMIT + 1)).is_err());
+
+        let one = with("DATABASE_ACQUIRE_TIMEOUT_MS", "1").unwrap();
+        assert_eq!(one.database_acquire_timeout, Duration::from_millis(1));
+        let err = with("DATABASE_ACQUIRE_TIMEOUT_MS", "0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATABASE_ACQUIRE_TIMEOUT_MS"), "{err}");
     }
 
     #[test]
