@@ -539,5 +539,5 @@ async fn write_by_room(pool: &PgPool, callbacks: &[&Callback]) -> Vec<Result<Out
 
 /// `rejected_callbacks.error_code` of a callback whose data PostgreSQL refused (the HTTP
 /// answer's code for it) and of a journal record that no longer parses.
-const REFUSED_CODE: i32 = 50304;
-const UNPARSABLE_CODE: i32 = 50307;
+const REFUSED_CODE: i32 = crate::codes::STORE_REFUSED as i32;
+const UNPARSABLE_CODE: i32 = crate::codes::JOURNAL_UNPARSABLE as i32;

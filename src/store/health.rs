@@ -27,6 +27,9 @@ const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A probe's answer is shared with the callers that ask within this time.
 const PROBE_REUSE: Duration = Duration::from_millis(250);
 
+/// A probe's answer: connected, or what the connection met.
+type Probe = Result<(), Arc<sqlx::Error>>;
+
 /// Whether callbacks go to PostgreSQL (up) or straight to the journal (down). Cheap to clone.
 #[derive(Clone)]
 pub struct Health {
@@ -37,7 +40,7 @@ struct Inner {
     up: AtomicBool,
     options: Arc<PgConnectOptions>,
     /// The last probe: when it ended and whether it connected.
-    last_probe: Mutex<Option<(Instant, Result<(), Arc<sqlx::Error>>)>>,
+    last_probe: Mutex<Option<(Instant, Probe)>>,
 }
 
 impl Health {
@@ -82,7 +85,7 @@ impl Health {
 
     /// Whether the server accepts a fresh connection within [`PROBE_CONNECT_TIMEOUT`], and if
     /// not, why. A server that is shutting down or starting up refuses it too (SQLSTATE 57P03).
-    pub async fn server_accepts(&self) -> Result<(), Arc<sqlx::Error>> {
+    pub async fn server_accepts(&self) -> Probe {
         let mut last = self.inner.last_probe.lock().await;
         if let Some((at, accepted)) = &*last
             && at.elapsed() < PROBE_REUSE
