@@ -1,18 +1,15 @@
 //! Group commit: callbacks that arrive together are written in one transaction, and each is
 //! answered only after the commit that holds it.
 //!
-//! A few writer tasks, each with a queue of its own, and each owning a share of the rooms: a
-//! callback goes to the writer of its room ([`room_group`]), so two writers of one process
-//! never wait on each other's room locks, and a room's callbacks batch together. A task takes
-//! whatever its queue holds (up to a bound) as its batch, so an idle server commits a lone
-//! callback at once and a busy one commits many per transaction, without waiting for a batch
-//! to fill.
+//! A few writer tasks share one queue. A task takes whatever is queued (up to a bound) as its
+//! batch, so an idle server commits a lone callback at once and a busy one commits many per
+//! transaction.
 
 use std::{sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Mutex, mpsc, oneshot},
     task::JoinSet,
 };
 
@@ -34,12 +31,10 @@ struct Job {
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
-/// The handle requests use; the tasks stop once every handle is dropped and their queues are
-/// empty.
+/// The handle requests use; the tasks stop once every handle is dropped and the queue is empty.
 #[derive(Clone)]
 pub struct Writer {
-    /// One queue per writer task, indexed by [`room_group`].
-    queues: Arc<[mpsc::Sender<Job>]>,
+    queue: mpsc::Sender<Job>,
     timeout: Duration,
 }
 
@@ -50,22 +45,21 @@ impl Writer {
         health: Health,
         metrics: Arc<Metrics>,
     ) -> (Self, JoinSet<()>) {
+        let (queue, receiver) = mpsc::channel(options.max_batch * options.tasks * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
         let mut tasks = JoinSet::new();
-        let mut queues = Vec::with_capacity(options.tasks);
-        for _ in 0..options.tasks.max(1) {
-            let (queue, mut receiver) = mpsc::channel(options.max_batch * 4);
-            queues.push(queue);
-            let (pool, metrics) = (pool.clone(), metrics.clone());
+        for _ in 0..options.tasks {
+            let (pool, receiver, metrics) = (pool.clone(), receiver.clone(), metrics.clone());
             let (max_batch, health) = (options.max_batch, health.clone());
             tasks.spawn(async move {
-                while let Some(batch) = next_batch(&mut receiver, max_batch).await {
+                while let Some(batch) = next_batch(&receiver, max_batch).await {
                     commit_batch(&pool, batch, &health, &metrics).await;
                 }
             });
         }
         (
             Self {
-                queues: queues.into(),
+                queue,
                 timeout: options.timeout,
             },
             tasks,
@@ -75,10 +69,9 @@ impl Writer {
     /// Stores one callback; returns once it is committed (or failed).
     pub async fn submit(&self, callback: Callback) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let queue = &self.queues[room_group(&callback, self.queues.len())];
         let job = Job { callback, reply };
         let wait = async {
-            queue.send(job).await.map_err(|_| StoreError::Closed)?;
+            self.queue.send(job).await.map_err(|_| StoreError::Closed)?;
             answer.await.map_err(|_| StoreError::Closed)?
         };
         tokio::time::timeout(self.timeout, wait)
@@ -91,7 +84,8 @@ impl Writer {
 /// (it timed out, so the callback went to the journal) is left out: writing it here too would
 /// only add work when the database is already slow. (One that started before its request gave
 /// up is written twice; the history's dedup key makes the second a no-op.)
-async fn next_batch(receiver: &mut mpsc::Receiver<Job>, max_batch: usize) -> Option<Vec<Job>> {
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> Option<Vec<Job>> {
+    let mut receiver = receiver.lock().await;
     let mut batch = Vec::new();
     while batch.is_empty() {
         let first = receiver.recv().await?;
