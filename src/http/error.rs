@@ -18,6 +18,8 @@ pub enum CallbackError {
     BodyRead(#[source] actix_web::error::PayloadError),
     #[error("body did not arrive in time")]
     BodyTimeout,
+    #[error("too many callback bodies are being received at once; try again")]
+    BodiesInFlight,
     #[error("SdkAppid is missing from the query string")]
     AppIdMissing,
     #[error("SdkAppid is not one of this service's apps")]
@@ -53,6 +55,7 @@ impl CallbackError {
             Self::AppIdMissing => 40301,
             Self::AppIdUnknown => 40302,
             Self::TooLarge(_) => 41301,
+            Self::BodiesInFlight => 50310,
             Self::NotDurable(IngestError::Store(store)) => match store {
                 StoreError::Unavailable(_) => 50301,
                 StoreError::Timeout => 50302,
@@ -70,7 +73,7 @@ impl CallbackError {
     pub fn body_unread(&self) -> bool {
         matches!(
             self,
-            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout
+            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout | Self::BodiesInFlight
         )
     }
 
@@ -81,7 +84,7 @@ impl CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => "forbidden",
             Self::Signature(_) => "unauthorized",
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => "invalid",
-            Self::NotDurable(_) => "unavailable",
+            Self::NotDurable(_) | Self::BodiesInFlight => "unavailable",
         }
     }
 }
@@ -100,7 +103,7 @@ impl ResponseError for CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => StatusCode::FORBIDDEN,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotDurable(_) | Self::BodiesInFlight => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
