@@ -59,6 +59,8 @@ pub const JOURNAL_UNPARSABLE: u32 = 50307;
 pub const STORE_BUSY: u32 = 50308;
 /// Any other failure of PostgreSQL.
 pub const STORE_FAILED: u32 = 50309;
+/// Too many callback bodies in flight at once (`HTTP_MAX_INFLIGHT_BODY_BYTES`).
+pub const BODIES_IN_FLIGHT: u32 = 50310;
 
 #[cfg(test)]
 mod tests {
@@ -72,7 +74,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub const "))
             .map(|rest| rest.rsplit(' ').next().unwrap().trim_end_matches(';'))
             .collect();
-        assert_eq!(codes.len(), 26);
+        assert_eq!(codes.len(), 27);
         let mut unique = codes.clone();
         unique.sort();
         unique.dedup();

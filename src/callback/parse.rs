@@ -1,6 +1,12 @@
 //! Body parsing: JSON -> [`Callback`], with an error that names the field
 //! (docs/protocol.md#commands-and-bodies, docs/protocol.md#bounds).
 
+use std::{borrow::Cow, collections::BTreeMap};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{DeserializeSeed, MapAccess, SeqAccess, Visitor},
+};
 use serde_json::{Map, Value};
 
 use super::{
@@ -117,7 +123,7 @@ pub fn parse_body(
 ) -> Result<Callback, Rejection> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
-    let value: Value = serde_json::from_str(text)
+    let top = top_level(text)
         .map_err(|e| Rejection::new(RejectionKind::NotJson, format!("body is not JSON: {e}")))?;
     // Only the values that are stored as text; the others fail their own checks.
     let stored = ["CallbackCommand", "ClientIP", "OptPlatform"];
@@ -135,14 +141,14 @@ pub fn parse_body(
             return Err(Rejection::new(RejectionKind::NulCharacter, info));
         }
     }
-    let Value::Object(map) = &value else {
+    let Some(top) = top else {
         return Err(Rejection::wrong_type("body", "a JSON object"));
     };
     // Refuse anywhere what PostgreSQL's text and jsonb cannot hold, not only in known fields:
     // such a callback could never be stored, however often it came.
-    check_storable(&value, "body")?;
+    top.check_storable()?;
     let body = Object {
-        map,
+        map: &top.known,
         path: String::new(),
     };
 
@@ -327,6 +333,308 @@ fn check_storable(value: &Value, path: &str) -> Result<(), Rejection> {
             }
         }),
         _ => Ok(()),
+    }
+}
+
+/// The top-level fields roomsync reads; every other field is only checked while it is parsed.
+const KNOWN_FIELDS: &[&str] = &[
+    "CallbackCommand",
+    "EventTime",
+    "Operator_Account",
+    "RoomId",
+    "MemberList_Account",
+    "MemberCount",
+    "Type",
+    "Reason",
+    "EventType",
+    "EventCause",
+    "MemberList",
+    "RoomInfo",
+    "ScheduleInviteeList_Account",
+    "SeatList",
+];
+
+/// A body object: the known fields as values, and the first fault of the others.
+struct TopLevel {
+    known: Map<String, Value>,
+    /// Faults of the other fields by key: the first in key order is reported, as a check of
+    /// the whole object in key order would.
+    unknown_faults: BTreeMap<String, Fault>,
+}
+
+impl TopLevel {
+    fn check_storable(&self) -> Result<(), Rejection> {
+        let known = self.known.iter().find_map(|(key, value)| {
+            check_storable(value, &key_in_path(key))
+                .err()
+                .map(|e| (key, e))
+        });
+        let unknown = self.unknown_faults.first_key_value();
+        match (known, unknown) {
+            (Some((k, error)), Some((u, _))) if k < u => Err(error),
+            (_, Some((_, fault))) => Err(fault.rejection()),
+            (Some((_, error)), None) => Err(error),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Parses the body as JSON (the same grammar and error messages as `serde_json::from_str`);
+/// `None` when it is JSON but not an object. A field roomsync does not read costs its parsing
+/// and no more: no value is built for it, whatever its size or shape.
+fn top_level(text: &str) -> Result<Option<TopLevel>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = TopLevelSeed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(top)
+}
+
+/// The key serde_json's `arbitrary_precision` wraps a number that is not an i64 or u64 in.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+struct TopLevelSeed;
+
+impl<'de> DeserializeSeed<'de> for TopLevelSeed {
+    type Value = Option<TopLevel>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevelSeed {
+    type Value = Option<TopLevel>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Storable.visit_seq(seq).map(|_| None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut top = TopLevel {
+            known: Map::new(),
+            unknown_faults: BTreeMap::new(),
+        };
+        let mut first = true;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if std::mem::take(&mut first) && key == NUMBER_TOKEN {
+                map.next_value_seed(NumberText)?;
+                return Ok(None);
+            }
+            if KNOWN_FIELDS.contains(&&*key) {
+                let value: Value = map.next_value()?;
+                top.known.insert(key.into_owned(), value);
+                continue;
+            }
+            let fault = if key.contains('\0') {
+                map.next_value_seed(Storable)?;
+                Some(Fault::new(FaultKind::Nul))
+            } else {
+                map.next_value_seed(Storable)?
+            };
+            record(&mut top.unknown_faults, key, fault);
+        }
+        Ok(Some(top))
+    }
+}
+
+/// A fault found under a key; a later value under the same key replaces the earlier one, as
+/// it does in a parsed object.
+fn record(faults: &mut BTreeMap<String, Fault>, key: Cow<'_, str>, fault: Option<Fault>) {
+    match fault {
+        Some(mut fault) => {
+            fault.steps.push(Step::Key(key.clone().into_owned()));
+            faults.insert(key.into_owned(), fault);
+        }
+        None if !faults.is_empty() => {
+            faults.remove(&*key);
+        }
+        None => {}
+    }
+}
+
+/// What PostgreSQL cannot store, and where: `steps` from the value up to the top-level field.
+#[derive(Debug)]
+struct Fault {
+    kind: FaultKind,
+    steps: Vec<Step>,
+}
+
+#[derive(Debug)]
+enum FaultKind {
+    Nul,
+    Number,
+}
+
+#[derive(Debug)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Fault {
+    fn new(kind: FaultKind) -> Self {
+        Self {
+            kind,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The same message as [`check_storable`] gives for the same place.
+    fn rejection(&self) -> Rejection {
+        let mut path = String::new();
+        for step in self.steps.iter().rev() {
+            match step {
+                Step::Key(key) if path.is_empty() => path.push_str(&key_in_path(key)),
+                Step::Key(key) => {
+                    path.push('.');
+                    path.push_str(&key_in_path(key));
+                }
+                Step::Index(i) => path.push_str(&format!("[{i}]")),
+            }
+        }
+        match self.kind {
+            FaultKind::Nul => Rejection::new(
+                RejectionKind::NulCharacter,
+                format!("{path} contains a NUL character"),
+            ),
+            FaultKind::Number => Rejection::bounds(
+                &path,
+                "is a number beyond what PostgreSQL's numeric type can store",
+            ),
+        }
+    }
+}
+
+/// Checks one JSON value for what PostgreSQL can store (NUL characters, numbers beyond
+/// `numeric`) as it is parsed, building nothing: `Some` holds its first fault.
+struct Storable;
+
+impl<'de> DeserializeSeed<'de> for Storable {
+    type Value = Option<Fault>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Storable {
+    type Value = Option<Fault>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    // An i64 or u64 always fits `numeric`.
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+        Ok((!numeric::fits(&n.to_string())).then(|| Fault::new(FaultKind::Number)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(s.contains('\0').then(|| Fault::new(FaultKind::Nul)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut first: Option<Fault> = None;
+        let mut i = 0;
+        while let Some(fault) = seq.next_element_seed(Storable)? {
+            if let (None, Some(mut fault)) = (&first, fault) {
+                fault.steps.push(Step::Index(i));
+                first = Some(fault);
+            }
+            i += 1;
+        }
+        Ok(first)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut faults = BTreeMap::new();
+        let mut first = true;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if std::mem::take(&mut first) && key == NUMBER_TOKEN {
+                let text = map.next_value_seed(NumberText)?;
+                return Ok((!numeric::fits(&text)).then(|| Fault::new(FaultKind::Number)));
+            }
+            let fault = if key.contains('\0') {
+                map.next_value_seed(Storable)?;
+                Some(Fault::new(FaultKind::Nul))
+            } else {
+                map.next_value_seed(Storable)?
+            };
+            record(&mut faults, key, fault);
+        }
+        Ok(faults.into_values().next())
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s))
+    }
+}
+
+/// The text of a number serde_json hands over under [`NUMBER_TOKEN`].
+struct NumberText;
+
+impl<'de> DeserializeSeed<'de> for NumberText {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        String::deserialize(d)
     }
 }
 
@@ -1212,6 +1520,46 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_checked_without_a_value_and_in_key_order() {
+        // The first fault in key order is named, in a known field or not.
+        let body = ENTER.replace(
+            r#""EventTime":5"#,
+            r#""EventTime":5,"Zed":"\u0000","Alpha":[1,{"b":[0,1e999999]}]"#,
+        );
+        assert_eq!(
+            rejected(&body).info,
+            "Alpha[1].b[1] is a number beyond what PostgreSQL's numeric type can store"
+        );
+        let body = ENTER.replace(r#""r1""#, r#""r1","Zed":"\u0000","Aa":"\u0000""#);
+        assert_eq!(rejected(&body).info, "Aa contains a NUL character");
+        // A known field before an unknown one.
+        let body = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"Z":"\u0000""#);
+        let body = body.replace(r#""CallbackCommand""#, r#""Aa":1,"CallbackCommand""#);
+        assert_eq!(rejected(&body).info, "Z contains a NUL character");
+        // A repeated key: the last value counts, as in a parsed object.
+        let body = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"X":"\u0000","X":1"#);
+        assert!(parse(&body).is_ok());
+        let body = ENTER.replace(
+            r#""EventTime":5"#,
+            r#""EventTime":5,"X":1,"X":{"\u0000":2}"#,
+        );
+        assert_eq!(rejected(&body).info, r"X.\u{0} contains a NUL character");
+        // Many small values cost no value each, and are still checked to the last.
+        let junk = format!("[{}1e131072]", "0,{},[],".repeat(100_000));
+        let body = ENTER.replace(
+            r#""EventTime":5"#,
+            &format!(r#""EventTime":5,"Junk":{junk}"#),
+        );
+        assert_eq!(
+            rejected(&body).info,
+            "Junk[300000] is a number beyond what PostgreSQL's numeric type can store"
+        );
+        // Broken JSON after a fault is still broken JSON.
+        let body = ENTER.replace(r#""EventTime":5}"#, r#""EventTime":5,"X":"\u0000","#);
+        assert_eq!(rejected(&body).kind, RejectionKind::NotJson);
+    }
+
+    #[test]
     fn numeric_bounds_match_postgresql() {
         use super::numeric::fits;
         for ok in [
@@ -1460,10 +1808,29 @@ mod tests {
             }
         }
 
+        /// The checks made while parsing give what a check of the whole parsed value gives:
+        /// the same JSON errors, and the same first fault where there are several.
+        fn same_as_a_value_tree(text: &str) {
+            let tree = serde_json::from_str::<Value>(text);
+            match (top_level(text), tree) {
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                (Ok(None), Ok(value)) => assert!(!value.is_object(), "{text}"),
+                (Ok(Some(top)), Ok(value)) => assert_eq!(
+                    top.check_storable().err(),
+                    check_storable(&value, "body").err(),
+                    "{text}"
+                ),
+                (a, b) => panic!("{text}: {:?} against {b:?}", a.map(|t| t.is_some())),
+            }
+        }
+
         proptest! {
             #[test]
             fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..2048), query in ".{0,200}") {
                 check(&body, &query);
+                if let Ok(text) = std::str::from_utf8(&body) {
+                    same_as_a_value_tree(text);
+                }
             }
 
             #[test]
@@ -1471,6 +1838,9 @@ mod tests {
                 check(body.as_bytes(), &format!("CallbackCommand={command}&ClientIP=%FF"));
                 check(body.as_bytes(), &format!("CallbackCommand={command}"));
                 check(body.as_bytes(), "");
+                same_as_a_value_tree(&body);
+                // A key with a NUL character, known fields around it.
+                same_as_a_value_tree(&body.replace("\"Extra\"", "\"E\\u0000\""));
             }
 
             #[test]

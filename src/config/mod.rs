@@ -71,8 +71,11 @@ pub struct Config {
     pub event_retention_days: Option<i32>,
     /// Open HTTP connections at most, for the whole process.
     pub http_max_connections: usize,
-    /// Bounds of `rejected_callbacks`: bytes of a body kept, rows kept per second (a burst of
-    /// ten seconds' worth), and days kept.
+    /// Bytes of callback bodies being received or handled at once, for the whole process
+    /// (docs/limits.md#the-http-server).
+    pub http_max_inflight_body_bytes: usize,
+    /// Bounds of `rejected_callbacks`: bytes of a body kept, bytes written per second (a burst
+    /// of ten seconds' worth) and in all, and days kept.
     pub rejected: RejectedLimits,
     /// Drift repair (docs/drift-repair.md); `None` without `TENCENT_SECRET_KEY`.
     pub drift_repair: Option<DriftRepairConfig>,
@@ -82,7 +85,10 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RejectedLimits {
     pub body_max_bytes: usize,
-    pub max_per_sec: u32,
+    /// Bytes of rows written per second for 4xx answers.
+    pub max_bytes_per_sec: u64,
+    /// Bytes the table may hold before rows for 4xx answers are no longer written.
+    pub max_total_bytes: u64,
     pub retention_days: i32,
 }
 
@@ -169,9 +175,23 @@ impl Config {
                 ),
             },
             http_max_connections: parse_or(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
+            http_max_inflight_body_bytes: parse_or(
+                &get,
+                "HTTP_MAX_INFLIGHT_BODY_BYTES",
+                DEFAULT_HTTP_MAX_INFLIGHT_BODY_BYTES,
+            )?,
             rejected: RejectedLimits {
                 body_max_bytes: parse_or(&get, "REJECTED_BODY_MAX_BYTES", 65_536)?,
-                max_per_sec: parse_or(&get, "REJECTED_MAX_PER_SEC", 10)?,
+                max_bytes_per_sec: parse_or(
+                    &get,
+                    "REJECTED_MAX_BYTES_PER_SEC",
+                    DEFAULT_REJECTED_MAX_BYTES_PER_SEC,
+                )?,
+                max_total_bytes: parse_or(
+                    &get,
+                    "REJECTED_MAX_TOTAL_BYTES",
+                    DEFAULT_REJECTED_MAX_TOTAL_BYTES,
+                )?,
                 retention_days: parse_or(&get, "REJECTED_RETENTION_DAYS", 30)?,
             },
             drift_repair,
@@ -181,6 +201,21 @@ impl Config {
         }
         if !(1..=10_000).contains(&config.commit_timeout.as_millis()) {
             return Err(invalid("COMMIT_TIMEOUT_MS", "must be in 1..=10000"));
+        }
+        // A body the budget cannot hold would never be received.
+        if config.http_max_inflight_body_bytes < config.max_body_bytes {
+            return Err(invalid(
+                "HTTP_MAX_INFLIGHT_BODY_BYTES",
+                "must be at least MAX_BODY_BYTES",
+            ));
+        }
+        // A row budget replaced by a byte budget: a value that no longer applies is not ignored
+        // in silence.
+        if get("REJECTED_MAX_PER_SEC").is_some() {
+            return Err(invalid(
+                "REJECTED_MAX_PER_SEC",
+                "was replaced by REJECTED_MAX_BYTES_PER_SEC and REJECTED_MAX_TOTAL_BYTES",
+            ));
         }
         if config.batch_max_events > BATCH_MAX_EVENTS_LIMIT {
             return Err(invalid(
@@ -201,7 +236,14 @@ impl Config {
             ),
             ("JOURNAL_MAX_BYTES", config.journal_max_bytes as usize),
             ("HTTP_MAX_CONNECTIONS", config.http_max_connections),
-            ("REJECTED_MAX_PER_SEC", config.rejected.max_per_sec as usize),
+            (
+                "REJECTED_MAX_BYTES_PER_SEC",
+                config.rejected.max_bytes_per_sec as usize,
+            ),
+            (
+                "REJECTED_MAX_TOTAL_BYTES",
+                config.rejected.max_total_bytes as usize,
+            ),
             (
                 "REJECTED_RETENTION_DAYS",
                 config.rejected.retention_days.max(0) as usize,
@@ -228,6 +270,14 @@ pub const DEFAULT_RUST_LOG: &str = "info";
 /// batch with `int4` offsets, so a batch of callbacks at the list bound must stay within
 /// `i32::MAX` members (214,748 callbacks of 10,000 members each).
 pub const BATCH_MAX_EVENTS_LIMIT: usize = i32::MAX as usize / crate::callback::MAX_LIST_ENTRIES;
+/// 64 MiB: 64 bodies of the largest default size at once; what is waiting is held by the kernel
+/// (docs/limits.md#the-http-server).
+pub const DEFAULT_HTTP_MAX_INFLIGHT_BODY_BYTES: usize = 64 << 20;
+/// 64 KiB a second (one full-size body, in bursts of ten): at most 5.3 GiB a day, and the total
+/// bound below is reached first (docs/limits.md#rejected_callbacks).
+pub const DEFAULT_REJECTED_MAX_BYTES_PER_SEC: u64 = 64 * 1024;
+/// 1 GiB: a month of a few thousand refusals a day of full-size bodies.
+pub const DEFAULT_REJECTED_MAX_TOTAL_BYTES: u64 = 1 << 30;
 /// Five minutes: far more than the clock differences NTP-synced hosts show (and than the 60 s
 /// a signed `RequestTime` may be off), small enough that a forged time holds a room for
 /// minutes, not for ever.
@@ -343,7 +393,11 @@ mod tests {
                 "EVENT_RETENTION_DAYS" => return c.event_retention_days.map(|d| d.to_string()),
                 "HTTP_MAX_CONNECTIONS" => c.http_max_connections.to_string(),
                 "REJECTED_BODY_MAX_BYTES" => c.rejected.body_max_bytes.to_string(),
-                "REJECTED_MAX_PER_SEC" => c.rejected.max_per_sec.to_string(),
+                "REJECTED_MAX_BYTES_PER_SEC" => c.rejected.max_bytes_per_sec.to_string(),
+                "REJECTED_MAX_TOTAL_BYTES" => c.rejected.max_total_bytes.to_string(),
+                // No longer accepted (documented as such, without a default).
+                "REJECTED_MAX_PER_SEC" => return None,
+                "HTTP_MAX_INFLIGHT_BODY_BYTES" => c.http_max_inflight_body_bytes.to_string(),
                 "REJECTED_RETENTION_DAYS" => c.rejected.retention_days.to_string(),
                 "TENCENT_SECRET_KEY" => return c.drift_repair.as_ref().map(|_| "set".into()),
                 // The URL type adds the root path's slash.
@@ -424,9 +478,23 @@ mod tests {
                 &[BASE[0], BASE[1], ("REJECTED_RETENTION_DAYS", "0")],
                 "REJECTED_RETENTION_DAYS",
             ),
+            // Just past the bound: one byte short of a full body.
             (
-                &[BASE[0], BASE[1], ("REJECTED_MAX_PER_SEC", "-3")],
+                &[
+                    BASE[0],
+                    BASE[1],
+                    ("MAX_BODY_BYTES", "1000"),
+                    ("HTTP_MAX_INFLIGHT_BODY_BYTES", "999"),
+                ],
+                "HTTP_MAX_INFLIGHT_BODY_BYTES",
+            ),
+            (
+                &[BASE[0], BASE[1], ("REJECTED_MAX_PER_SEC", "10")],
                 "REJECTED_MAX_PER_SEC",
+            ),
+            (
+                &[BASE[0], BASE[1], ("REJECTED_MAX_BYTES_PER_SEC", "-3")],
+                "REJECTED_MAX_BYTES_PER_SEC",
             ),
         ];
         for (vars, name) in cases {

@@ -2,6 +2,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -12,6 +13,7 @@ use actix_web::{
     web,
 };
 use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AppContext, CallbackError};
 use crate::{
@@ -26,6 +28,9 @@ const OK_ANSWER: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 
 /// How long the whole body may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a body may wait for room in the in-flight budget before it is refused (503
+/// `50310`): a short wait rides out a burst, a long one would only hold the connection.
+const BODY_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn receive(
     req: HttpRequest,
@@ -111,7 +116,9 @@ async fn process(
 ) -> Result<Accepted, CallbackError> {
     let received_at = chrono::Utc::now();
     let config = &ctx.config;
-    let body = read_body(req, payload, config.max_body_bytes).await?;
+    // The permit is held until the callback is answered: the body and its stored copy live
+    // until then.
+    let (body, _permit) = read_body(req, payload, config.max_body_bytes, &ctx.body_bytes).await?;
     let app = query
         .sdk_app_id
         .as_deref()
@@ -146,12 +153,15 @@ async fn process(
         .map_err(CallbackError::NotDurable)
 }
 
-/// Reads the body, refusing more than `limit` bytes without buffering them.
+/// Reads the body, refusing more than `limit` bytes without buffering them, and taking its
+/// bytes from the in-flight `budget` before they are buffered (a declared length at once, a
+/// chunked body chunk by chunk).
 async fn read_body(
     req: &HttpRequest,
     payload: &mut web::Payload,
     limit: usize,
-) -> Result<web::Bytes, CallbackError> {
+    budget: &Arc<Semaphore>,
+) -> Result<(web::Bytes, Option<OwnedSemaphorePermit>), CallbackError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -161,20 +171,45 @@ async fn read_body(
         return Err(CallbackError::TooLarge(limit));
     }
     let read = async {
+        let mut permit = None;
+        take_bytes(budget, &mut permit, declared.unwrap_or(0)).await?;
         let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(CallbackError::BodyRead)?;
             if body.len() + chunk.len() > limit {
                 return Err(CallbackError::TooLarge(limit));
             }
+            take_bytes(budget, &mut permit, body.len() + chunk.len()).await?;
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        Ok((body.freeze(), permit))
     };
     // A trickled body must not hold a worker: Tencent sends it at once.
     tokio::time::timeout(BODY_READ_TIMEOUT, read)
         .await
         .unwrap_or(Err(CallbackError::BodyTimeout))
+}
+
+/// Grows `permit` to `total` bytes, waiting at most [`BODY_BYTES_WAIT`] for them.
+async fn take_bytes(
+    budget: &Arc<Semaphore>,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    total: usize,
+) -> Result<(), CallbackError> {
+    let held = permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+    let Some(more) = total.checked_sub(held).filter(|n| *n > 0) else {
+        return Ok(());
+    };
+    let more = u32::try_from(more).map_err(|_| CallbackError::BodiesInFlight)?;
+    let taken = tokio::time::timeout(BODY_BYTES_WAIT, budget.clone().acquire_many_owned(more))
+        .await
+        .map_err(|_| CallbackError::BodiesInFlight)?
+        .expect("the body budget is never closed");
+    match permit {
+        Some(permit) => permit.merge(taken),
+        None => *permit = Some(taken),
+    }
+    Ok(())
 }
 
 /// Keeps an authenticated but invalid callback for an operator. Best effort: the answer is

@@ -19,6 +19,8 @@ pub enum CallbackError {
     BodyRead(#[source] actix_web::error::PayloadError),
     #[error("body did not arrive in time")]
     BodyTimeout,
+    #[error("too many callback bodies are being received at once; try again")]
+    BodiesInFlight,
     #[error("SdkAppid is missing from the query string")]
     AppIdMissing,
     #[error("SdkAppid is not one of this service's apps")]
@@ -54,6 +56,7 @@ impl CallbackError {
             Self::AppIdMissing => codes::APP_ID_MISSING,
             Self::AppIdUnknown => codes::APP_ID_UNKNOWN,
             Self::TooLarge(_) => codes::TOO_LARGE,
+            Self::BodiesInFlight => codes::BODIES_IN_FLIGHT,
             Self::NotDurable(IngestError::Store(store)) => match store {
                 StoreError::Unavailable(_) => codes::STORE_UNAVAILABLE,
                 StoreError::Timeout => codes::STORE_TIMEOUT,
@@ -73,7 +76,7 @@ impl CallbackError {
     pub fn body_unread(&self) -> bool {
         matches!(
             self,
-            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout
+            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout | Self::BodiesInFlight
         )
     }
 
@@ -84,7 +87,7 @@ impl CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => "forbidden",
             Self::Signature(_) => "unauthorized",
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => "invalid",
-            Self::NotDurable(_) => "unavailable",
+            Self::NotDurable(_) | Self::BodiesInFlight => "unavailable",
         }
     }
 }
@@ -103,7 +106,7 @@ impl ResponseError for CallbackError {
             Self::AppIdMissing | Self::AppIdUnknown => StatusCode::FORBIDDEN,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::BodyRead(_) | Self::BodyTimeout | Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotDurable(_) | Self::BodiesInFlight => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

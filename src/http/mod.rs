@@ -21,6 +21,8 @@ use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
 
 /// Everything a request handler needs, shared by all workers.
 pub struct AppContext {
+    /// Bytes of callback bodies in flight (`HTTP_MAX_INFLIGHT_BODY_BYTES`), one permit a byte.
+    pub body_bytes: Arc<tokio::sync::Semaphore>,
     pub config: Config,
     pub pool: PgPool,
     pub ingest: Ingest,

@@ -22,7 +22,7 @@ use sqlx::{
 
 pub use apply::{Outcome, apply_batch};
 pub use health::{Health, connect_once};
-pub use rejected::{Budget, RejectedCallback, RejectedStore, insert_rejected};
+pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};
 pub use writer::{Writer, WriterOptions, room_group, write_batch, write_isolating};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.

@@ -36,34 +36,50 @@ pub struct RejectedStore {
 
 impl RejectedStore {
     pub fn new(pool: PgPool, limits: RejectedLimits) -> Self {
-        let capacity = f64::from(limits.max_per_sec) * 10.0;
+        // Bursts of ten seconds' worth.
+        let per_sec = limits.max_bytes_per_sec as f64;
         Self {
             pool,
             limits,
             bucket: Mutex::new(TokenBucket {
-                tokens: capacity,
-                capacity,
-                per_sec: f64::from(limits.max_per_sec),
+                tokens: per_sec * 10.0,
+                capacity: per_sec * 10.0,
+                per_sec,
                 at: Instant::now(),
             }),
         }
     }
 
-    /// Inserts the record unless `budget` allows dropping it and the budget is spent; returns
-    /// whether it was kept.
+    /// Inserts the record unless `budget` allows dropping it and the budget (bytes per second,
+    /// bytes in the table) is spent; returns whether it was kept.
     pub async fn keep(
         &self,
         rejected: &RejectedCallback<'_>,
         budget: Budget,
         metrics: &Metrics,
     ) -> Result<bool, StoreError> {
-        if budget == Budget::Counted && !self.bucket.lock().expect("bucket").take() {
-            metrics.rejected_dropped.inc();
-            return Ok(false);
-        }
+        let row = StoredRow::of(rejected, self.limits.body_max_bytes);
+        let total_cap = match budget {
+            Budget::Exempt => None,
+            Budget::Counted => {
+                if !self
+                    .bucket
+                    .lock()
+                    .expect("bucket")
+                    .take(row.bytes() as f64, Instant::now())
+                {
+                    metrics.rejected_dropped.inc();
+                    return Ok(false);
+                }
+                Some(self.limits.max_total_bytes)
+            }
+        };
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        insert_rejected(&mut conn, rejected, self.limits.body_max_bytes).await?;
-        Ok(true)
+        let kept = insert_rejected(&mut conn, rejected, &row, total_cap).await?;
+        if kept.is_none() {
+            metrics.rejected_dropped.inc();
+        }
+        Ok(kept.is_some())
     }
 }
 
@@ -75,13 +91,15 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
+    /// Takes `amount` tokens while any are left (the balance may go below zero): a row of any
+    /// size can be kept after a quiet spell, the rate holds on average, and a burst exceeds
+    /// its bound by one row at most.
+    fn take(&mut self, amount: f64, now: Instant) -> bool {
         let refill = now.duration_since(self.at).as_secs_f64() * self.per_sec;
         self.tokens = (self.tokens + refill).min(self.capacity);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens > 0.0 {
+            self.tokens -= amount;
             true
         } else {
             false
@@ -89,45 +107,83 @@ impl TokenBucket {
     }
 }
 
-/// Inserts one row; a body longer than `body_max_bytes` is kept cut (`body_size` says how long
-/// it was).
+/// What a row holds: the body once, as text when it can be (UTF-8 without NUL), else as the
+/// exact bytes; cut at `body_max_bytes`.
+pub struct StoredRow<'a> {
+    body: Option<std::borrow::Cow<'a, str>>,
+    body_bytes: Option<&'a [u8]>,
+    callback_command: Option<String>,
+    error_info: String,
+    query: String,
+}
+
+impl<'a> StoredRow<'a> {
+    pub fn of(rejected: &RejectedCallback<'a>, body_max_bytes: usize) -> Self {
+        let kept = &rejected.body[..rejected.body.len().min(body_max_bytes)];
+        // A cut in the middle of a character is not a reason to keep bytes: the text ends
+        // before it.
+        let (body, body_bytes) = match std::str::from_utf8(kept) {
+            Ok(text) if !text.contains('\0') => (Some(text.into()), None),
+            Err(e) if e.error_len().is_none() && !kept[..e.valid_up_to()].contains(&0) => {
+                let text = std::str::from_utf8(&kept[..e.valid_up_to()]).expect("valid prefix");
+                (Some(text.into()), None)
+            }
+            _ => (None, Some(kept)),
+        };
+        let strip = |s: &str| s.replace('\0', "\u{FFFD}");
+        Self {
+            body,
+            body_bytes,
+            callback_command: rejected.callback_command.map(strip),
+            error_info: strip(rejected.error_info),
+            query: strip(rejected.query),
+        }
+    }
+
+    /// The bytes the row counts for in the budget (as `rejected_callbacks_row_bytes` counts
+    /// them in the database).
+    pub fn bytes(&self) -> usize {
+        self.body.as_ref().map_or(0, |b| b.len())
+            + self.body_bytes.map_or(0, <[u8]>::len)
+            + self.callback_command.as_ref().map_or(0, String::len)
+            + self.error_info.len()
+            + self.query.len()
+    }
+}
+
+/// Inserts one row, unless `total_cap` is given and the table already holds that many bytes or
+/// more (so it exceeds the cap by one row at most); returns its id if it was inserted. A body
+/// longer than the row's cut is kept cut (`body_size` says how long it was).
 pub async fn insert_rejected(
     conn: &mut PgConnection,
     rejected: &RejectedCallback<'_>,
-    body_max_bytes: usize,
-) -> Result<i64, sqlx::Error> {
-    let kept = &rejected.body[..rejected.body.len().min(body_max_bytes)];
-    // Text cannot hold NUL or invalid UTF-8: keep a lossy text and the exact bytes beside it.
-    // A cut in the middle of a character is not a reason to keep bytes.
-    let (body, body_bytes) = match std::str::from_utf8(kept) {
-        Ok(text) if !text.contains('\0') => (text.to_owned(), None),
-        Err(e) if e.error_len().is_none() && !kept[..e.valid_up_to()].contains(&0) => (
-            String::from_utf8_lossy(&kept[..e.valid_up_to()]).into_owned(),
-            None,
-        ),
-        _ => (
-            String::from_utf8_lossy(kept).replace('\0', "\u{FFFD}"),
-            Some(kept.to_vec()),
-        ),
-    };
-    let strip = |s: &str| s.replace('\0', "\u{FFFD}");
+    row: &StoredRow<'_>,
+    total_cap: Option<u64>,
+) -> Result<Option<i64>, sqlx::Error> {
     let size = i32::try_from(rejected.body.len()).unwrap_or(i32::MAX);
+    let cap = total_cap.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
+    // The total is read in the insert itself: two instances at once may overshoot it by a row
+    // each, never by more.
     sqlx::query_scalar!(
         r#"INSERT INTO rejected_callbacks
                (sdk_app_id, callback_command, error_code, error_info, query, body, body_bytes,
                 body_size)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           SELECT $1::bigint, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::bytea,
+                  $8::integer
+           WHERE $9::bigint IS NULL
+              OR (SELECT bytes FROM rejected_callbacks_size) < $9::bigint
            RETURNING id"#,
         rejected.sdk_app_id,
-        rejected.callback_command.map(strip),
+        row.callback_command.as_deref(),
         rejected.error_code,
-        strip(rejected.error_info),
-        strip(rejected.query),
-        body,
-        body_bytes,
+        row.error_info,
+        row.query,
+        row.body.as_deref(),
+        row.body_bytes,
         size,
+        cap,
     )
-    .fetch_one(conn)
+    .fetch_optional(conn)
     .await
 }
 
@@ -137,21 +193,54 @@ mod tests {
 
     #[test]
     fn the_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
         let mut bucket = TokenBucket {
             tokens: 20.0,
             capacity: 20.0,
             per_sec: 2.0,
-            at: Instant::now(),
+            at: start,
         };
-        let burst = (0..100).filter(|_| bucket.take()).count();
+        let at = |secs: f64| start + std::time::Duration::from_secs_f64(secs);
+        let burst = (0..100).filter(|_| bucket.take(1.0, at(0.0))).count();
         assert_eq!(burst, 20);
-        bucket.at -= std::time::Duration::from_secs(3);
-        assert_eq!((0..100).filter(|_| bucket.take()).count(), 6);
-        bucket.at -= std::time::Duration::from_secs(3600);
+        assert_eq!((0..100).filter(|_| bucket.take(1.0, at(3.0))).count(), 6);
         assert_eq!(
-            (0..100).filter(|_| bucket.take()).count(),
+            (0..100).filter(|_| bucket.take(1.0, at(3600.0))).count(),
             20,
             "never above the burst"
         );
+        // A row larger than what is left is kept; the debt holds the next back until repaid.
+        assert!(bucket.take(25.0, at(7200.0)));
+        assert!(!bucket.take(1.0, at(7202.4)), "still 0.2 in debt");
+        assert!(bucket.take(1.0, at(7202.6)));
+    }
+
+    fn rejected(body: &[u8]) -> RejectedCallback<'_> {
+        RejectedCallback {
+            sdk_app_id: Some(1),
+            callback_command: Some("C"),
+            error_code: 40001,
+            error_info: "bad",
+            query: "q=1",
+            body,
+        }
+    }
+
+    #[test]
+    fn a_body_is_kept_once() {
+        let text = StoredRow::of(&rejected("中文 ok".as_bytes()), 100);
+        assert_eq!(text.body.as_deref(), Some("中文 ok"));
+        assert!(text.body_bytes.is_none());
+        assert_eq!(text.bytes(), "中文 ok".len() + 1 + 3 + 3);
+        for raw in [&b"\xff\xfe raw"[..], b"nul \x00 inside"] {
+            let bytes = StoredRow::of(&rejected(raw), 100);
+            assert!(bytes.body.is_none(), "no second, lossy copy");
+            assert_eq!(bytes.body_bytes, Some(raw));
+            assert_eq!(bytes.bytes(), raw.len() + 1 + 3 + 3);
+        }
+        // Cut in the middle of a character: text up to it, no bytes.
+        let cut = StoredRow::of(&rejected("ab中".as_bytes()), 3);
+        assert_eq!(cut.body.as_deref(), Some("ab"));
+        assert!(cut.body_bytes.is_none());
     }
 }

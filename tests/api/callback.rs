@@ -231,15 +231,25 @@ async fn invalid_bodies_are_400_and_kept_as_rejected(pool: PgPool) {
         assert_eq!((*app_id, *code as u64), (APP_ID, *sent_code));
         assert_eq!((query, body), (sent_query, sent_body), "kept losslessly");
     }
-    // Bytes that are not UTF-8 are kept exactly, beside a readable text.
+    // Bytes that are not UTF-8 are kept exactly, and once: no lossy text beside them.
     let (status, _) = answer(app.post_raw(q, b"\xff\x00 raw".to_vec()).await).await;
     assert_eq!(status, 400);
-    let bytes: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT body_bytes FROM rejected_callbacks ORDER BY id DESC LIMIT 1")
+    let (text, bytes): (Option<String>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT body, body_bytes FROM rejected_callbacks ORDER BY id DESC LIMIT 1")
             .fetch_one(&pool)
             .await
             .unwrap();
     assert_eq!(bytes.as_deref(), Some(&b"\xff\x00 raw"[..]));
+    assert_eq!(text, None);
+    // The UTF-8 bodies above are text only.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM rejected_callbacks WHERE body_bytes IS NOT NULL"
+        )
+        .await,
+        1
+    );
 }
 
 #[sqlx::test]

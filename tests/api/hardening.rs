@@ -398,7 +398,8 @@ async fn rejected_callbacks_are_bounded_in_size_rate_and_age(pool: PgPool) {
         pool.clone(),
         &[
             ("REJECTED_BODY_MAX_BYTES", "1000"),
-            ("REJECTED_MAX_PER_SEC", "1"),
+            // Rows of about 1,100 bytes: a burst of ten, then about one a second.
+            ("REJECTED_MAX_BYTES_PER_SEC", "1000"),
         ],
     )
     .await;
@@ -415,11 +416,12 @@ async fn rejected_callbacks_are_bounded_in_size_rate_and_age(pool: PgPool) {
     );
     let dropped = metric(&app, "roomsync_rejected_dropped_total").await;
     assert_eq!(kept as f64 + dropped, 30.0);
-    let (longest, size): (i32, i32) =
+    let (longest, size): (Option<i32>, i32) =
         sqlx::query_as("SELECT max(octet_length(body)), max(body_size) FROM rejected_callbacks")
             .fetch_one(&pool)
             .await
             .unwrap();
+    let longest = longest.unwrap();
     assert!(
         longest <= 1000 && longest > 990,
         "cut on a character boundary: {longest}"
@@ -446,4 +448,142 @@ async fn rejected_callbacks_are_bounded_in_size_rate_and_age(pool: PgPool) {
         count(&pool, "SELECT count(*) FROM rejected_callbacks").await,
         kept - old
     );
+}
+
+#[sqlx::test]
+async fn the_rejected_budget_counts_bytes_just_past_each_bound(pool: PgPool) {
+    use roomsync::{
+        config::RejectedLimits,
+        store::{Budget, RejectedCallback, RejectedStore, StoredRow},
+        telemetry::Metrics,
+    };
+    let body = vec![b'x'; 500];
+    let row = |body: &'static [u8]| RejectedCallback {
+        sdk_app_id: Some(APP_ID),
+        callback_command: Some("Room.CallbackAfterMemberEnter"),
+        error_code: 40001,
+        error_info: "body is not JSON",
+        query: "SdkAppid=1400000001",
+        body,
+    };
+    let body: &'static [u8] = body.leak();
+    let bytes = StoredRow::of(&row(body), 1000).bytes() as u64;
+    let metrics = Metrics::new();
+    let total = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT bytes FROM rejected_callbacks_size")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    // Per second: a burst of ten seconds' worth, 2.5 rows: the third crosses it and is kept, the
+    // fourth is not.
+    let store = RejectedStore::new(
+        pool.clone(),
+        RejectedLimits {
+            body_max_bytes: 1000,
+            max_bytes_per_sec: bytes / 4,
+            max_total_bytes: 1 << 30,
+            retention_days: 30,
+        },
+    );
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        kept.push(
+            store
+                .keep(&row(body), Budget::Counted, &metrics)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(kept, [true, true, true, false]);
+    assert_eq!(metrics.rejected_dropped.get(), 1);
+    // Exempt rows are kept whatever the budget.
+    assert!(
+        store
+            .keep(&row(body), Budget::Exempt, &metrics)
+            .await
+            .unwrap()
+    );
+    assert_eq!(total(pool.clone()).await as u64, 4 * bytes);
+
+    // In total: the table holds 4 rows; a cap one byte above that takes one more row, a cap
+    // at the next row's end takes none after it.
+    let store = RejectedStore::new(
+        pool.clone(),
+        RejectedLimits {
+            body_max_bytes: 1000,
+            max_bytes_per_sec: 1 << 30,
+            max_total_bytes: 4 * bytes + 1,
+            retention_days: 30,
+        },
+    );
+    assert!(
+        store
+            .keep(&row(body), Budget::Counted, &metrics)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .keep(&row(body), Budget::Counted, &metrics)
+            .await
+            .unwrap()
+    );
+    assert_eq!(metrics.rejected_dropped.get(), 2);
+    assert!(
+        store
+            .keep(&row(body), Budget::Exempt, &metrics)
+            .await
+            .unwrap()
+    );
+    assert_eq!(total(pool.clone()).await as u64, 6 * bytes);
+    // The running total is what the rows hold, also after a delete.
+    sqlx::query(
+        "DELETE FROM rejected_callbacks WHERE id = (SELECT min(id) FROM rejected_callbacks)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let summed: i64 = sqlx::query_scalar(
+        "SELECT sum(rejected_callbacks_row_bytes(r))::bigint FROM rejected_callbacks r",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(total(pool.clone()).await, summed);
+    assert_eq!(summed as u64, 5 * bytes);
+}
+
+#[sqlx::test]
+async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("MAX_BODY_BYTES", "1000"),
+            ("HTTP_MAX_INFLIGHT_BODY_BYTES", "1001"),
+        ],
+    )
+    .await;
+    let query = "SdkAppid=1400000001&CallbackCommand=Room.CallbackAfterMemberEnter";
+    // A declared 1,000-byte body that has not arrived holds its 1,000 bytes.
+    let address = app.address.trim_start_matches("http://");
+    let mut held = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head =
+        format!("POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{");
+    held.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One byte still fits; two are just past the bound: refused after a short wait.
+    let (status, _) = answer(app.post_raw(query, "1").await).await;
+    assert_eq!(status, 400, "not a JSON object, but received");
+    let started = Instant::now();
+    let (status, body) = answer(app.post_raw(query, "{}").await).await;
+    assert_eq!((status, body["ErrorCode"].as_u64()), (503, Some(50310)));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The held body's bytes come back when its connection goes.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = answer(app.post_raw(query, "{}").await).await;
+    assert_eq!(status, 400);
+    app.stop().await;
 }
