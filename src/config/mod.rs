@@ -412,7 +412,7 @@ mod tests {
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            28,
+            31,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {
