@@ -7,9 +7,13 @@
 pub mod answer;
 mod correction;
 mod domain;
+mod identity;
+pub mod numeric;
 mod parse;
 mod query;
+mod rejection;
 mod signature;
+mod storable;
 
 pub use correction::{CorrectionError, StoredCorrection, correction_at};
 pub use domain::{
@@ -17,9 +21,8 @@ pub use domain::{
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
     event_types,
 };
-pub use parse::{
-    MAX_LIST_ENTRIES, Rejection, RejectionKind, account_id, numeric::fits as numeric_fits,
-    parse_body, parse_stored, printable, seat_list_of,
-};
+pub use numeric::fits as numeric_fits;
+pub use parse::{MAX_LIST_ENTRIES, account_id, parse_body, parse_stored, seat_list_of};
 pub use query::CallbackQuery;
+pub use rejection::{Rejection, RejectionKind, printable};
 pub use signature::{SignatureError, sign, verify_signature};
