@@ -27,27 +27,18 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use redb::{
-    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot::{self, Sender};
+
+mod record;
+
+pub use record::{Entry, PARK_BACKOFF_MAX, Parked, Record};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
 const PARKED: TableDefinition<u64, &[u8]> = TableDefinition::new("parked_callbacks");
 
 /// redb's page cache.
 const JOURNAL_CACHE_BYTES: usize = 16 << 20;
-
-/// Record layout version, first byte of every record.
-const RECORD_V1: u8 = 1;
-/// Parked-record layout version, first byte of every value of `parked_callbacks`.
-const PARKED_V1: u8 = 1;
-
-/// A parked record waits 1 s after its first failure, then twice as long after each next one,
-/// up to this: a condition that passes (a full NOTIFY queue, a trigger lifted) is noticed within
-/// a minute, and a record that keeps failing costs one small transaction a minute.
-pub const PARK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -66,120 +57,6 @@ pub enum JournalError {
 
 fn storage(error: impl std::error::Error + Send + Sync + 'static) -> JournalError {
     JournalError::Storage(Box::new(error))
-}
-
-/// A callback as it arrived: enough to parse it again, exactly as the HTTP path did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub sdk_app_id: i64,
-    pub received_at: DateTime<Utc>,
-    pub query: String,
-    pub body: String,
-}
-
-impl Record {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + self.query.len() + self.body.len());
-        out.push(RECORD_V1);
-        out.extend_from_slice(&self.sdk_app_id.to_le_bytes());
-        out.extend_from_slice(&self.received_at.timestamp_micros().to_le_bytes());
-        out.extend_from_slice(&(self.query.len() as u32).to_le_bytes());
-        out.extend_from_slice(self.query.as_bytes());
-        out.extend_from_slice(self.body.as_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Self, JournalError> {
-        let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or(JournalError::Damaged);
-        if take(0, 1)? != [RECORD_V1] {
-            return Err(JournalError::Damaged);
-        }
-        let int = |at| take(at, 8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
-        let sdk_app_id = int(1)?;
-        let received_at = DateTime::from_timestamp_micros(int(9)?).ok_or(JournalError::Damaged)?;
-        let query_len = u32::from_le_bytes(take(17, 4)?.try_into().expect("4 bytes")) as usize;
-        let query = take(21, query_len)?;
-        let body = bytes.get(21 + query_len..).ok_or(JournalError::Damaged)?;
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| JournalError::Damaged);
-        Ok(Self {
-            sdk_app_id,
-            received_at,
-            query: text(query)?,
-            body: text(body)?,
-        })
-    }
-}
-
-/// Why a record waits, and when it is tried next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parked {
-    /// Failed attempts so far (1 after the first).
-    pub attempts: u32,
-    pub first_failed_at: DateTime<Utc>,
-    pub next_attempt_at: DateTime<Utc>,
-    /// What PostgreSQL said the last time (SQLSTATE and message).
-    pub error: String,
-}
-
-impl Parked {
-    /// The state after a failure at `now`, given the previous one.
-    fn after_failure(previous: Option<&Parked>, error: String, now: DateTime<Utc>) -> Self {
-        let attempts = previous.map_or(1, |p| p.attempts.saturating_add(1));
-        let wait = Duration::from_secs(1u64 << (attempts - 1).min(16)).min(PARK_BACKOFF_MAX);
-        Self {
-            attempts,
-            first_failed_at: previous.map_or(now, |p| p.first_failed_at),
-            next_attempt_at: now + wait,
-            error,
-        }
-    }
-
-    fn encode(&self, record: &[u8]) -> Vec<u8> {
-        let error = self.error.as_bytes();
-        let mut out = Vec::with_capacity(1 + 4 + 8 + 8 + 4 + error.len() + record.len());
-        out.push(PARKED_V1);
-        out.extend_from_slice(&self.attempts.to_le_bytes());
-        out.extend_from_slice(&self.first_failed_at.timestamp_micros().to_le_bytes());
-        out.extend_from_slice(&self.next_attempt_at.timestamp_micros().to_le_bytes());
-        out.extend_from_slice(&(error.len() as u32).to_le_bytes());
-        out.extend_from_slice(error);
-        out.extend_from_slice(record);
-        out
-    }
-
-    /// The state and the encoded record it holds.
-    fn decode(bytes: &[u8]) -> Result<(Self, &[u8]), JournalError> {
-        let take = |at: usize, n: usize| bytes.get(at..at + n).ok_or(JournalError::Damaged);
-        if take(0, 1)? != [PARKED_V1] {
-            return Err(JournalError::Damaged);
-        }
-        let u32_at = |at| take(at, 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-        let time_at = |at| {
-            take(at, 8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .and_then(|us| DateTime::from_timestamp_micros(us).ok_or(JournalError::Damaged))
-        };
-        let error_len = u32_at(21)? as usize;
-        let error =
-            String::from_utf8(take(25, error_len)?.to_vec()).map_err(|_| JournalError::Damaged)?;
-        let record = bytes.get(25 + error_len..).ok_or(JournalError::Damaged)?;
-        let parked = Self {
-            attempts: u32_at(1)?,
-            first_failed_at: time_at(5)?,
-            next_attempt_at: time_at(13)?,
-            error,
-        };
-        Ok((parked, record))
-    }
-}
-
-/// One record as the drain or an operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub key: u64,
-    pub record: Record,
-    /// `None` while pending.
-    pub parked: Option<Parked>,
 }
 
 /// The journal; cheap to clone.
@@ -649,97 +526,7 @@ impl JournalError {
     }
 }
 
-/// The operator's view of a journal file (`roomsync journal`): reading works beside the running
-/// service; retrying now needs the file to itself.
-pub mod operator {
-    use super::*;
-
-    fn read_only(path: &Path) -> Result<redb::ReadOnlyDatabase, JournalError> {
-        builder()
-            .open_read_only(path)
-            .map_err(|e| JournalError::Open {
-                path: path.to_owned(),
-                source: Box::new(e),
-            })
-    }
-
-    /// Every parked record, oldest first, and how many records are pending.
-    pub fn list(path: &Path) -> Result<(Vec<Entry>, u64), JournalError> {
-        let db = read_only(path)?;
-        let parked = parked_entries(&db, None, usize::MAX)?;
-        let read = db.begin_read().map_err(storage)?;
-        let pending = read
-            .open_table(PENDING)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)?;
-        Ok((parked, pending))
-    }
-
-    /// One record, pending or parked.
-    pub fn get(path: &Path, key: u64) -> Result<Option<Entry>, JournalError> {
-        let db = read_only(path)?;
-        let read = db.begin_read().map_err(storage)?;
-        if let Some(value) = read
-            .open_table(PENDING)
-            .map_err(storage)?
-            .get(key)
-            .map_err(storage)?
-        {
-            let record = Record::decode(value.value())?;
-            return Ok(Some(Entry {
-                key,
-                record,
-                parked: None,
-            }));
-        }
-        let table = read.open_table(PARKED).map_err(storage)?;
-        let Some(value) = table.get(key).map_err(storage)? else {
-            return Ok(None);
-        };
-        let (parked, record) = Parked::decode(value.value())?;
-        Ok(Some(Entry {
-            key,
-            record: Record::decode(record)?,
-            parked: Some(parked),
-        }))
-    }
-
-    /// Makes parked records due now (`keys`, or all with `None`); returns how many. The service
-    /// tries them at its next start (or, running, within [`PARK_BACKOFF_MAX`] anyway).
-    pub fn retry_now(path: &Path, keys: Option<&[u64]>) -> Result<usize, JournalError> {
-        let (db, _) = open_file(path)?;
-        let tx = db.begin_write().map_err(storage)?;
-        let mut changed = 0;
-        {
-            let mut table = tx.open_table(PARKED).map_err(storage)?;
-            let wanted: Vec<u64> = match keys {
-                Some(keys) => keys.to_vec(),
-                None => {
-                    let mut all = Vec::new();
-                    for entry in table.iter().map_err(storage)? {
-                        all.push(entry.map_err(storage)?.0.value());
-                    }
-                    all
-                }
-            };
-            for key in wanted {
-                let Some(value) = table.get(key).map_err(storage)?.map(|v| v.value().to_vec())
-                else {
-                    continue;
-                };
-                let (mut parked, record) = Parked::decode(&value)?;
-                parked.next_attempt_at = DateTime::UNIX_EPOCH;
-                table
-                    .insert(key, parked.encode(record).as_slice())
-                    .map_err(storage)?;
-                changed += 1;
-            }
-        }
-        tx.commit().map_err(storage)?;
-        Ok(changed)
-    }
-}
+pub mod operator;
 
 #[cfg(test)]
 mod tests {
