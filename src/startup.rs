@@ -141,9 +141,7 @@ impl Application {
         // actix counts connections per worker.
         let per_worker = config.http_max_connections.div_ceil(workers);
         let context = web::Data::new(AppContext {
-            body_bytes: Arc::new(tokio::sync::Semaphore::new(
-                config.http_max_inflight_body_bytes,
-            )),
+            body_bytes: http::BodyBudget::new(config.http_max_inflight_body_bytes),
             config,
             pool: pool.clone(),
             ingest,

@@ -15,7 +15,7 @@ use actix_web::{
 use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{AppContext, CallbackError};
+use super::{AppContext, BodyBudget, CallbackError};
 use crate::{
     callback::{CallbackQuery, Command, SdkAppId, parse_body, verify_signature},
     ingest::Accepted,
@@ -160,8 +160,9 @@ async fn read_body(
     req: &HttpRequest,
     payload: &mut web::Payload,
     limit: usize,
-    budget: &Arc<Semaphore>,
+    budgets: &BodyBudget,
 ) -> Result<(web::Bytes, Option<OwnedSemaphorePermit>), CallbackError> {
+    let budget = &budgets.all;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -172,7 +173,25 @@ async fn read_body(
     }
     let read = async {
         let mut permit = None;
-        take_bytes(budget, &mut permit, declared.unwrap_or(0)).await?;
+        match declared {
+            // A small body takes its bytes at once: from the shared budget if they are free
+            // now (without queueing behind large bodies), else from the reserve. It cannot
+            // grow past its declared length, so it needs no more.
+            Some(len) if (1..=BodyBudget::SMALL_BODY).contains(&len) => {
+                let n = u32::try_from(len).expect("a small body's length fits u32");
+                permit = Some(match budget.clone().try_acquire_many_owned(n) {
+                    Ok(taken) => taken,
+                    Err(_) => tokio::time::timeout(
+                        BODY_BYTES_WAIT,
+                        budgets.small.clone().acquire_many_owned(n),
+                    )
+                    .await
+                    .map_err(|_| CallbackError::BodiesInFlight)?
+                    .expect("the body budget is never closed"),
+                });
+            }
+            _ => take_bytes(budget, &mut permit, declared.unwrap_or(0)).await?,
+        }
         let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(CallbackError::BodyRead)?;

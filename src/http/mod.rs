@@ -19,10 +19,33 @@ pub use error::CallbackError;
 
 use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
 
+/// The bytes callback bodies may take while they are received and handled: all of them share
+/// `all`; a small body (the usual callback) may also draw on `small`, a reserve large bodies
+/// cannot take, so a wave of large bodies does not hold it back (docs/limits.md#memory).
+#[derive(Clone)]
+pub struct BodyBudget {
+    pub all: Arc<tokio::sync::Semaphore>,
+    pub small: Arc<tokio::sync::Semaphore>,
+}
+
+impl BodyBudget {
+    /// Bodies of at most this many bytes may use the reserve.
+    pub const SMALL_BODY: usize = 64 * 1024;
+    /// The reserve: 64 small bodies at once, at their largest.
+    const SMALL_RESERVE: usize = 64 * Self::SMALL_BODY;
+
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(bytes)),
+            small: Arc::new(tokio::sync::Semaphore::new(Self::SMALL_RESERVE)),
+        }
+    }
+}
+
 /// Everything a request handler needs, shared by all workers.
 pub struct AppContext {
     /// Bytes of callback bodies in flight (`HTTP_MAX_INFLIGHT_BODY_BYTES`), one permit a byte.
-    pub body_bytes: Arc<tokio::sync::Semaphore>,
+    pub body_bytes: BodyBudget,
     pub config: Config,
     pub pool: PgPool,
     pub ingest: Ingest,

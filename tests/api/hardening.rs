@@ -560,30 +560,35 @@ async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
     let app = spawn_app_with(
         pool,
         &[
-            ("MAX_BODY_BYTES", "1000"),
-            ("HTTP_MAX_INFLIGHT_BODY_BYTES", "1001"),
+            ("MAX_BODY_BYTES", "100000"),
+            ("HTTP_MAX_INFLIGHT_BODY_BYTES", "100001"),
         ],
     )
     .await;
     let query = "SdkAppid=1400000001&CallbackCommand=Room.CallbackAfterMemberEnter";
-    // A declared 1,000-byte body that has not arrived holds its 1,000 bytes.
+    // A declared 100,000-byte body that has not arrived holds its 100,000 bytes.
     let address = app.address.trim_start_matches("http://");
     let mut held = tokio::net::TcpStream::connect(address).await.unwrap();
     let head =
-        format!("POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{");
+        format!("POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{{");
     held.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // One byte still fits; two are just past the bound: refused after a short wait.
+    // One byte still fits; a large body just past the bound is refused after a short wait.
     let (status, _) = answer(app.post_raw(query, "1").await).await;
     assert_eq!(status, 400, "not a JSON object, but received");
+    let large = format!("[{}]", "0,".repeat(35_000) + "0");
+    assert!(large.len() > 65_536, "not a small body");
     let started = Instant::now();
-    let (status, body) = answer(app.post_raw(query, "{}").await).await;
+    let (status, body) = answer(app.post_raw(query, large.clone()).await).await;
     assert_eq!((status, body["ErrorCode"].as_u64()), (503, Some(50310)));
     assert!(started.elapsed() >= Duration::from_millis(900));
+    // A small body (the usual callback) draws on the reserve large bodies cannot take.
+    let (status, _) = answer(app.post_raw(query, "{}").await).await;
+    assert_eq!(status, 400, "received at once");
     // The held body's bytes come back when its connection goes.
     drop(held);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, _) = answer(app.post_raw(query, "{}").await).await;
+    let (status, _) = answer(app.post_raw(query, large).await).await;
     assert_eq!(status, 400);
     app.stop().await;
 }
