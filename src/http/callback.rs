@@ -138,7 +138,23 @@ async fn process(
         .map_err(CallbackError::Signature)?;
     }
     let max_future = Some(config.event_time_max_future);
-    let callback = match parse_body(&body, query, app, received_at, max_future) {
+    let parsed = if body.len() <= BodyBudget::SMALL_BODY {
+        parse_body(&body, query, app, received_at, max_future)
+    } else {
+        // A large body's parse takes milliseconds of CPU: on a thread of its own, so the
+        // worker goes on serving its other connections meanwhile.
+        let _lane = ctx
+            .body_bytes
+            .parsing
+            .acquire()
+            .await
+            .expect("the parsing lane is never closed");
+        let (body, query) = (body.clone(), query.clone());
+        tokio::task::spawn_blocking(move || parse_body(&body, &query, app, received_at, max_future))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    };
+    let callback = match parsed {
         Ok(callback) => callback,
         Err(rejection) => {
             let error = CallbackError::Invalid(rejection);

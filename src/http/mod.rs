@@ -22,10 +22,13 @@ use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
 /// The bytes callback bodies may take while they are received and handled: all of them share
 /// `all`; a small body (the usual callback) may also draw on `small`, a reserve large bodies
 /// cannot take, so a wave of large bodies does not hold it back (docs/limits.md#memory).
+/// Large bodies are also parsed apart, `parsing` at a time, off the threads that serve the
+/// connections: a wave of them never holds a usual callback behind its CPU time.
 #[derive(Clone)]
 pub struct BodyBudget {
     pub all: Arc<tokio::sync::Semaphore>,
     pub small: Arc<tokio::sync::Semaphore>,
+    pub parsing: Arc<tokio::sync::Semaphore>,
 }
 
 impl BodyBudget {
@@ -34,10 +37,17 @@ impl BodyBudget {
     /// The reserve: 64 small bodies at once, at their largest.
     const SMALL_RESERVE: usize = 64 * Self::SMALL_BODY;
 
+    /// Large bodies parsed at once: every CPU but one, so one is always left for the
+    /// connections, the usual callbacks and the writers.
+    fn large_parses() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+    }
+
     pub fn new(bytes: usize) -> Self {
         Self {
             all: Arc::new(tokio::sync::Semaphore::new(bytes)),
             small: Arc::new(tokio::sync::Semaphore::new(Self::SMALL_RESERVE)),
+            parsing: Arc::new(tokio::sync::Semaphore::new(Self::large_parses())),
         }
     }
 }

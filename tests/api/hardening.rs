@@ -179,6 +179,59 @@ async fn a_journal_record_an_older_version_took_is_kept_when_it_no_longer_parses
 }
 
 #[sqlx::test]
+async fn lists_in_the_fields_roomsync_reads_are_bounded_at_any_depth(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let list = |item: &str, n: usize| format!("[{}]", vec![item; n].join(","));
+    let cases = [
+        // An unknown command's SeatList was stored as it came (history only), whatever its size.
+        (
+            "X.Unknown",
+            format!(
+                r#"{{"RoomId":"r","EventTime":5,"SeatList":{}}}"#,
+                list("{}", 10_001)
+            ),
+            "SeatList has more than 10000 entries",
+        ),
+        (
+            "Room.CallbackAfterUpdateRoomInfo",
+            format!(
+                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","Deep":{{"L":{}}}}}}}"#,
+                list("0", 10_001)
+            ),
+            "RoomInfo.Deep.L has more than 10000 entries",
+        ),
+        (
+            "Room.CallbackAfterUpdateRoomInfo",
+            format!(
+                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","A":{l},"B":{l},"C":{l},"D":{l},"E":{l}}}}}"#,
+                l = list("0", 10_000)
+            ),
+            "body has more than 50000 values in the fields roomsync reads",
+        ),
+    ];
+    for (command, body, info) in cases {
+        let query = format!("SdkAppid=1400000001&CallbackCommand={command}");
+        let (status, answer) = answer(app.post_raw(&query, body).await).await;
+        assert_eq!((status, answer["ErrorCode"].clone()), (400, json!(40004)));
+        assert_eq!(answer["ErrorInfo"], info);
+    }
+    // At the bound: accepted, and the same list in a field roomsync does not read costs nothing.
+    let at_bound = format!(
+        r#"{{"RoomId":"r","EventTime":5,"SeatList":{},"Junk":{}}}"#,
+        list("{}", 10_000),
+        list("0", 100_000)
+    );
+    let (status, _) = answer(
+        app.post_raw("SdkAppid=1400000001&CallbackCommand=X.Unknown", at_bound)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&pool, "SELECT count(*) FROM room_events").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test]
 async fn a_late_enter_of_10000_members_is_applied_in_one_go(pool: PgPool) {
     // A generous commit timeout, so a busy test machine cannot fail this: a recompute member
     // by member took 10-15 s here.
