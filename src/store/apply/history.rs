@@ -7,6 +7,7 @@ use super::*;
 /// first of identical callbacks within the batch included; `Duplicate` otherwise.
 pub(super) async fn insert_events(
     conn: &mut PgConnection,
+    dialect: Dialect,
     callbacks: &[&Callback],
     members: &[(Room<'_>, &str)],
 ) -> Result<(Vec<Outcome>, MemberRows), sqlx::Error> {
@@ -18,37 +19,48 @@ pub(super) async fn insert_events(
     let member_apps: Vec<i64> = members.iter().map(|(room, _)| room.app).collect();
     let member_rooms: Vec<&str> = members.iter().map(|(room, _)| room.id).collect();
     let member_users: Vec<&str> = members.iter().map(|(_, user)| *user).collect();
-    let returned = sqlx::query_file!(
-        "src/store/apply/sql/insert_events.sql",
-        &rows.apps,
-        &rows.commands as &[&str],
-        &rows.rooms as &[Option<&str>],
-        &rows.operators as &[Option<&str>],
-        &rows.event_types as &[Option<&str>],
-        &rows.members as &[&str],
-        &rows.first as &[i32],
-        &rows.last as &[i32],
-        &rows.counts as &[Option<i32>],
-        &rows.reasons as &[Option<&str>],
-        &rows.at,
-        &rows.client_ips as &[Option<&str>],
-        &rows.platforms as &[Option<&str>],
-        &rows.payloads as &[&str],
-        &rows.keys as &[&[u8]],
-        &member_apps,
-        &member_rooms as &[&str],
-        &member_users as &[&str],
-        &rows.legacy_keys as &[Option<&[u8]>],
-    )
-    .fetch_all(conn)
-    .await?;
+    // One statement, in the database's form: the same parameters, the same rows.
+    macro_rules! insert_events {
+        ($file:literal) => {
+            sqlx::query_file_as!(
+                EventOrMember,
+                $file,
+                &rows.apps,
+                &rows.commands as &[&str],
+                &rows.rooms as &[Option<&str>],
+                &rows.operators as &[Option<&str>],
+                &rows.event_types as &[Option<&str>],
+                &rows.members as &[&str],
+                &rows.first as &[i32],
+                &rows.last as &[i32],
+                &rows.counts as &[Option<i32>],
+                &rows.reasons as &[Option<&str>],
+                &rows.at,
+                &rows.client_ips as &[Option<&str>],
+                &rows.platforms as &[Option<&str>],
+                &rows.payloads as &[&str],
+                &rows.keys as &[&[u8]],
+                &member_apps,
+                &member_rooms as &[&str],
+                &member_users as &[&str],
+                &rows.legacy_keys as &[Option<&[u8]>],
+            )
+            .fetch_all(conn)
+            .await?
+        };
+    }
+    let returned = match dialect {
+        Dialect::Postgres => insert_events!("src/store/apply/sql/insert_events.sql"),
+        Dialect::Citus => insert_events!("src/store/apply/sql/insert_events_citus.sql"),
+    };
     let mut ids: HashMap<(i64, Option<String>, Vec<u8>), i64> = HashMap::with_capacity(n);
     let mut current = MemberRows::with_capacity(members.len());
     for row in returned {
         let Some(app) = row.sdk_app_id else { continue };
         match (row.id, row.dedup_key, row.user_id, row.room_id) {
             (Some(id), Some(key), _, room) => {
-                ids.insert((app, room, key), id);
+                // On Citus a callback without a room is stored under '' (never a room's id).
+                ids.insert((app, room.filter(|r| !r.is_empty()), key), id);
             }
             (None, _, Some(user), Some(room)) => {
                 let (Some(in_room), Some(last_event_at), Some(last_event_rank)) =
@@ -84,6 +96,23 @@ pub(super) async fn insert_events(
         })
         .collect();
     Ok((outcomes, current))
+}
+
+/// A row of `insert_events`: a new history row (`id`, `dedup_key`) or a member's current row
+/// (`user_id` and its state).
+struct EventOrMember {
+    id: Option<i64>,
+    sdk_app_id: Option<i64>,
+    room_id: Option<String>,
+    dedup_key: Option<Vec<u8>>,
+    user_id: Option<String>,
+    in_room: Option<bool>,
+    entered_at: Option<DateTime<Utc>>,
+    left_at: Option<DateTime<Utc>>,
+    leave_type: Option<String>,
+    leave_reason: Option<String>,
+    last_event_at: Option<DateTime<Utc>>,
+    last_event_rank: Option<i16>,
 }
 
 /// The history columns of a batch, one array per column. Member lists, of any length, are

@@ -7,11 +7,12 @@ use super::*;
 /// makes the bumps that arrival order cannot change, so a duplicate re-applies them harmlessly:
 /// the newest event, revival and destroy times, `member_count` (the newest member event's,
 /// ties to the larger count) and `product` (a Live callback makes a room a Live room; a seat
-/// change says neither). Returns each room's newest destroy known now.
+/// change says neither). Returns each room's newest destroy known now, and whether the database
+/// is distributed by Citus (asked in the same round trip; the next statement's form depends on it).
 pub(super) async fn lock_rooms<'a>(
     conn: &mut PgConnection,
     callbacks: &[&'a Callback],
-) -> Result<Destroys<'a>, sqlx::Error> {
+) -> Result<(Destroys<'a>, Dialect), sqlx::Error> {
     // One row per room: the statement may not touch a row twice.
     let mut rooms: BTreeMap<Room<'a>, RoomTimes> = BTreeMap::new();
     for callback in callbacks {
@@ -24,7 +25,12 @@ pub(super) async fn lock_rooms<'a>(
         }
     }
     if rooms.is_empty() {
-        return Ok(HashMap::new());
+        let citus = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "citus!""#
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok((HashMap::new(), Dialect::of(citus)));
     }
     let column =
         |f: fn(&RoomTimes) -> Option<DateTime<Utc>>| rooms.values().map(f).collect::<Vec<_>>();
@@ -46,21 +52,22 @@ pub(super) async fn lock_rooms<'a>(
         &count as &[Option<i32>],
         &column(|t| t.count.map(|c| c.0)) as &[Option<DateTime<Utc>>],
         &count_rank as &[Option<i16>],
-        Product::Live.as_str(),
     )
     .fetch_all(&mut *conn)
     .await?;
+    let dialect = Dialect::of(locked.first().and_then(|row| row.citus).unwrap_or(false));
     let mut destroys: HashMap<(i64, String), Option<DateTime<Utc>>> = locked
         .into_iter()
         .map(|row| ((row.sdk_app_id, row.room_id), row.last_destroy_at))
         .collect();
-    Ok(rooms
+    let destroys = rooms
         .into_keys()
         .map(|room| {
             let destroy = destroys.remove(&(room.app, room.id.to_owned())).flatten();
             (room, destroy)
         })
-        .collect())
+        .collect();
+    Ok((destroys, dialect))
 }
 
 /// What a batch says of one room.
@@ -104,5 +111,16 @@ impl RoomTimes {
         if callback.command.product() == Some(Product::Live) {
             self.product = Product::Live;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_product_in_the_statement_is_the_domain_s() {
+        let sql = include_str!("sql/lock_rooms.sql");
+        assert!(sql.contains(&format!("'{}'", Product::Live.as_str())));
     }
 }

@@ -86,8 +86,9 @@ pub async fn apply_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let destroys = lock_rooms(conn, callbacks).await?;
-    let (outcomes, rows) = insert_events(conn, callbacks, &named_members(callbacks)).await?;
+    let (destroys, dialect) = lock_rooms(conn, callbacks).await?;
+    let named = named_members(callbacks);
+    let (outcomes, rows) = insert_events(conn, dialect, callbacks, &named).await?;
     let fresh: Vec<&Callback> = callbacks
         .iter()
         .zip(&outcomes)
@@ -104,9 +105,23 @@ pub async fn replay_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
 ) -> Result<(), sqlx::Error> {
-    let destroys = lock_rooms(conn, callbacks).await?;
-    let (_, rows) = insert_events(conn, &[], &named_members(callbacks)).await?;
+    let (destroys, dialect) = lock_rooms(conn, callbacks).await?;
+    let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
     apply_effects(conn, callbacks, rows, &destroys, Notify::No).await
+}
+
+/// The database's form: plain PostgreSQL, or room tables distributed by Citus, where a few
+/// statements take another form (docs/scaling.md#citus).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Postgres,
+    Citus,
+}
+
+impl Dialect {
+    fn of(citus: bool) -> Self {
+        if citus { Self::Citus } else { Self::Postgres }
+    }
 }
 
 /// Whether membership changes are announced with NOTIFY.
