@@ -148,7 +148,22 @@ pub fn connect_lazy(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
-        .connect_lazy_with(options)
+        .connect_lazy_with(session_settings(options))
+}
+
+/// The settings of every roomsync session, for Citus (docs/scaling.md#citus); plain
+/// PostgreSQL keeps them as placeholders and ignores them.
+/// - A statement over several shards visits them one after another, in shard order, rather
+///   than all at once: two batches take their rooms' row locks in one order.
+/// - Modifications commute: Citus takes no lock on a whole shard for a statement over several
+///   shards (it would serialize every batch of a shard, and two batches whose statements reach
+///   their shards in different orders would deadlock). The rooms' row locks, taken first and
+///   in one global order, order the batches, as on plain PostgreSQL.
+pub fn session_settings(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([
+        ("citus.multi_shard_modify_mode", "sequential"),
+        ("citus.all_modifications_commutative", "on"),
+    ])
 }
 
 /// Readiness: the database answers a trivial query within `PING_TIMEOUT`.

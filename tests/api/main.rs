@@ -3,6 +3,7 @@
 
 mod batches;
 mod callback;
+mod citus;
 mod drift;
 mod durability;
 mod edges;
