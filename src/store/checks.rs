@@ -28,31 +28,45 @@ pub async fn claim_due(
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<RoomRef>, sqlx::Error> {
-    // ON CONFLICT re-checks the lease on the row's newest version, so two instances that
-    // picked the same room cannot both take it.
+    // Two statements, both of which Citus runs (it refuses a time function in ON CONFLICT's
+    // WHERE, and a parameter in its SET): first the rooms' rows, where missing; then the claim.
+    // The claim's UPDATE re-checks the lease on the row's newest version, so two instances
+    // that picked the same room cannot both take it.
+    sqlx::query!(
+        r#"INSERT INTO room_checks (sdk_app_id, room_id)
+           SELECT r.sdk_app_id, r.room_id FROM rooms r
+           WHERE r.sdk_app_id = ANY($1) AND r.destroyed_at IS NULL
+             AND NOT EXISTS (SELECT 1 FROM room_checks k
+                             WHERE k.sdk_app_id = r.sdk_app_id AND k.room_id = r.room_id)
+           ON CONFLICT (sdk_app_id, room_id) DO NOTHING"#,
+        apps,
+    )
+    .execute(pool)
+    .await?;
     sqlx::query_as!(
         RoomRef,
-        r#"INSERT INTO room_checks AS c (sdk_app_id, room_id, lease_owner, lease_until)
-           SELECT r.sdk_app_id, r.room_id, $2, clock_timestamp() + make_interval(secs => $4)
-           FROM rooms r
-           LEFT JOIN room_checks k ON k.sdk_app_id = r.sdk_app_id AND k.room_id = r.room_id
-           WHERE r.sdk_app_id = ANY($1)
-             AND r.destroyed_at IS NULL
-             AND (r.created_at > now() - interval '1 day'
-                  OR EXISTS (SELECT 1 FROM room_members m
-                             WHERE m.sdk_app_id = r.sdk_app_id AND m.room_id = r.room_id
-                               AND m.in_room))
-             AND (k.checked_at IS NULL OR k.checked_at < now() - make_interval(secs => $3))
-             AND (k.next_attempt_at IS NULL OR k.next_attempt_at <= now())
-             AND (k.lease_until IS NULL OR k.lease_until < clock_timestamp())
-           ORDER BY k.checked_at NULLS FIRST, r.sdk_app_id, r.room_id
-           LIMIT $5
-           ON CONFLICT (sdk_app_id, room_id) DO UPDATE
-               SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
-               WHERE (c.lease_until IS NULL OR c.lease_until < clock_timestamp())
-                 AND (c.checked_at IS NULL OR c.checked_at < now() - make_interval(secs => $3))
-                 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-           RETURNING sdk_app_id, room_id"#,
+        r#"UPDATE room_checks c
+           SET lease_owner = $2, lease_until = now() + make_interval(secs => $4)
+           FROM (
+               SELECT k.sdk_app_id, k.room_id FROM room_checks k
+               JOIN rooms r ON r.sdk_app_id = k.sdk_app_id AND r.room_id = k.room_id
+               WHERE k.sdk_app_id = ANY($1)
+                 AND r.destroyed_at IS NULL
+                 AND (r.created_at > now() - interval '1 day'
+                      OR EXISTS (SELECT 1 FROM room_members m
+                                 WHERE m.sdk_app_id = r.sdk_app_id AND m.room_id = r.room_id
+                                   AND m.in_room))
+                 AND (k.checked_at IS NULL OR k.checked_at < now() - make_interval(secs => $3))
+                 AND (k.next_attempt_at IS NULL OR k.next_attempt_at <= now())
+                 AND (k.lease_until IS NULL OR k.lease_until < now())
+               ORDER BY k.checked_at NULLS FIRST, k.sdk_app_id, k.room_id
+               LIMIT $5
+           ) AS due
+           WHERE c.sdk_app_id = due.sdk_app_id AND c.room_id = due.room_id
+             AND (c.lease_until IS NULL OR c.lease_until < now())
+             AND (c.checked_at IS NULL OR c.checked_at < now() - make_interval(secs => $3))
+             AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+           RETURNING c.sdk_app_id, c.room_id"#,
         apps,
         owner,
         interval.as_secs_f64(),
@@ -71,24 +85,37 @@ pub async fn finish_check(
     owner: &str,
     failure: Option<(&str, Duration)>,
 ) -> Result<(), sqlx::Error> {
-    let (error, retry_after) = failure.unzip();
-    sqlx::query!(
-        r#"UPDATE room_checks SET
-               lease_owner = NULL, lease_until = NULL,
-               checked_at = CASE WHEN $4::text IS NULL THEN now() ELSE checked_at END,
-               failures = CASE WHEN $4::text IS NULL THEN 0 ELSE failures + 1 END,
-               next_attempt_at = CASE WHEN $4::text IS NULL THEN NULL
-                                      ELSE now() + make_interval(secs => $5) END,
-               last_error = $4
-           WHERE sdk_app_id = $1 AND room_id = $2 AND lease_owner = $3"#,
-        room.sdk_app_id,
-        room.room_id,
-        owner,
-        error,
-        retry_after.map(|d| d.as_secs_f64()),
-    )
-    .execute(pool)
-    .await?;
+    // One statement a case: Citus refuses a time function inside CASE.
+    match failure {
+        None => {
+            sqlx::query!(
+                r#"UPDATE room_checks SET
+                   lease_owner = NULL, lease_until = NULL, checked_at = now(), failures = 0,
+                   next_attempt_at = NULL, last_error = NULL
+               WHERE sdk_app_id = $1 AND room_id = $2 AND lease_owner = $3"#,
+                room.sdk_app_id,
+                room.room_id,
+                owner,
+            )
+            .execute(pool)
+            .await?
+        }
+        Some((error, retry_after)) => {
+            sqlx::query!(
+                r#"UPDATE room_checks SET
+                   lease_owner = NULL, lease_until = NULL, failures = failures + 1,
+                   next_attempt_at = now() + make_interval(secs => $4), last_error = $5
+               WHERE sdk_app_id = $1 AND room_id = $2 AND lease_owner = $3"#,
+                room.sdk_app_id,
+                room.room_id,
+                owner,
+                retry_after.as_secs_f64(),
+                error,
+            )
+            .execute(pool)
+            .await?
+        }
+    };
     Ok(())
 }
 

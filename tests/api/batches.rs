@@ -60,6 +60,11 @@ fn kind(text: &str) -> Option<String> {
 
 #[sqlx::test]
 async fn a_member_named_several_times_in_one_batch(pool: PgPool) {
+    a_member_named_several_times_in_one_batch_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_member_named_several_times_in_one_batch_scenario(pool: PgPool) {
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("room_members").await.unwrap();
     // Newest last in time, given in reverse; u2's enter is older than its leave; the first
@@ -123,6 +128,11 @@ async fn a_member_named_several_times_in_one_batch(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_destroy_and_enters_of_its_room_in_one_batch(pool: PgPool) {
+    a_destroy_and_enters_of_its_room_in_one_batch_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_destroy_and_enters_of_its_room_in_one_batch_scenario(pool: PgPool) {
     write_one_batch(&pool, &[enter("r", &["a", "d"], 100)]).await;
     write_one_batch(
         &pool,
@@ -159,6 +169,11 @@ async fn a_destroy_and_enters_of_its_room_in_one_batch(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_row_newer_than_an_event_of_the_batch_is_recomputed(pool: PgPool) {
+    a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario(pool: PgPool) {
     write_one_batch(&pool, &[leave("r", &["u"], "Leave", 500)]).await;
     // 400 is older than the row, 600 newer: the row is recomputed from history.
     write_one_batch(&pool, &[enter("r", &["u"], 600), enter("r", &["u"], 400)]).await;

@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use futures_util::{FutureExt, future::LocalBoxFuture};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{helpers::*, model, rows::*};
+use crate::{batches, drift, helpers::*, lifecycle, live, model, rows::*};
 
 const ROOM_TABLES: [&str; 5] = [
     "room_checks",
@@ -61,10 +62,67 @@ async fn the_contract_holds_on_a_citus_cluster() {
     .await;
     assert!(workers >= 2, "a cluster with workers: {workers}");
 
-    empty(&pool).await;
-    model::two_instances_converge(pool.clone()).await;
-    empty(&pool).await;
-    model::rebuild_reproduces_the_live_view(pool.clone()).await;
+    type Scenario = fn(PgPool) -> LocalBoxFuture<'static, ()>;
+    let scenarios: &[(&str, Scenario)] = &[
+        ("model: two instances", |p| {
+            model::two_instances_converge(p).boxed_local()
+        }),
+        ("model: rebuild", |p| {
+            model::rebuild_reproduces_the_live_view(p).boxed_local()
+        }),
+        ("batches: a member named several times", |p| {
+            batches::a_member_named_several_times_in_one_batch_scenario(p).boxed_local()
+        }),
+        ("batches: a destroy and enters", |p| {
+            batches::a_destroy_and_enters_of_its_room_in_one_batch_scenario(p).boxed_local()
+        }),
+        ("batches: a newer row recomputed", |p| {
+            batches::a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario(p).boxed_local()
+        }),
+        ("lifecycle: destroy", |p| {
+            lifecycle::destroy_ends_every_membership_and_clears_seats_scenario(p).boxed_local()
+        }),
+        ("lifecycle: room info", |p| {
+            lifecycle::update_room_info_merges_fields_newest_first_scenario(p).boxed_local()
+        }),
+        ("lifecycle: seats", |p| {
+            lifecycle::seats_follow_the_newest_change_scenario(p).boxed_local()
+        }),
+        ("lifecycle: LISTEN", |p| {
+            lifecycle::listeners_are_told_of_enters_and_leaves_scenario(p).boxed_local()
+        }),
+        ("lifecycle: equal times", |p| {
+            lifecycle::equal_times_apply_enters_then_leaves_then_destroys_scenario(p).boxed_local()
+        }),
+        ("lifecycle: late leave", |p| {
+            lifecycle::late_leave_after_a_destroy_becomes_the_leave_scenario(p).boxed_local()
+        }),
+        ("live: create to destroy", |p| {
+            live::a_live_room_from_create_to_destroy_scenario(p).boxed_local()
+        }),
+        ("live: member events", |p| {
+            live::live_member_events_are_exactly_once_and_ordered_like_room_events_scenario(p)
+                .boxed_local()
+        }),
+        ("drift: repairs", |p| {
+            drift::a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired_scenario(p)
+                .boxed_local()
+        }),
+        ("drift: two instances", |p| {
+            drift::two_instances_share_the_rooms_and_the_rate_bound_scenario(p).boxed_local()
+        }),
+        ("drift: rebuild", |p| {
+            drift::rebuild_after_corrections_equals_the_live_view_scenario(p).boxed_local()
+        }),
+        ("drift: live rooms", |p| {
+            drift::live_rooms_are_repaired_through_the_live_api_scenario(p).boxed_local()
+        }),
+    ];
+    for (name, scenario) in scenarios {
+        empty(&pool).await;
+        eprintln!("Citus: {name}");
+        scenario(pool.clone()).await;
+    }
     empty(&pool).await;
     without_a_room(&pool).await;
     if let Some(dir) = std::env::var("ROOMSYNC_CITUS_DIR")

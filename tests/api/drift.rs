@@ -75,6 +75,11 @@ fn now_ms() -> i64 {
 
 #[sqlx::test]
 async fn a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired(pool: PgPool) {
+    a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired_scenario(pool: PgPool) {
     let fake = fake().await;
     fake.set_room(APP_ID, "r", FakeRoom::with_members(&["a", "new"]));
     fake.set_room(APP_ID, "same", FakeRoom::with_members(&["x"]));
@@ -267,6 +272,11 @@ async fn seats_take_tencents_list(pool: PgPool) {
 
 #[sqlx::test]
 async fn rebuild_after_corrections_equals_the_live_view(pool: PgPool) {
+    rebuild_after_corrections_equals_the_live_view_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn rebuild_after_corrections_equals_the_live_view_scenario(pool: PgPool) {
     let fake = fake().await;
     let mut state = FakeRoom::with_members(&["a", "new"]);
     state.seats = vec![json!({"Index": 0, "Member_Account": "a"})];
@@ -321,6 +331,11 @@ async fn rebuild_skips_a_damaged_correction(pool: PgPool) {
 
 #[sqlx::test]
 async fn two_instances_share_the_rooms_and_the_rate_bound(pool: PgPool) {
+    two_instances_share_the_rooms_and_the_rate_bound_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn two_instances_share_the_rooms_and_the_rate_bound_scenario(pool: PgPool) {
     let fake = fake().await;
     let rooms: Vec<String> = (0..12).map(|i| format!("room-{i:02}")).collect();
     for room in &rooms {
@@ -577,6 +592,11 @@ fn live_state(room: &str, kind: &str, members: &[&str], at: i64) -> Value {
 
 #[sqlx::test]
 async fn live_rooms_are_repaired_through_the_live_api(pool: PgPool) {
+    live_rooms_are_repaired_through_the_live_api_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn live_rooms_are_repaired_through_the_live_api_scenario(pool: PgPool) {
     let fake = fake().await;
     fake.set_room(APP_ID, "live", FakeRoom::with_members(&["a", "new"]));
     // 1,200 in the room, Tencent lists 1,000: absent from the list is no proof of leaving.

@@ -64,6 +64,11 @@ async fn fixture_leave_after_fixture_enter(pool: PgPool) {
 
 #[sqlx::test]
 async fn destroy_ends_every_membership_and_clears_seats(pool: PgPool) {
+    destroy_ends_every_membership_and_clears_seats_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn destroy_ends_every_membership_and_clears_seats_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("r", &["a", "b", "c"], 100)).await;
     app.deliver(&leave("r", &["c"], "Leave", 150)).await;
@@ -142,6 +147,11 @@ async fn enter_after_destroy_revives_the_room(pool: PgPool) {
 
 #[sqlx::test]
 async fn update_room_info_merges_fields_newest_first(pool: PgPool) {
+    update_room_info_merges_fields_newest_first_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn update_room_info_merges_fields_newest_first_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.deliver(&create("rid-123", "first", 100)).await;
     // The fixture (old spelling of the command below) at a later time, with a string boolean.
@@ -183,6 +193,11 @@ async fn update_room_info_merges_fields_newest_first(pool: PgPool) {
 
 #[sqlx::test]
 async fn seats_follow_the_newest_change(pool: PgPool) {
+    seats_follow_the_newest_change_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn seats_follow_the_newest_change_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.deliver(&fixture("seat_info_changed.json")).await;
     let t = 1670574414123_i64;
@@ -242,6 +257,11 @@ async fn late_enter_after_a_destroy_stays_out(pool: PgPool) {
 
 #[sqlx::test]
 async fn late_leave_after_a_destroy_becomes_the_leave(pool: PgPool) {
+    late_leave_after_a_destroy_becomes_the_leave_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn late_leave_after_a_destroy_becomes_the_leave_scenario(pool: PgPool) {
     // docs/semantics.md#late-leave-after-a-destroy
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("r", &["u"], 100)).await;
@@ -275,6 +295,11 @@ async fn late_destroy_does_not_end_a_later_enter(pool: PgPool) {
 
 #[sqlx::test]
 async fn equal_times_apply_enters_then_leaves_then_destroys(pool: PgPool) {
+    equal_times_apply_enters_then_leaves_then_destroys_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn equal_times_apply_enters_then_leaves_then_destroys_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.deliver(&leave("r", &["a"], "Kicked", 100)).await;
     app.deliver(&enter("r", &["a", "b"], 100)).await;
@@ -308,6 +333,11 @@ async fn member_count_is_the_newest_member_events(pool: PgPool) {
 
 #[sqlx::test]
 async fn listeners_are_told_of_enters_and_leaves(pool: PgPool) {
+    listeners_are_told_of_enters_and_leaves_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn listeners_are_told_of_enters_and_leaves_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("room_members").await.unwrap();

@@ -27,6 +27,11 @@ fn state(room: &str, kind: &str, cause: &str, members: &[&str], at: i64) -> Valu
 
 #[sqlx::test]
 async fn a_live_room_from_create_to_destroy(pool: PgPool) {
+    a_live_room_from_create_to_destroy_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_live_room_from_create_to_destroy_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     app.deliver(&fixture("live_create_room.json")).await;
     assert_eq!(product(&pool, ROOM).await, "Live");
@@ -97,6 +102,13 @@ async fn a_live_room_from_create_to_destroy(pool: PgPool) {
 
 #[sqlx::test]
 async fn live_member_events_are_exactly_once_and_ordered_like_room_events(pool: PgPool) {
+    live_member_events_are_exactly_once_and_ordered_like_room_events_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn live_member_events_are_exactly_once_and_ordered_like_room_events_scenario(
+    pool: PgPool,
+) {
     let app = spawn_app(pool.clone()).await;
     let online = state("l", "Online", "Enter", &["a", "b"], 100);
     app.deliver(&online).await;
