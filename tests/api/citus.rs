@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, future::LocalBoxFuture};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{batches, drift, helpers::*, lifecycle, live, model, rows::*};
+use crate::{batches, drift, helpers::*, lifecycle, live, model, operations, rows::*};
 
 const ROOM_TABLES: [&str; 5] = [
     "room_checks",
@@ -113,6 +113,9 @@ async fn the_contract_holds_on_a_citus_cluster() {
         }),
         ("drift: rebuild", |p| {
             drift::rebuild_after_corrections_equals_the_live_view_scenario(p).boxed_local()
+        }),
+        ("retention: in batches", |p| {
+            operations::pruning_works_in_batches_scenario(p).boxed_local()
         }),
         ("drift: live rooms", |p| {
             drift::live_rooms_are_repaired_through_the_live_api_scenario(p).boxed_local()

@@ -33,6 +33,11 @@ async fn retention_prunes_old_history_and_keeps_the_view(pool: PgPool) {
 
 #[sqlx::test]
 async fn pruning_works_in_batches(pool: PgPool) {
+    pruning_works_in_batches_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn pruning_works_in_batches_scenario(pool: PgPool) {
     sqlx::raw_sql(
         "INSERT INTO room_events (sdk_app_id, callback_command, room_id, event_at, payload, received_at, dedup_key)
          SELECT 1, 'X.Old', 'r', now(), '{}', now() - interval '10 days', sha256(convert_to(i::text, 'UTF8'))
