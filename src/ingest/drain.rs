@@ -235,9 +235,10 @@ impl Ingest {
             }
         }
         let callbacks: Vec<&Callback> = parsed.iter().map(|(_, c)| c).collect();
+        let layout = self.writer.layout().get();
         // The previous step's removal (an fsync) runs while this step writes.
         let (results, removed) = tokio::join!(
-            write_by_room(&self.pool, &callbacks),
+            write_by_room(&self.pool, &layout, &callbacks),
             self.finish_removal(drain)
         );
         let mut parks = Vec::new();
@@ -335,13 +336,15 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-/// Writes callbacks in [`DRAIN_WRITERS`] concurrent transactions, split by room so that they
-/// never wait on each other's locks; results in the order given.
-async fn write_by_room(pool: &PgPool, callbacks: &[&Callback]) -> Vec<Result<Outcome, StoreError>> {
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); DRAIN_WRITERS];
-    for (i, callback) in callbacks.iter().enumerate() {
-        groups[store::room_group(callback, DRAIN_WRITERS)].push(i);
-    }
+/// Writes callbacks in up to [`DRAIN_WRITERS`] concurrent transactions (one a node on Citus),
+/// split as the live writers split them, so that they never wait on each other's locks;
+/// results in the order given.
+async fn write_by_room(
+    pool: &PgPool,
+    layout: &store::Layout,
+    callbacks: &[&Callback],
+) -> Vec<Result<Outcome, StoreError>> {
+    let groups = layout.partition(callbacks, DRAIN_WRITERS);
     let writes = groups.iter().map(|group| {
         let batch: Vec<&Callback> = group.iter().map(|&i| callbacks[i]).collect();
         async move { write_isolating(pool, &batch).await }

@@ -7,6 +7,7 @@
 mod apply;
 pub mod checks;
 mod health;
+pub mod layout;
 pub mod membership;
 pub mod rebuild;
 mod rejected;
@@ -22,8 +23,9 @@ use sqlx::{
 
 pub use apply::{Outcome, apply_batch};
 pub use health::{Health, connect_once};
+pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};
-pub use writer::{Writer, WriterOptions, room_group, write_batch, write_isolating};
+pub use writer::{Writer, WriterOptions, write_batch, write_isolating};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,20 +1,32 @@
 //! Group commit: callbacks that arrive together are written in one transaction, and each is
 //! answered only after the commit that holds it.
 //!
-//! A few writer tasks share one queue. A task takes whatever is queued (up to a bound) as its
+//! A few writer tasks share one queue. A task takes what is queued (up to a bound) as its
 //! batch, so an idle server commits a lone callback at once and a busy one commits many per
-//! transaction.
+//! transaction: batches grow with the queue. Each callback has a [`Group`] (its room, or on
+//! Citus its shard and node): a task takes only callbacks whose group no other task is
+//! writing, and on Citus only those of one node. So a process's transactions never wait on
+//! each other's room locks, a room held elsewhere (another process, a drift-repair
+//! correction) stalls only its own group, and Citus commits every batch in one phase.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sqlx::PgPool;
 use tokio::{
-    sync::{Mutex, mpsc, oneshot},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot},
     task::JoinSet,
 };
 
+use super::layout::{Group, SharedLayout};
 use super::{Health, Outcome, StoreError, apply_batch};
 use crate::{callback::Callback, telemetry::Metrics};
+
+/// How often the writers reread the room tables' distribution (a rebalance moves shards).
+const LAYOUT_REFRESH: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -28,13 +40,46 @@ pub struct WriterOptions {
 
 struct Job {
     callback: Callback,
+    group: Group,
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// A place in the bounded queue, given back when the job is answered.
+    _place: OwnedSemaphorePermit,
+}
+
+/// The queue the tasks share, and the groups being written.
+struct Queue {
+    state: Mutex<State>,
+    /// Something changed: a job came, a group was released, or the writer closed.
+    changed: Notify,
+    /// The writer closed.
+    closing: Notify,
+    places: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    busy: HashSet<u64>,
+    closed: bool,
+}
+
+/// Closes the queue when the last [`Writer`] handle is dropped.
+struct Closer(Arc<Queue>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("writer queue").closed = true;
+        self.0.changed.notify_waiters();
+        self.0.closing.notify_waiters();
+    }
 }
 
 /// The handle requests use; the tasks stop once every handle is dropped and the queue is empty.
 #[derive(Clone)]
 pub struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+    _closer: Arc<Closer>,
+    layout: SharedLayout,
     timeout: Duration,
 }
 
@@ -45,33 +90,73 @@ impl Writer {
         health: Health,
         metrics: Arc<Metrics>,
     ) -> (Self, JoinSet<()>) {
-        let (queue, receiver) = mpsc::channel(options.max_batch * options.tasks * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            closing: Notify::new(),
+            places: Arc::new(Semaphore::new(options.max_batch * options.tasks * 4)),
+        });
+        let layout = SharedLayout::default();
         let mut tasks = JoinSet::new();
         for _ in 0..options.tasks {
-            let (pool, receiver, metrics) = (pool.clone(), receiver.clone(), metrics.clone());
+            let (pool, queue, metrics) = (pool.clone(), queue.clone(), metrics.clone());
             let (max_batch, health) = (options.max_batch, health.clone());
             tasks.spawn(async move {
-                while let Some(batch) = next_batch(&receiver, max_batch).await {
+                while let Some(batch) = next_batch(&queue, max_batch).await {
+                    let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
                     commit_batch(&pool, batch, &health, &metrics).await;
+                    release(&queue, &groups);
                 }
             });
         }
-        (
-            Self {
-                queue,
-                timeout: options.timeout,
-            },
-            tasks,
-        )
+        let writer = Self {
+            queue: queue.clone(),
+            _closer: Arc::new(Closer(queue.clone())),
+            layout: layout.clone(),
+            timeout: options.timeout,
+        };
+        // Reads the layout until the writer closes; it is only a hint, so callbacks do not
+        // wait for the first read.
+        tasks.spawn(async move {
+            loop {
+                let closing = queue.closing.notified();
+                tokio::pin!(closing);
+                closing.as_mut().enable();
+                if queue.state.lock().expect("writer queue").closed {
+                    return;
+                }
+                layout.refresh(&pool).await;
+                tokio::select! {
+                    _ = closing => return,
+                    _ = tokio::time::sleep(LAYOUT_REFRESH) => {}
+                }
+            }
+        });
+        (writer, tasks)
+    }
+
+    /// The room tables' distribution as last read, for writers outside this queue (the drain).
+    pub fn layout(&self) -> &SharedLayout {
+        &self.layout
     }
 
     /// Stores one callback; returns once it is committed (or failed).
     pub async fn submit(&self, callback: Callback) -> Result<Outcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { callback, reply };
+        let group = self.layout.get().group(&callback);
         let wait = async {
-            self.queue.send(job).await.map_err(|_| StoreError::Closed)?;
+            let place = (self.queue.places.clone().acquire_owned().await)
+                .map_err(|_| StoreError::Closed)?;
+            {
+                let mut state = self.queue.state.lock().expect("writer queue");
+                state.jobs.push_back(Job {
+                    callback,
+                    group,
+                    reply,
+                    _place: place,
+                });
+            }
+            self.queue.changed.notify_waiters();
             answer.await.map_err(|_| StoreError::Closed)?
         };
         tokio::time::timeout(self.timeout, wait)
@@ -80,27 +165,64 @@ impl Writer {
     }
 }
 
-/// The next batch: whatever is queued, up to `max_batch`. A job whose request stopped waiting
-/// (it timed out, so the callback went to the journal) is left out: writing it here too would
-/// only add work when the database is already slow. (One that started before its request gave
-/// up is written twice; the history's dedup key makes the second a no-op.)
-async fn next_batch(receiver: &Mutex<mpsc::Receiver<Job>>, max_batch: usize) -> Option<Vec<Job>> {
-    let mut receiver = receiver.lock().await;
-    let mut batch = Vec::new();
-    while batch.is_empty() {
-        let first = receiver.recv().await?;
-        if !first.reply.is_closed() {
-            batch.push(first);
-        }
-        while batch.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(job) if job.reply.is_closed() => {}
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// The next batch: queued jobs, oldest first, whose groups no other task is writing, all of
+/// the first one's node, up to `max_batch`; their groups are marked busy. A job whose request
+/// stopped waiting (it timed out, so the callback went to the journal) is dropped: writing it
+/// here too would only add work when the database is already slow. (One that started before
+/// its request gave up is written twice; the history's dedup key makes the second a no-op.)
+/// `None` once the writer is closed and the queue is empty.
+async fn next_batch(queue: &Queue, max_batch: usize) -> Option<Vec<Job>> {
+    loop {
+        let changed = queue.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut state = queue.state.lock().expect("writer queue");
+            let batch = take_batch(&mut state, max_batch);
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if state.closed && state.jobs.is_empty() {
+                return None;
             }
         }
+        changed.await;
     }
-    Some(batch)
+}
+
+fn take_batch(state: &mut State, max_batch: usize) -> Vec<Job> {
+    let State { jobs, busy, .. } = state;
+    jobs.retain(|job| !job.reply.is_closed());
+    let mut node = None;
+    let mut mine: HashSet<u64> = HashSet::new();
+    let mut batch = Vec::new();
+    let mut left = VecDeque::with_capacity(jobs.len());
+    for job in jobs.drain(..) {
+        let group = job.group;
+        let fits = batch.len() < max_batch
+            && node.is_none_or(|n| n == group.node)
+            && (mine.contains(&group.key) || !busy.contains(&group.key));
+        if fits {
+            node = Some(group.node);
+            mine.insert(group.key);
+            batch.push(job);
+        } else {
+            left.push_back(job);
+        }
+    }
+    *jobs = left;
+    busy.extend(mine);
+    batch
+}
+
+fn release(queue: &Queue, groups: &[u64]) {
+    {
+        let mut state = queue.state.lock().expect("writer queue");
+        for group in groups {
+            state.busy.remove(group);
+        }
+    }
+    queue.changed.notify_waiters();
 }
 
 async fn commit_batch(pool: &PgPool, batch: Vec<Job>, health: &Health, metrics: &Metrics) {
@@ -203,15 +325,95 @@ fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>, &[u8; 32]) {
     )
 }
 
-/// Which of `groups` concurrent writers takes `callback`: all callbacks of one room (and every
-/// copy of one callback) go to the same one, so concurrent transactions never wait on each
-/// other's room locks or history keys.
-pub fn room_group(callback: &Callback, groups: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match lock_order(callback) {
-        (false, app, Some(room), _) => (app, room).hash(&mut hasher),
-        (.., key) => key.hash(&mut hasher),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callback::{CallbackQuery, parse_stored};
+
+    fn callback(room: &str, at: i64) -> Callback {
+        let body = serde_json::json!({
+            "CallbackCommand": "Room.CallbackAfterMemberEnter", "Operator_Account": "u",
+            "RoomId": room, "MemberCount": 1, "Type": "Enter", "MemberList_Account": ["u"],
+            "EventTime": at
+        });
+        let query = CallbackQuery {
+            command: Some("Room.CallbackAfterMemberEnter".into()),
+            ..CallbackQuery::default()
+        };
+        parse_stored(
+            1400000000,
+            &query,
+            body.to_string().as_bytes(),
+            chrono::Utc::now(),
+        )
+        .unwrap()
     }
-    (hasher.finish() % groups as u64) as usize
+
+    /// Queues jobs of the given (key, node) groups; returns the answer ends (drop one to make
+    /// its request stop waiting).
+    fn queue(
+        state: &mut State,
+        groups: &[(u64, i32)],
+    ) -> Vec<oneshot::Receiver<Result<Outcome, StoreError>>> {
+        let places = Arc::new(Semaphore::new(groups.len()));
+        groups
+            .iter()
+            .enumerate()
+            .map(|(i, &(key, node))| {
+                let (reply, answer) = oneshot::channel();
+                state.jobs.push_back(Job {
+                    callback: callback("r", i as i64 + 1),
+                    group: Group { key, node },
+                    reply,
+                    _place: places.clone().try_acquire_owned().unwrap(),
+                });
+                answer
+            })
+            .collect()
+    }
+
+    fn keys(batch: &[Job]) -> Vec<u64> {
+        batch.iter().map(|job| job.group.key).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_its_bound_oldest_first() {
+        let mut state = State::default();
+        let _answers = queue(&mut state, &[(1, 0), (2, 0), (1, 0), (3, 0), (4, 0)]);
+        assert_eq!(keys(&take_batch(&mut state, 3)), [1, 2, 1]);
+        // The next task may not take groups 1 and 2 while they are written.
+        assert_eq!(keys(&take_batch(&mut state, 3)), [3, 4]);
+        assert!(state.jobs.is_empty());
+        assert_eq!(state.busy, HashSet::from([1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn a_group_being_written_waits_and_others_pass_it() {
+        let mut state = State::default();
+        let _answers = queue(&mut state, &[(1, 0)]);
+        assert_eq!(keys(&take_batch(&mut state, 8)), [1]);
+        let _more = queue(&mut state, &[(1, 0), (2, 0), (1, 0)]);
+        // Group 1 is busy (its room may be held by another server): group 2 goes on.
+        assert_eq!(keys(&take_batch(&mut state, 8)), [2]);
+        assert!(take_batch(&mut state, 8).is_empty());
+        state.busy.remove(&1);
+        assert_eq!(keys(&take_batch(&mut state, 8)), [1, 1]);
+    }
+
+    #[test]
+    fn a_batch_holds_the_groups_of_one_node() {
+        let mut state = State::default();
+        let _answers = queue(&mut state, &[(10, 1), (20, 2), (11, 1), (21, 2), (12, 1)]);
+        assert_eq!(keys(&take_batch(&mut state, 8)), [10, 11, 12]);
+        assert_eq!(keys(&take_batch(&mut state, 8)), [20, 21]);
+    }
+
+    #[test]
+    fn jobs_whose_request_stopped_waiting_are_dropped() {
+        let mut state = State::default();
+        let mut answers = queue(&mut state, &[(1, 0), (2, 0), (3, 0)]);
+        drop(answers.remove(1));
+        assert_eq!(keys(&take_batch(&mut state, 8)), [1, 3]);
+        assert!(state.jobs.is_empty());
+    }
 }
