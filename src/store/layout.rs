@@ -77,19 +77,25 @@ impl Layout {
         }
         // As the migrations store it: a callback without a room goes under ''.
         let room = callback.room_id.as_ref().map_or("", |r| r.as_str());
-        let hash = hashtext(room.as_bytes());
-        let at = self.shards.partition_point(|s| s.max_hash < hash);
-        match self.shards.get(at) {
-            Some(shard) if shard.min_hash <= hash => Group {
-                key: shard.id as u64,
-                node: shard.node,
+        match self.shard_of(room) {
+            Some((shard, node)) => Group {
+                key: shard as u64,
+                node,
             },
             // Not covered (the catalog changed under us): a group of its own, on no known node.
-            _ => Group {
+            None => Group {
                 key: room_key(callback),
                 node: -1,
             },
         }
+    }
+
+    /// The shard that holds `room`'s rows, and its node group (as Citus routes it).
+    pub fn shard_of(&self, room: &str) -> Option<(i64, i32)> {
+        let hash = hashtext(room.as_bytes());
+        let at = self.shards.partition_point(|s| s.max_hash < hash);
+        let shard = self.shards.get(at).filter(|s| s.min_hash <= hash)?;
+        Some((shard.id, shard.node))
     }
 
     /// Splits callbacks into at most about `ways` sets that may be written in concurrent

@@ -10,6 +10,7 @@ use futures_util::{FutureExt, future::LocalBoxFuture};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{batches, drift, helpers::*, lifecycle, live, model, operations, rows::*};
+use roomsync::store::Layout;
 
 const ROOM_TABLES: [&str; 5] = [
     "room_checks",
@@ -61,6 +62,9 @@ async fn the_contract_holds_on_a_citus_cluster() {
     )
     .await;
     assert!(workers >= 2, "a cluster with workers: {workers}");
+    let layout = the_layout_routes_rooms_as_citus_does(&pool).await;
+    empty(&pool).await;
+    one_node_a_transaction(&pool).await;
 
     type Scenario = fn(PgPool) -> LocalBoxFuture<'static, ()>;
     let scenarios: &[(&str, Scenario)] = &[
@@ -134,6 +138,8 @@ async fn the_contract_holds_on_a_citus_cluster() {
     {
         empty(&pool).await;
         coordinator_outage(&pool, &dir).await;
+        empty(&pool).await;
+        worker_outage(&pool, &dir, &layout).await;
     } else {
         eprintln!("Citus coordinator outage skipped: ROOMSYNC_CITUS_DIR is not set");
     }
@@ -206,5 +212,170 @@ async fn coordinator_outage(pool: &PgPool, dir: &str) {
     assert!(drained, "the journal drains once the coordinator is back");
     assert_eq!(roster(pool, "outage").await.len(), 201);
     assert_eq!(count(pool, "SELECT count(*) FROM room_events").await, 201);
+    app.stop().await;
+}
+
+/// roomsync's own reading of the distribution (room_shards(), hashtext) puts every room on the
+/// shard and node where Citus routes it.
+async fn the_layout_routes_rooms_as_citus_does(pool: &PgPool) -> Layout {
+    let layout = Layout::load(pool).await.unwrap();
+    assert!(layout.is_distributed());
+    let mut rooms: Vec<String> = (0..300).map(|i| format!("room-{i}")).collect();
+    rooms.extend(["", "房间", "a", "room_with_a_long_identifier_0123456789"].map(String::from));
+    let routed: Vec<(String, i64, i32)> = sqlx::query_as(
+        "SELECT r, s.shard, (SELECT min(p.groupid) FROM pg_dist_placement p
+                            WHERE p.shardid = s.shard)
+         FROM unnest($1::text[]) r,
+              LATERAL (SELECT get_shard_id_for_distribution_column('rooms', r) AS shard) s",
+    )
+    .bind(&rooms)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(routed.len(), rooms.len());
+    for (room, shard, node) in routed {
+        assert_eq!(layout.shard_of(&room), Some((shard, node)), "room {room:?}");
+    }
+    layout
+}
+
+/// Citus keeps a record of every two-phase commit until its recovery clears it (each minute by
+/// default): stopped here so that the count is exact.
+async fn two_phase_recovery(pool: &PgPool, on: bool) {
+    let setting = if on {
+        "ALTER SYSTEM RESET citus.recover_2pc_interval"
+    } else {
+        "ALTER SYSTEM SET citus.recover_2pc_interval = -1"
+    };
+    sqlx::raw_sql(setting).execute(pool).await.unwrap();
+    sqlx::raw_sql("SELECT pg_reload_conf()")
+        .execute(pool)
+        .await
+        .unwrap();
+    // The maintenance daemon reads it at its next round.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Many rooms on both workers at once: every batch holds the rooms of one node, so each
+/// transaction commits on one worker (before the writers took groups, most took both). Citus
+/// still commits them in two phases: its INSERT … SELECT from arrays goes through COPY, which
+/// always does (docs/scaling.md#citus); the records name the nodes of each transaction.
+async fn one_node_a_transaction(pool: &PgPool) {
+    two_phase_recovery(pool, false).await;
+    let app = spawn_app(pool.clone()).await;
+    app.deliver(&enter("warm-up", &["u"], 1)).await;
+    // The writers read the layout at start; give that read time to land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::raw_sql("DELETE FROM pg_dist_transaction")
+        .execute(pool)
+        .await
+        .unwrap();
+    let bodies: Vec<serde_json::Value> = (0..600)
+        .map(|i| enter(&format!("spread-{}", i % 60), &[&format!("u{i}")], 10 + i))
+        .collect();
+    for wave in bodies.chunks(60) {
+        let sends = wave.iter().map(|body| app.send(body));
+        for (status, answer) in futures_util::future::join_all(sends).await {
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    // One row a node a transaction; a gid is citus_<node>_<pid>_<transaction>_<connection>.
+    let nodes: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(DISTINCT groupid) FROM pg_dist_transaction
+         GROUP BY split_part(gid, '_', 3), split_part(gid, '_', 4)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    two_phase_recovery(pool, true).await;
+    let batches = metric(&app, "roomsync_batch_size_count").await;
+    assert_eq!(journal_depth(&app).await, 0, "every callback written live");
+    assert_eq!(
+        count(
+            pool,
+            "SELECT count(*) FROM room_roster WHERE room_id LIKE 'spread-%'"
+        )
+        .await,
+        600
+    );
+    assert!(!nodes.is_empty(), "Citus's records of the commits");
+    let spanning = nodes.iter().filter(|&&n| n > 1).count();
+    assert_eq!(spanning, 0, "transactions on two nodes, of {}", nodes.len());
+    assert!(batches < 600.0, "callbacks still share batches: {batches}");
+    app.stop().await;
+}
+
+/// One worker stopped for real under load: every callback is answered 200; the rooms of the
+/// other worker keep being applied meanwhile; once the worker is back, the journal drains and
+/// each callback is applied once.
+async fn worker_outage(pool: &PgPool, dir: &str, layout: &Layout) {
+    let port: i32 = std::fs::read_to_string(format!("{dir}/worker2/port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let down_node: i32 = sqlx::query_scalar("SELECT groupid FROM pg_dist_node WHERE nodeport = $1")
+        .bind(port)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let rooms_on = |down: bool| -> Vec<String> {
+        (0..)
+            .map(|i| format!("w-{i}"))
+            .filter(|r| (layout.shard_of(r).unwrap().1 == down_node) == down)
+            .take(5)
+            .collect()
+    };
+    let (down_rooms, up_rooms) = (rooms_on(true), rooms_on(false));
+    let app = spawn_app(pool.clone()).await;
+    let worker = |action: &str| {
+        let status = std::process::Command::new("scripts/citus-cluster")
+            .args(["node", dir, "worker2", action])
+            .status()
+            .expect("scripts/citus-cluster");
+        assert!(status.success(), "worker2 {action}");
+    };
+    tokio::task::block_in_place(|| worker("stop"));
+    let bodies: Vec<serde_json::Value> = (0..20)
+        .flat_map(|i| {
+            down_rooms
+                .iter()
+                .chain(&up_rooms)
+                .map(move |room| enter(room, &[&format!("u{i:02}")], 100 + i))
+        })
+        .collect();
+    for wave in bodies.chunks(50) {
+        let sends = wave.iter().map(|body| app.send(body));
+        for (status, answer) in futures_util::future::join_all(sends).await {
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    assert!(
+        journal_depth(&app).await > 0,
+        "the stopped worker's rooms are journaled"
+    );
+    // The other worker's rooms are not held up by it.
+    let applied = eventually(Duration::from_secs(30), || async {
+        let mut all = true;
+        for room in &up_rooms {
+            all &= roster(pool, room).await.len() == 20;
+        }
+        all
+    })
+    .await;
+    assert!(
+        applied,
+        "the running worker's rooms are applied during the outage"
+    );
+    tokio::task::block_in_place(|| worker("start"));
+    let drained = eventually(Duration::from_secs(120), || async {
+        journal_depth(&app).await == 0
+    })
+    .await;
+    assert!(drained, "the journal drains once the worker is back");
+    for room in down_rooms.iter().chain(&up_rooms) {
+        assert_eq!(roster(pool, room).await.len(), 20, "room {room}");
+    }
+    assert_eq!(count(pool, "SELECT count(*) FROM room_events").await, 200);
     app.stop().await;
 }
