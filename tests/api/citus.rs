@@ -140,6 +140,9 @@ async fn the_contract_holds_on_a_citus_cluster() {
         coordinator_outage(&pool, &dir).await;
         empty(&pool).await;
         worker_outage(&pool, &dir, &layout).await;
+        // Last: it adds a node to the cluster.
+        empty(&pool).await;
+        rebalance_under_load(&pool, &dir).await;
     } else {
         eprintln!("Citus coordinator outage skipped: ROOMSYNC_CITUS_DIR is not set");
     }
@@ -377,5 +380,97 @@ async fn worker_outage(pool: &PgPool, dir: &str, layout: &Layout) {
         assert_eq!(roster(pool, room).await.len(), 20, "room {room}");
     }
     assert_eq!(count(pool, "SELECT count(*) FROM room_events").await, 200);
+    app.stop().await;
+}
+
+/// A third worker added and the shards rebalanced onto it with Citus's own
+/// `citus_rebalance_start` while callbacks keep arriving: every one is answered 200 (the ones
+/// a moving shard blocks go through the journal), each is applied once, and the writers read
+/// the new layout.
+async fn rebalance_under_load(pool: &PgPool, dir: &str) {
+    let app = spawn_app(pool.clone()).await;
+    let rooms: Vec<String> = (0..40).map(|i| format!("moving-{i}")).collect();
+    let mut sent = 0_i64;
+    let mut wave = |at: i64| -> Vec<serde_json::Value> {
+        rooms
+            .iter()
+            .map(|room| {
+                sent += 1;
+                enter(room, &[&format!("u{at:05}")], at)
+            })
+            .collect()
+    };
+    let app_ref = &app;
+    let deliver_all = |bodies: Vec<serde_json::Value>| async move {
+        let sends = bodies.iter().map(|body| app_ref.send(body));
+        for (status, answer) in futures_util::future::join_all(sends).await {
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+    deliver_all(wave(1)).await;
+    let status = tokio::task::block_in_place(|| {
+        std::process::Command::new("scripts/citus-cluster")
+            .args(["add-worker", dir])
+            .status()
+            .expect("scripts/citus-cluster")
+    });
+    assert!(status.success(), "add-worker");
+    // Without logical replication (wal_level stays 'replica'): writes to a moving shard wait.
+    sqlx::raw_sql("SELECT citus_rebalance_start(shard_transfer_mode => 'block_writes')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut at = 2;
+    // Bounded: until the rebalance is done, at most 120 s and 100 waves.
+    loop {
+        deliver_all(wave(at)).await;
+        at += 1;
+        let state: String = sqlx::query_scalar("SELECT state::text FROM citus_rebalance_status()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if state == "finished" || started.elapsed() > Duration::from_secs(120) || at > 100 {
+            assert_eq!(state, "finished", "the rebalance finished");
+            break;
+        }
+    }
+    deliver_all(wave(at)).await;
+    let on_new: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+         WHERE n.nodeport = $1",
+    )
+    .bind(
+        std::fs::read_to_string(format!("{dir}/worker3/port"))
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap(),
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(on_new > 0, "shards moved to the new worker");
+    let drained = eventually(Duration::from_secs(120), || async {
+        journal_depth(&app).await == 0
+    })
+    .await;
+    assert!(drained, "the journal drains after the rebalance");
+    assert_eq!(count(pool, "SELECT count(*) FROM room_events").await, sent);
+    for room in &rooms {
+        assert_eq!(roster(pool, room).await.len() as i64, at, "room {room}");
+    }
+    // roomsync's reading of the layout follows the moves.
+    let layout = the_layout_routes_rooms_as_citus_does(pool).await;
+    let nodes: std::collections::HashSet<i32> = rooms
+        .iter()
+        .map(|room| layout.shard_of(room).unwrap().1)
+        .collect();
+    assert_eq!(nodes.len(), 3, "the rooms are on the three workers now");
+    eprintln!(
+        "rebalance: {sent} callbacks in {:.1?}, {} journaled",
+        started.elapsed(),
+        metric(&app, "roomsync_journal_appended_total").await
+    );
     app.stop().await;
 }
