@@ -347,7 +347,7 @@ async fn write_by_room(
     let groups = layout.partition(callbacks, DRAIN_WRITERS);
     let writes = groups.iter().map(|group| {
         let batch: Vec<&Callback> = group.iter().map(|&i| callbacks[i]).collect();
-        async move { write_isolating(pool, &batch).await }
+        async move { write_isolating(pool, layout.dialect(), &batch).await }
     });
     let written = futures_util::future::join_all(writes).await;
     let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];

@@ -15,6 +15,7 @@ use std::{
 
 use sqlx::PgPool;
 
+use super::Dialect;
 use crate::callback::Callback;
 
 /// A callback's group: `key` is what two concurrent transactions may not share, `node` what
@@ -66,6 +67,12 @@ impl Layout {
 
     pub fn is_distributed(&self) -> bool {
         !self.shards.is_empty()
+    }
+
+    /// The statements' form, when known: Citus's where the room tables are distributed; else
+    /// the first statement of a batch asks (the layout may not be read yet).
+    pub fn dialect(&self) -> Option<Dialect> {
+        self.is_distributed().then_some(Dialect::Citus)
     }
 
     pub fn group(&self, callback: &Callback) -> Group {

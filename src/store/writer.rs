@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use super::layout::{Group, SharedLayout};
-use super::{Health, Outcome, StoreError, apply_batch};
+use super::{Dialect, Health, Outcome, StoreError, apply_batch};
 use crate::{callback::Callback, telemetry::Metrics};
 
 /// How often the writers reread the room tables' distribution (a rebalance moves shards).
@@ -100,11 +100,12 @@ impl Writer {
         let mut tasks = JoinSet::new();
         for _ in 0..options.tasks {
             let (pool, queue, metrics) = (pool.clone(), queue.clone(), metrics.clone());
-            let (max_batch, health) = (options.max_batch, health.clone());
+            let (max_batch, health, layout) = (options.max_batch, health.clone(), layout.clone());
             tasks.spawn(async move {
                 while let Some(batch) = next_batch(&queue, max_batch).await {
                     let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
-                    commit_batch(&pool, batch, &health, &metrics).await;
+                    let known = layout.get().dialect();
+                    commit_batch(&pool, known, batch, &health, &metrics).await;
                     release(&queue, &groups);
                 }
             });
@@ -225,7 +226,13 @@ fn release(queue: &Queue, groups: &[u64]) {
     queue.changed.notify_waiters();
 }
 
-async fn commit_batch(pool: &PgPool, batch: Vec<Job>, health: &Health, metrics: &Metrics) {
+async fn commit_batch(
+    pool: &PgPool,
+    known: Option<Dialect>,
+    batch: Vec<Job>,
+    health: &Health,
+    metrics: &Metrics,
+) {
     // Found down meanwhile: these go to the journal now, not after a connection timeout.
     if !health.is_up() {
         let down = StoreError::Unavailable(Arc::new(sqlx::Error::PoolClosed));
@@ -236,7 +243,7 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, health: &Health, metrics: 
     }
     let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
     metrics.batch_size.observe(batch.len() as f64);
-    let results = write_isolating(pool, &callbacks).await;
+    let results = write_isolating(pool, known, &callbacks).await;
     for (job, result) in batch.into_iter().zip(results) {
         let _ = job.reply.send(result);
     }
@@ -247,8 +254,10 @@ async fn commit_batch(pool: &PgPool, batch: Vec<Job>, health: &Health, metrics: 
 /// callback PostgreSQL does not take fails alone and its neighbours are stored (a few bad ones
 /// in a batch of n cost about 2·log2(n) transactions each, not n). An error that concerns the
 /// server, not the records, answers every callback not yet written. Results in the order given.
+/// `known`: the database's form, if known ([`apply_batch`]).
 pub async fn write_isolating(
     pool: &PgPool,
+    known: Option<Dialect>,
     callbacks: &[&Callback],
 ) -> Vec<Result<Outcome, StoreError>> {
     let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];
@@ -259,7 +268,7 @@ pub async fn write_isolating(
         if range.is_empty() {
             continue;
         }
-        match write_batch(pool, &callbacks[range.clone()]).await {
+        match write_batch_as(pool, known, &callbacks[range.clone()]).await {
             Ok(outcomes) => {
                 for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
                     *slot = Some(Ok(outcome));
@@ -297,11 +306,20 @@ pub async fn write_batch(
     pool: &PgPool,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, StoreError> {
+    write_batch_as(pool, None, callbacks).await
+}
+
+/// [`write_batch`], in the database's form when the caller knows it.
+pub async fn write_batch_as(
+    pool: &PgPool,
+    known: Option<Dialect>,
+    callbacks: &[&Callback],
+) -> Result<Vec<Outcome>, StoreError> {
     let mut order: Vec<usize> = (0..callbacks.len()).collect();
     order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
     let sorted: Vec<&Callback> = order.iter().map(|&i| callbacks[i]).collect();
     let mut tx = pool.begin().await?;
-    let applied = apply_batch(&mut tx, &sorted).await?;
+    let applied = apply_batch(&mut tx, &sorted, known).await?;
     tx.commit().await?;
     let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
     for (i, outcome) in order.into_iter().zip(applied) {

@@ -840,6 +840,17 @@ fn shuffled_with_repeats(rng: &mut StdRng, distinct: &[Ev]) -> Vec<Delivery> {
 /// sequential result (docs/semantics.md).
 #[sqlx::test]
 async fn batches_of_any_size_give_the_sequential_result(pool: PgPool) {
+    batches_of_any_size(pool, None).await;
+}
+
+/// The statements' Citus form (one routed statement a row, docs/scaling.md#citus) gives the
+/// same results: checked here on plain PostgreSQL, where the functions behave alike.
+#[sqlx::test]
+async fn the_row_by_row_statements_give_the_sequential_result_too(pool: PgPool) {
+    batches_of_any_size(pool, Some(roomsync::store::Dialect::Citus)).await;
+}
+
+async fn batches_of_any_size(pool: PgPool, known: Option<roomsync::store::Dialect>) {
     let seed = seed("batches");
     let mut rng = StdRng::seed_from_u64(seed);
     let distinct = distinct_events(&mut rng);
@@ -868,7 +879,7 @@ async fn batches_of_any_size_give_the_sequential_result(pool: PgPool) {
     }
     let most = batches.iter().map(Vec::len).max().unwrap_or(0);
     futures_util::stream::iter(&batches)
-        .map(|batch| roomsync::store::write_batch(&pool, batch))
+        .map(|batch| roomsync::store::write_batch_as(&pool, known, batch))
         .buffer_unordered(2)
         .for_each(|written| async move {
             written.expect("a batch is stored");

@@ -8,10 +8,12 @@ use super::*;
 /// the newest event, revival and destroy times, `member_count` (the newest member event's,
 /// ties to the larger count) and `product` (a Live callback makes a room a Live room; a seat
 /// change says neither). Returns each room's newest destroy known now, and whether the database
-/// is distributed by Citus (asked in the same round trip; the next statement's form depends on it).
+/// is distributed by Citus (asked in the same round trip; the next statements' form depends on
+/// it). `known`: the form to lock in, when the caller knows it (docs/scaling.md#citus).
 pub(super) async fn lock_rooms<'a>(
     conn: &mut PgConnection,
     callbacks: &[&'a Callback],
+    known: Option<Dialect>,
 ) -> Result<(Destroys<'a>, Dialect), sqlx::Error> {
     // One row per room: the statement may not touch a row twice.
     let mut rooms: BTreeMap<Room<'a>, RoomTimes> = BTreeMap::new();
@@ -25,6 +27,9 @@ pub(super) async fn lock_rooms<'a>(
         }
     }
     if rooms.is_empty() {
+        if let Some(dialect) = known {
+            return Ok((HashMap::new(), dialect));
+        }
         let citus = sqlx::query_scalar!(
             r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS "citus!""#
         )
@@ -41,20 +46,29 @@ pub(super) async fn lock_rooms<'a>(
     let count: Vec<Option<i32>> = rooms.values().map(|t| t.count.map(|c| c.2)).collect();
     let count_rank: Vec<Option<i16>> = rooms.values().map(|t| t.count.map(|c| c.1)).collect();
     // Arrays with NULLs: sqlx binds `Option` elements as SQL NULL.
-    let locked = sqlx::query_file!(
-        "src/store/apply/sql/lock_rooms.sql",
-        &apps,
-        &ids as &[&str],
-        &product as &[&str],
-        &last,
-        &column(|t| t.revive) as &[Option<DateTime<Utc>>],
-        &column(|t| t.destroy) as &[Option<DateTime<Utc>>],
-        &count as &[Option<i32>],
-        &column(|t| t.count.map(|c| c.0)) as &[Option<DateTime<Utc>>],
-        &count_rank as &[Option<i16>],
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    macro_rules! lock_rooms {
+        ($file:literal) => {
+            sqlx::query_file_as!(
+                Locked,
+                $file,
+                &apps,
+                &ids as &[&str],
+                &product as &[&str],
+                &last,
+                &column(|t| t.revive) as &[Option<DateTime<Utc>>],
+                &column(|t| t.destroy) as &[Option<DateTime<Utc>>],
+                &count as &[Option<i32>],
+                &column(|t| t.count.map(|c| c.0)) as &[Option<DateTime<Utc>>],
+                &count_rank as &[Option<i16>],
+            )
+            .fetch_all(&mut *conn)
+            .await?
+        };
+    }
+    let locked = match known {
+        Some(Dialect::Citus) => lock_rooms!("src/store/apply/sql/lock_rooms_citus.sql"),
+        _ => lock_rooms!("src/store/apply/sql/lock_rooms.sql"),
+    };
     let dialect = Dialect::of(locked.first().and_then(|row| row.citus).unwrap_or(false));
     let mut destroys: HashMap<(i64, String), Option<DateTime<Utc>>> = locked
         .into_iter()
@@ -68,6 +82,14 @@ pub(super) async fn lock_rooms<'a>(
         })
         .collect();
     Ok((destroys, dialect))
+}
+
+/// A locked room's row, as both forms of the statement return it.
+struct Locked {
+    sdk_app_id: i64,
+    room_id: String,
+    last_destroy_at: Option<DateTime<Utc>>,
+    citus: Option<bool>,
 }
 
 /// What a batch says of one room.

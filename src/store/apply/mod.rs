@@ -82,11 +82,14 @@ fn room_of(callback: &Callback) -> Option<Room<'_>> {
 
 /// Stores a batch of callbacks in history and applies the effects of the new ones, each
 /// exactly once. Outcomes are in the order given.
+/// `known`: the database's form when the caller knows it (it saves a round trip and, on Citus,
+/// a two-phase commit); otherwise the first statement tells.
 pub async fn apply_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
+    known: Option<Dialect>,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let (destroys, dialect) = lock_rooms(conn, callbacks).await?;
+    let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
     let named = named_members(callbacks);
     let (outcomes, rows) = insert_events(conn, dialect, callbacks, &named).await?;
     let fresh: Vec<&Callback> = callbacks
@@ -95,7 +98,7 @@ pub async fn apply_batch(
         .filter(|(_, outcome)| matches!(outcome, Outcome::Stored { .. }))
         .map(|(callback, _)| *callback)
         .collect();
-    apply_effects(conn, &fresh, rows, &destroys, Notify::Yes).await?;
+    apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
     Ok(outcomes)
 }
 
@@ -105,15 +108,15 @@ pub async fn replay_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
 ) -> Result<(), sqlx::Error> {
-    let (destroys, dialect) = lock_rooms(conn, callbacks).await?;
+    let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
-    apply_effects(conn, callbacks, rows, &destroys, Notify::No).await
+    apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await
 }
 
 /// The database's form: plain PostgreSQL, or room tables distributed by Citus, where a few
 /// statements take another form (docs/scaling.md#citus).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dialect {
+pub enum Dialect {
     Postgres,
     Citus,
 }
@@ -162,6 +165,7 @@ impl<'a> Effects<'a> {
 
 async fn apply_effects<'a>(
     conn: &mut PgConnection,
+    dialect: Dialect,
     callbacks: &[&'a Callback],
     rows: MemberRows,
     destroys: &Destroys<'a>,
@@ -216,5 +220,5 @@ async fn apply_effects<'a>(
             effects.set(room, user, state, at);
         }
     }
-    write_members(conn, &effects, notify).await
+    write_members(conn, dialect, &effects, notify).await
 }

@@ -7,6 +7,7 @@ use super::*;
 /// was rolled back.
 pub(super) async fn write_members(
     conn: &mut PgConnection,
+    dialect: Dialect,
     effects: &Effects<'_>,
     notify: Notify,
 ) -> Result<(), sqlx::Error> {
@@ -27,21 +28,30 @@ pub(super) async fn write_members(
     let in_room: Vec<bool> = states.values().map(|s| s.in_room).collect();
     let last_at: Vec<DateTime<Utc>> = states.values().map(|s| s.last_event_at).collect();
     let rank: Vec<i16> = states.values().map(|s| s.last_event_rank).collect();
-    sqlx::query_file!(
-        "src/store/apply/sql/write_members.sql",
-        &apps,
-        &rooms as &[&str],
-        &users as &[&str],
-        &in_room,
-        &column(|s| s.entered_at) as &[Option<DateTime<Utc>>],
-        &column(|s| s.left_at) as &[Option<DateTime<Utc>>],
-        &text(|s| s.leave_type.as_deref()) as &[Option<&str>],
-        &text(|s| s.leave_reason.as_deref()) as &[Option<&str>],
-        &last_at,
-        &rank,
-        &payloads,
-    )
-    .execute(conn)
-    .await?;
+    // One statement, in the database's form: the same parameters.
+    macro_rules! write_members {
+        ($file:literal) => {
+            sqlx::query_file!(
+                $file,
+                &apps,
+                &rooms as &[&str],
+                &users as &[&str],
+                &in_room,
+                &column(|s| s.entered_at) as &[Option<DateTime<Utc>>],
+                &column(|s| s.left_at) as &[Option<DateTime<Utc>>],
+                &text(|s| s.leave_type.as_deref()) as &[Option<&str>],
+                &text(|s| s.leave_reason.as_deref()) as &[Option<&str>],
+                &last_at,
+                &rank,
+                &payloads,
+            )
+            .execute(conn)
+            .await?
+        };
+    }
+    match dialect {
+        Dialect::Postgres => write_members!("src/store/apply/sql/write_members.sql"),
+        Dialect::Citus => write_members!("src/store/apply/sql/write_members_citus.sql"),
+    };
     Ok(())
 }
