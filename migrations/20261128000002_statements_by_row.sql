@@ -32,13 +32,36 @@ BEGIN
             last_event_at = GREATEST(r.last_event_at, EXCLUDED.last_event_at),
             last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
             last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at),
+            -- lock_rooms.sql's choice (newest time, NULL last; then rank, then count, NULL
+            -- first), spelled out: Citus takes no subquery in a routed INSERT.
             (member_count, member_count_at, member_count_rank) = (
-                SELECT v.c, v.ca, v.ck FROM (VALUES
-                    (r.member_count, r.member_count_at, r.member_count_rank),
-                    (EXCLUDED.member_count, EXCLUDED.member_count_at, EXCLUDED.member_count_rank)
-                ) AS v(c, ca, ck)
-                ORDER BY v.ca DESC NULLS LAST, v.ck DESC, v.c DESC
-                LIMIT 1)
+                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
+                    OR EXCLUDED.member_count_at > r.member_count_at
+                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
+                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
+                        OR EXCLUDED.member_count_rank > r.member_count_rank
+                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
+                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
+                                OR EXCLUDED.member_count > r.member_count))
+                     THEN EXCLUDED.member_count ELSE r.member_count END,
+                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
+                    OR EXCLUDED.member_count_at > r.member_count_at
+                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
+                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
+                        OR EXCLUDED.member_count_rank > r.member_count_rank
+                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
+                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
+                                OR EXCLUDED.member_count > r.member_count))
+                     THEN EXCLUDED.member_count_at ELSE r.member_count_at END,
+                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
+                    OR EXCLUDED.member_count_at > r.member_count_at
+                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
+                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
+                        OR EXCLUDED.member_count_rank > r.member_count_rank
+                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
+                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
+                                OR EXCLUDED.member_count > r.member_count))
+                     THEN EXCLUDED.member_count_rank ELSE r.member_count_rank END)
         RETURNING r.sdk_app_id, r.room_id, r.last_destroy_at, is_citus;
     END LOOP;
 END
