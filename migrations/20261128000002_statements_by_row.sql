@@ -33,34 +33,29 @@ BEGIN
             last_revive_at = GREATEST(r.last_revive_at, EXCLUDED.last_revive_at),
             last_destroy_at = GREATEST(r.last_destroy_at, EXCLUDED.last_destroy_at),
             -- lock_rooms.sql's choice (newest time, NULL last; then rank, then count, NULL
-            -- first), spelled out: Citus takes no subquery in a routed INSERT.
+            -- first: hence the stand-ins for NULL), spelled out: Citus takes no subquery in a
+            -- routed INSERT, and SET takes no row-valued expression.
             (member_count, member_count_at, member_count_rank) = (
-                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
-                    OR EXCLUDED.member_count_at > r.member_count_at
-                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
-                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
-                        OR EXCLUDED.member_count_rank > r.member_count_rank
-                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
-                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
-                                OR EXCLUDED.member_count > r.member_count))
+                CASE WHEN (COALESCE(EXCLUDED.member_count_at, '-infinity'),
+                           COALESCE(EXCLUDED.member_count_rank, 32767),
+                           COALESCE(EXCLUDED.member_count, 2147483647))
+                        > (COALESCE(r.member_count_at, '-infinity'),
+                           COALESCE(r.member_count_rank, 32767),
+                           COALESCE(r.member_count, 2147483647))
                      THEN EXCLUDED.member_count ELSE r.member_count END,
-                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
-                    OR EXCLUDED.member_count_at > r.member_count_at
-                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
-                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
-                        OR EXCLUDED.member_count_rank > r.member_count_rank
-                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
-                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
-                                OR EXCLUDED.member_count > r.member_count))
+                CASE WHEN (COALESCE(EXCLUDED.member_count_at, '-infinity'),
+                           COALESCE(EXCLUDED.member_count_rank, 32767),
+                           COALESCE(EXCLUDED.member_count, 2147483647))
+                        > (COALESCE(r.member_count_at, '-infinity'),
+                           COALESCE(r.member_count_rank, 32767),
+                           COALESCE(r.member_count, 2147483647))
                      THEN EXCLUDED.member_count_at ELSE r.member_count_at END,
-                CASE WHEN EXCLUDED.member_count_at IS NOT NULL AND r.member_count_at IS NULL
-                    OR EXCLUDED.member_count_at > r.member_count_at
-                    OR EXCLUDED.member_count_at IS NOT DISTINCT FROM r.member_count_at AND (
-                        EXCLUDED.member_count_rank IS NULL AND r.member_count_rank IS NOT NULL
-                        OR EXCLUDED.member_count_rank > r.member_count_rank
-                        OR EXCLUDED.member_count_rank IS NOT DISTINCT FROM r.member_count_rank
-                           AND (EXCLUDED.member_count IS NULL AND r.member_count IS NOT NULL
-                                OR EXCLUDED.member_count > r.member_count))
+                CASE WHEN (COALESCE(EXCLUDED.member_count_at, '-infinity'),
+                           COALESCE(EXCLUDED.member_count_rank, 32767),
+                           COALESCE(EXCLUDED.member_count, 2147483647))
+                        > (COALESCE(r.member_count_at, '-infinity'),
+                           COALESCE(r.member_count_rank, 32767),
+                           COALESCE(r.member_count, 2147483647))
                      THEN EXCLUDED.member_count_rank ELSE r.member_count_rank END)
         RETURNING r.sdk_app_id, r.room_id, r.last_destroy_at, is_citus;
     END LOOP;
