@@ -3,41 +3,36 @@
 #   docker build -t roomsync .                          # runtime image (last stage, the default)
 #   docker build --target migrate -t roomsync-migrate .   # one-shot `sqlx migrate run` image
 #
-# Stages: chef -> planner -> builder -> runtime, and sqlx-cli -> migrate.
-# cargo-chef splits the build so that the dependency graph is compiled in its own layer, keyed
-# only on recipe.json (Cargo.toml + Cargo.lock): editing src/ recompiles roomsync alone.
+# Stages: builder -> runtime, and sqlx-cli -> migrate.
+# The builder keeps cargo's registry and build directory in BuildKit cache mounts, so editing
+# src/ recompiles roomsync alone. (cargo-chef, used before, stubs every local crate in its
+# recipe, the patched vendor/sqlx-core included, and the dependencies would then not build.)
 # Validate changes with scripts/validate-containers (hadolint).
 
-# ---- chef: Rust toolchain + cargo-chef ------------------------------------------------------
-FROM rust:1.95-bookworm AS chef
-ARG CARGO_CHEF_VERSION=0.1.78
-RUN cargo install cargo-chef --locked --version "${CARGO_CHEF_VERSION}"
+# ---- builder: roomsync, release ---------------------------------------------------------------
+FROM rust:1.95-bookworm AS builder
 WORKDIR /app
-
-# ---- planner: compute the dependency recipe --------------------------------------------------
-FROM chef AS planner
-COPY . .
-RUN cargo chef prepare --recipe-path recipe.json --bin roomsync
-
-# ---- builder: cook dependencies (cached), then build roomsync ---------------------------------
-FROM chef AS builder
 # The query macros read the committed .sqlx/ data; the build never talks to a database.
 # No debug info in the image: Cargo.toml's `debug = "line-tables-only"` (kept for local
 # profiling and benchmarks) makes the binary about 70 MB, nearly all of it DWARF. Stripping
 # only the debug info keeps the symbol table, so a backtrace (RUST_BACKTRACE=1) still names
 # every function, and a panic message still carries its file:line; only per-frame line numbers
-# go. Set before `cook` as well, so the cached dependencies are built with the same profile.
+# go.
 ENV SQLX_OFFLINE=true \
     CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo
-COPY --from=planner /app/recipe.json recipe.json
-RUN cargo chef cook --release --locked --bin roomsync --recipe-path recipe.json
 COPY Cargo.toml Cargo.lock ./
+# sqlx-core with TCP_NODELAY until the next sqlx release (vendor/README.md).
+COPY vendor ./vendor
 COPY .sqlx ./.sqlx
 # Embedded into the binary at compile time by sqlx::migrate!("./migrations").
 COPY migrations ./migrations
 COPY src ./src
-RUN cargo build --release --locked --bin roomsync
+# The build directory is a cache mount: the binary is copied out of it.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/app/target \
+    cargo build --release --locked --bin roomsync \
+    && cp target/release/roomsync /usr/local/bin/roomsync
 
 # ---- sqlx-cli: the migration tool, same minor version as the sqlx crate ------------------------
 FROM rust:1.95-bookworm AS sqlx-cli
@@ -79,7 +74,7 @@ RUN apt-get update \
     && useradd --system --no-log-init --uid 10001 --gid roomsync \
         --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin roomsync \
     && install -d -o roomsync -g roomsync -m 0750 /var/lib/roomsync
-COPY --from=builder /app/target/release/roomsync /usr/local/bin/roomsync
+COPY --from=builder /usr/local/bin/roomsync /usr/local/bin/roomsync
 # Numeric ids so that runtimes enforcing runAsNonRoot can verify them.
 USER 10001:10001
 ENV LISTEN_ADDR=0.0.0.0:8080

@@ -88,6 +88,10 @@ struct Args {
     /// Writes "event_time_ms,room_id" of every callback answered 200 to this file.
     #[arg(long)]
     acked_out: Option<std::path::PathBuf>,
+    /// Writes "scheduled_ms,latency_us" of every completed request (ms from the start, in
+    /// schedule order) to this file: when the slow requests were sent.
+    #[arg(long)]
+    timeline_out: Option<std::path::PathBuf>,
     /// PostgreSQL URL of roomsync's database (loopback): after the run, waits for the journal
     /// to drain and checks that every callback answered 200 is in room_events.
     #[arg(long)]
@@ -235,6 +239,8 @@ fn is_loopback(host: &str) -> bool {
 struct WorkerStats {
     /// Latency of each completed request, in microseconds.
     latencies_us: Vec<u32>,
+    /// (scheduled ms from the start, latency in microseconds) of each completed request.
+    timeline: Vec<(u32, u32)>,
     /// (EventTime, room number) of each callback answered 200.
     acked: Vec<(i64, u64)>,
     errors: BTreeMap<String, u64>,
@@ -336,6 +342,15 @@ async fn run(args: Args) -> Result<Value, BoxError> {
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let after = scrape_metrics(&client, &base).await?;
 
+    if let Some(path) = &args.timeline_out {
+        let mut timeline = stats.timeline.clone();
+        timeline.sort_unstable();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (at, latency) in timeline {
+            writeln!(out, "{at},{latency}")?;
+        }
+        out.flush()?;
+    }
     if let Some(path) = &args.acked_out {
         let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
         for (at, room) in &stats.acked {
@@ -455,6 +470,7 @@ fn merge(into: &mut WorkerStats, w: WorkerStats) {
     into.leaves += w.leaves;
     into.max_behind = into.max_behind.max(w.max_behind);
     into.window_latencies_us.extend(w.window_latencies_us);
+    into.timeline.extend(w.timeline);
     into.window_accepted += w.window_accepted;
 }
 
@@ -543,6 +559,10 @@ async fn worker(plan: Arc<Plan>, client: reqwest::Client, mut rng: SmallRng) -> 
         let latency = scheduled.elapsed();
         let latency_us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         stats.latencies_us.push(latency_us);
+        let since_start = scheduled.saturating_duration_since(plan.start).as_millis();
+        stats
+            .timeline
+            .push((u32::try_from(since_start).unwrap_or(u32::MAX), latency_us));
         let in_window = plan.window_start.is_some_and(|from| scheduled >= from);
         if in_window {
             stats.window_latencies_us.push(latency_us);

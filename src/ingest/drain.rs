@@ -12,7 +12,7 @@ use super::{Ingest, UNPARSABLE_CODE};
 use crate::{
     callback::{Callback, CallbackQuery, parse_stored},
     journal::{Entry, JournalError, PARK_BACKOFF_MAX},
-    store::{self, Outcome, RejectedCallback, StoreError, write_isolating},
+    store::{self, Held, Outcome, RejectedCallback, StoreError, write_isolating},
 };
 
 /// How often the drain task probes a database that is down.
@@ -347,7 +347,7 @@ async fn write_by_room(
     let groups = layout.partition(callbacks, DRAIN_WRITERS);
     let writes = groups.iter().map(|group| {
         let batch: Vec<&Callback> = group.iter().map(|&i| callbacks[i]).collect();
-        async move { write_isolating(pool, layout.dialect(), &batch).await }
+        async move { write_isolating(&mut Held::new(pool), layout.dialect(), &batch).await }
     });
     let written = futures_util::future::join_all(writes).await;
     let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];

@@ -25,7 +25,7 @@ pub use apply::{Dialect, Outcome, apply_batch};
 pub use health::{Health, connect_once};
 pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};
-pub use writer::{Writer, WriterOptions, write_batch, write_batch_as, write_isolating};
+pub use writer::{Held, Writer, WriterOptions, write_batch, write_batch_as, write_isolating};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

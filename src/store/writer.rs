@@ -12,10 +12,10 @@
 use std::{
     collections::{HashSet, VecDeque},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
 use tokio::{
     sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot},
     task::JoinSet,
@@ -27,6 +27,10 @@ use crate::{callback::Callback, telemetry::Metrics};
 
 /// How often the writers reread the room tables' distribution (a rebalance moves shards).
 const LAYOUT_REFRESH: Duration = Duration::from_secs(10);
+/// A writer task gives its connection back after this long without a batch...
+const HOLD_IDLE: Duration = Duration::from_secs(1);
+/// ...and after this long in all, so that the pool's connection lifetime still applies.
+const HOLD_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -36,6 +40,9 @@ pub struct WriterOptions {
     pub tasks: usize,
     /// How long a request waits for its commit before it is answered 503.
     pub timeout: Duration,
+    /// Whether a task keeps its connection from one batch to the next ([`Held`]); false when
+    /// the tasks would hold every connection of the pool.
+    pub hold: bool,
 }
 
 struct Job {
@@ -101,11 +108,27 @@ impl Writer {
         for _ in 0..options.tasks {
             let (pool, queue, metrics) = (pool.clone(), queue.clone(), metrics.clone());
             let (max_batch, health, layout) = (options.max_batch, health.clone(), layout.clone());
+            let hold = options.hold;
             tasks.spawn(async move {
-                while let Some(batch) = next_batch(&queue, max_batch).await {
+                let mut conn = Held::new(&pool);
+                loop {
+                    let batch = match tokio::time::timeout(HOLD_IDLE, next_batch(&queue, max_batch))
+                        .await
+                    {
+                        Ok(batch) => batch,
+                        // Idle: the connection goes back to the pool for others.
+                        Err(_) => {
+                            conn.give_back();
+                            next_batch(&queue, max_batch).await
+                        }
+                    };
+                    let Some(batch) = batch else { break };
                     let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
                     let known = layout.get().dialect();
-                    commit_batch(&pool, known, batch, &health, &metrics).await;
+                    commit_batch(&mut conn, known, batch, &health, &metrics).await;
+                    if !hold || conn.held_for() > HOLD_MAX {
+                        conn.give_back();
+                    }
                     release(&queue, &groups);
                 }
             });
@@ -227,7 +250,7 @@ fn release(queue: &Queue, groups: &[u64]) {
 }
 
 async fn commit_batch(
-    pool: &PgPool,
+    conn: &mut Held,
     known: Option<Dialect>,
     batch: Vec<Job>,
     health: &Health,
@@ -243,7 +266,7 @@ async fn commit_batch(
     }
     let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
     metrics.batch_size.observe(batch.len() as f64);
-    let results = write_isolating(pool, known, &callbacks).await;
+    let results = write_isolating(conn, known, &callbacks).await;
     for (job, result) in batch.into_iter().zip(results) {
         let _ = job.reply.send(result);
     }
@@ -256,7 +279,7 @@ async fn commit_batch(
 /// server, not the records, answers every callback not yet written. Results in the order given.
 /// `known`: the database's form, if known ([`apply_batch`]).
 pub async fn write_isolating(
-    pool: &PgPool,
+    conn: &mut Held,
     known: Option<Dialect>,
     callbacks: &[&Callback],
 ) -> Vec<Result<Outcome, StoreError>> {
@@ -268,7 +291,7 @@ pub async fn write_isolating(
         if range.is_empty() {
             continue;
         }
-        match write_batch_as(pool, known, &callbacks[range.clone()]).await {
+        match write_batch_as(conn, known, &callbacks[range.clone()]).await {
             Ok(outcomes) => {
                 for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
                     *slot = Some(Ok(outcome));
@@ -306,26 +329,76 @@ pub async fn write_batch(
     pool: &PgPool,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, StoreError> {
-    write_batch_as(pool, None, callbacks).await
+    write_batch_as(&mut Held::new(pool), None, callbacks).await
 }
 
-/// [`write_batch`], in the database's form when the caller knows it.
+/// [`write_batch`], on `conn`, in the database's form when the caller knows it.
 pub async fn write_batch_as(
-    pool: &PgPool,
+    conn: &mut Held,
     known: Option<Dialect>,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut order: Vec<usize> = (0..callbacks.len()).collect();
     order.sort_by(|&a, &b| lock_order(callbacks[a]).cmp(&lock_order(callbacks[b])));
     let sorted: Vec<&Callback> = order.iter().map(|&i| callbacks[i]).collect();
-    let mut tx = pool.begin().await?;
-    let applied = apply_batch(&mut tx, &sorted, known).await?;
-    tx.commit().await?;
+    let applied = async {
+        let mut tx = sqlx::Connection::begin(conn.get().await?).await?;
+        let applied = apply_batch(&mut tx, &sorted, known).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(applied)
+    }
+    .await;
+    let applied = match applied {
+        Ok(applied) => applied,
+        Err(error) => {
+            // The pool checks a connection it is given back, and closes a broken one.
+            conn.give_back();
+            return Err(error.into());
+        }
+    };
     let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
     for (i, outcome) in order.into_iter().zip(applied) {
         outcomes[i] = outcome;
     }
     Ok(outcomes)
+}
+
+/// A connection taken from the pool at the first batch and kept for the next ones. The pool
+/// checks a connection with a round trip when it hands it out and another when it takes it
+/// back: for the small batches of a light load that is two round trips in six
+/// (BENCHMARKS.md, "A connection a writer keeps"). Given back after an error (the pool then
+/// closes it if it is broken), and by the writer tasks when idle.
+pub struct Held {
+    pool: PgPool,
+    conn: Option<(PoolConnection<Postgres>, Instant)>,
+}
+
+impl Held {
+    pub fn new(pool: &PgPool) -> Self {
+        Self {
+            pool: pool.clone(),
+            conn: None,
+        }
+    }
+
+    async fn get(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        if self.conn.is_none() {
+            self.conn = Some((self.pool.acquire().await?, Instant::now()));
+        }
+        Ok(&mut self.conn.as_mut().expect("just taken").0)
+    }
+
+    /// How long the connection has been held (zero when none is).
+    fn held_for(&self) -> Duration {
+        self.conn
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, since)| since.elapsed())
+    }
+
+    /// Gives the connection back to the pool.
+    pub fn give_back(&mut self) {
+        self.conn = None;
+    }
 }
 
 fn lock_order(callback: &Callback) -> (bool, i64, Option<&str>, &[u8; 32]) {

@@ -4,6 +4,7 @@
 mod batches;
 mod callback;
 mod citus;
+mod connection;
 mod drift;
 mod durability;
 mod edges;

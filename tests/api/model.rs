@@ -879,7 +879,13 @@ async fn batches_of_any_size(pool: PgPool, known: Option<roomsync::store::Dialec
     }
     let most = batches.iter().map(Vec::len).max().unwrap_or(0);
     futures_util::stream::iter(&batches)
-        .map(|batch| roomsync::store::write_batch_as(&pool, known, batch))
+        .map(|batch| {
+            let pool = &pool;
+            async move {
+                let mut conn = roomsync::store::Held::new(pool);
+                roomsync::store::write_batch_as(&mut conn, known, batch).await
+            }
+        })
         .buffer_unordered(2)
         .for_each(|written| async move {
             written.expect("a batch is stored");
