@@ -101,13 +101,12 @@ impl Application {
         metrics
             .callback_signing_enabled
             .set(i64::from(config.callback_token.is_some()));
-        let tasks = (config.database_max_connections as usize).clamp(1, 4);
         let options = WriterOptions {
             max_batch: config.batch_max_events,
-            tasks,
+            tasks: config.batch_writers,
             timeout: config.commit_timeout,
             // Readiness, the drain and the rest need a connection too.
-            hold: tasks < config.database_max_connections as usize,
+            hold: config.batch_writers < config.database_max_connections as usize,
         };
         let health = store::Health::new(&pool, schema_ready);
         let (writer, writer_tasks) =

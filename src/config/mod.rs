@@ -63,6 +63,8 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     pub http_workers: usize,
     pub batch_max_events: usize,
+    /// Transactions of callbacks in flight at once (the writer tasks).
+    pub batch_writers: usize,
     /// The local journal file (docs/durability.md#the-local-journal).
     pub journal_path: PathBuf,
     /// Past this many bytes of pending callbacks the journal refuses more (503).
@@ -156,6 +158,7 @@ impl Config {
             )?),
             http_workers: parse_or(&get, "HTTP_WORKERS", workers_default)?,
             batch_max_events: parse_or(&get, "BATCH_MAX_EVENTS", 256)?,
+            batch_writers: parse_or(&get, "BATCH_WRITERS", 2)?,
             journal_path: get("JOURNAL_PATH")
                 .map_or_else(|| PathBuf::from("journal/roomsync.redb"), PathBuf::from),
             journal_max_bytes: parse_or(&get, "JOURNAL_MAX_BYTES", 256 * 1024 * 1024)?,
@@ -230,6 +233,7 @@ impl Config {
             ),
             ("HTTP_WORKERS", config.http_workers),
             ("BATCH_MAX_EVENTS", config.batch_max_events),
+            ("BATCH_WRITERS", config.batch_writers),
             (
                 "DATABASE_ACQUIRE_TIMEOUT_MS",
                 config.database_acquire_timeout.as_millis() as usize,
@@ -388,6 +392,7 @@ mod tests {
                     return None;
                 }
                 "BATCH_MAX_EVENTS" => c.batch_max_events.to_string(),
+                "BATCH_WRITERS" => c.batch_writers.to_string(),
                 "JOURNAL_PATH" => c.journal_path.display().to_string(),
                 "JOURNAL_MAX_BYTES" => c.journal_max_bytes.to_string(),
                 "EVENT_RETENTION_DAYS" => return c.event_retention_days.map(|d| d.to_string()),
