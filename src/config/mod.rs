@@ -417,7 +417,7 @@ mod tests {
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            31,
+            32,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {
