@@ -480,6 +480,10 @@ mod tests {
                 "HTTP_MAX_CONNECTIONS",
             ),
             (
+                &[BASE[0], BASE[1], ("BATCH_WRITERS", "0")],
+                "BATCH_WRITERS",
+            ),
+            (
                 &[BASE[0], BASE[1], ("REJECTED_RETENTION_DAYS", "0")],
                 "REJECTED_RETENTION_DAYS",
             ),
