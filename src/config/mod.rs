@@ -479,10 +479,7 @@ mod tests {
                 &[BASE[0], BASE[1], ("HTTP_MAX_CONNECTIONS", "0")],
                 "HTTP_MAX_CONNECTIONS",
             ),
-            (
-                &[BASE[0], BASE[1], ("BATCH_WRITERS", "0")],
-                "BATCH_WRITERS",
-            ),
+            (&[BASE[0], BASE[1], ("BATCH_WRITERS", "0")], "BATCH_WRITERS"),
             (
                 &[BASE[0], BASE[1], ("REJECTED_RETENTION_DAYS", "0")],
                 "REJECTED_RETENTION_DAYS",
