@@ -347,15 +347,9 @@ pub async fn write_batch_as(
         tx.commit().await?;
         Ok::<_, sqlx::Error>(applied)
     }
-    .await;
-    let applied = match applied {
-        Ok(applied) => applied,
-        Err(error) => {
-            // The pool checks a connection it is given back, and closes a broken one.
-            conn.give_back();
-            return Err(error.into());
-        }
-    };
+    .await
+    // The pool checks a connection it is given back, and closes a broken one.
+    .inspect_err(|_| conn.give_back())?;
     let mut outcomes = vec![Outcome::Duplicate; callbacks.len()];
     for (i, outcome) in order.into_iter().zip(applied) {
         outcomes[i] = outcome;
@@ -365,9 +359,9 @@ pub async fn write_batch_as(
 
 /// A connection taken from the pool at the first batch and kept for the next ones. The pool
 /// checks a connection with a round trip when it hands it out and another when it takes it
-/// back: for the small batches of a light load that is two round trips in six
-/// (BENCHMARKS.md, "A connection a writer keeps"). Given back after an error (the pool then
-/// closes it if it is broken), and by the writer tasks when idle.
+/// back: two of a batch's seven round trips (BENCHMARKS.md, "Nagle's delay and the number of
+/// writers"). Given back after an error (the pool then closes it if it is broken), and by the
+/// writer tasks when idle or after [`HOLD_MAX`].
 pub struct Held {
     pool: PgPool,
     conn: Option<(PoolConnection<Postgres>, Instant)>,
