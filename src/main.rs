@@ -189,7 +189,10 @@ async fn reconcile(
     let pool = startup::database_pool(&config).map_err(chain)?;
     let client = TencentClient::new(&drift).map_err(chain)?;
     let metrics = std::sync::Arc::new(telemetry::Metrics::new());
-    let reconciler = Reconciler::new(pool.clone(), client, drift, metrics);
+    let (writer, mut writer_tasks) = startup::command_writer(&config, &pool, metrics.clone())
+        .await
+        .map_err(chain)?;
+    let reconciler = Reconciler::new(pool.clone(), writer, client, drift, metrics);
     if let Some(app) = apps.first().filter(|a| !reconciler.knows(**a)) {
         return Err(format!("app {} has no key in TENCENT_SECRET_KEY", app.get()).into());
     }
@@ -219,6 +222,8 @@ async fn reconcile(
         "{} rooms checked, {failed} failed, {unknown} unknown ({stored})",
         rooms.len() - failed - unknown
     );
+    drop(reconciler);
+    while writer_tasks.join_next().await.is_some() {}
     pool.close().await;
     if failed > 0 {
         return Err(format!("{failed} of {} rooms could not be checked", rooms.len()).into());
@@ -297,8 +302,9 @@ async fn migrate(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     store::connect_once(&pool.connect_options(), std::time::Duration::from_secs(10))
         .await
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
-    store::MIGRATOR.run(&pool).await?;
-    tracing::info!("migrations applied");
+    store::ensure_schema(&pool.connect_options(), true)
+        .await
+        .map_err(chain)?;
     Ok(())
 }
 

@@ -14,10 +14,10 @@ use tracing_actix_web::TracingLogger;
 use crate::{
     config::Config,
     http::{self, AppContext},
-    ingest::Ingest,
-    journal::{Journal, JournalError},
+    ingest::{Drain, Ingest},
+    journal::{Journal, JournalError, Reader},
     reconcile::Reconciler,
-    store::{self, Writer, WriterOptions},
+    store::{self, ReachError, Writer, WriterOptions},
     telemetry::{Metrics, RequestSpan},
     tencent::{TencentClient, TencentError},
 };
@@ -66,28 +66,6 @@ impl Application {
     pub async fn build_with_pool(config: Config, pool: PgPool) -> Result<Self, StartupError> {
         let journal = Journal::open(&config.journal_path, config.journal_max_bytes)
             .map_err(StartupError::Journal)?;
-        // The database may be down right now: then callbacks go to the journal, and the drain
-        // task applies the migrations once it reaches the database.
-        let schema_ready = match store::ping(&pool).await {
-            Ok(()) => {
-                if config.run_migrations {
-                    store::MIGRATOR
-                        .run(&pool)
-                        .await
-                        .map_err(StartupError::Migrate)?;
-                }
-                true
-            }
-            Err(error) => {
-                // A fresh connection names the cause the pool's timeout hides.
-                let cause = store::connect_once(&pool.connect_options(), Duration::from_secs(3))
-                    .await
-                    .err()
-                    .map_or_else(|| format!("{error:?}"), |e| e.to_string());
-                tracing::warn!(%cause, journal_depth = journal.depth(), "database unreachable at start; callbacks go to the local journal");
-                false
-            }
-        };
         let listener =
             TcpListener::bind(config.listen_addr).map_err(|source| StartupError::Listen {
                 addr: config.listen_addr.to_string(),
@@ -101,29 +79,54 @@ impl Application {
         metrics
             .callback_signing_enabled
             .set(i64::from(config.callback_token.is_some()));
+        // The database may be down right now: then callbacks go to the journal, and the drain
+        // applies the migrations once it reaches the database. A migration that fails on a
+        // database that answers stops the start-up.
+        let health = store::Health::new(&pool, config.run_migrations, metrics.clone());
+        match health.reach(&pool).await {
+            Ok(()) => {}
+            Err(ReachError::Migrate(error)) => return Err(StartupError::Migrate(error)),
+            Err(error) => {
+                // A fresh connection names the cause the pool's timeout hides.
+                let cause = store::connect_once(&pool.connect_options(), Duration::from_secs(3))
+                    .await
+                    .err()
+                    .map_or_else(|| crate::telemetry::error_chain(&error), |e| e.to_string());
+                tracing::warn!(%cause, journal_depth = journal.depth(), "database not ready at start; callbacks go to the local journal");
+            }
+        }
         let options = WriterOptions {
             max_batch: config.batch_max_events,
             tasks: config.batch_writers,
             timeout: config.commit_timeout,
             // Readiness, the drain and the rest need a connection too.
             hold: config.batch_writers < config.database_max_connections as usize,
+            lock_timeout: config.database_lock_timeout,
+            write_timeout: config.database_write_timeout,
+            layout_refresh: config.timings.layout_refresh,
         };
-        let health = store::Health::new(&pool, schema_ready);
         let (writer, writer_tasks) =
             Writer::spawn(pool.clone(), options, health.clone(), metrics.clone());
+        let rejected = Arc::new(store::RejectedStore::new(pool.clone(), config.rejected));
         let ingest = Ingest::new(
-            writer,
+            writer.clone(),
             journal.clone(),
-            pool.clone(),
-            health,
-            schema_ready,
-            config.run_migrations,
-            store::RejectedStore::new(pool.clone(), config.rejected),
+            health.clone(),
+            rejected.clone(),
             metrics.clone(),
         );
         // Background tasks stop at a safe point when this turns true (not by abort).
         let (shutdown, stopping) = watch::channel(false);
-        let drain = ingest.spawn_drain(stopping.clone());
+        let drain = Drain {
+            reader: Reader::new(journal.clone()),
+            writer: writer.clone(),
+            health: health.clone(),
+            pool: pool.clone(),
+            rejected,
+            metrics: metrics.clone(),
+            timings: config.timings,
+        }
+        .spawn(stopping.clone());
         let retention = store::retention::spawn(
             pool.clone(),
             config.event_retention_days,
@@ -133,8 +136,13 @@ impl Application {
         let reconciler = match &config.drift_repair {
             Some(drift) if !drift.interval.is_zero() => {
                 let client = TencentClient::new(drift).map_err(StartupError::Tencent)?;
-                let reconciler =
-                    Reconciler::new(pool.clone(), client, drift.clone(), metrics.clone());
+                let reconciler = Reconciler::new(
+                    pool.clone(),
+                    writer.clone(),
+                    client,
+                    drift.clone(),
+                    metrics.clone(),
+                );
                 Some(reconciler.spawn(stopping))
             }
             _ => None,
@@ -147,6 +155,7 @@ impl Application {
             config,
             pool: pool.clone(),
             ingest,
+            health,
             metrics,
         });
         let server = HttpServer::new(move || {
@@ -248,4 +257,25 @@ pub fn database_pool(config: &Config) -> Result<PgPool, StartupError> {
         config.database_max_connections,
         config.database_acquire_timeout,
     ))
+}
+
+/// A writer for a one-shot command (`roomsync reconcile`): one task, the service's bounds, the
+/// schema checked first. Drop the writer, then join the tasks, to finish.
+pub async fn command_writer(
+    config: &Config,
+    pool: &PgPool,
+    metrics: Arc<Metrics>,
+) -> Result<(Writer, JoinSet<()>), store::ReachError> {
+    let health = store::Health::new(pool, false, metrics.clone());
+    health.reach(pool).await?;
+    let options = WriterOptions {
+        max_batch: config.batch_max_events,
+        tasks: 1,
+        timeout: config.commit_timeout,
+        hold: false,
+        lock_timeout: config.database_lock_timeout,
+        write_timeout: config.database_write_timeout,
+        layout_refresh: config.timings.layout_refresh,
+    };
+    Ok(Writer::spawn(pool.clone(), options, health, metrics))
 }

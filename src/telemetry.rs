@@ -101,6 +101,8 @@ pub struct Metrics {
     pub journal_parked: IntGauge,
     /// Times a record was parked (each failed attempt counts).
     pub journal_parked_total: IntCounter,
+    /// Journal records this version cannot decode, set aside for the operator.
+    pub journal_unreadable: IntGauge,
     /// 1 while callbacks go to PostgreSQL, 0 while it is down and they go to the journal.
     pub database_up: IntGauge,
     /// Callbacks journaled because PostgreSQL was up but did not take them now (slow, busy,
@@ -165,6 +167,11 @@ impl Metrics {
             "Failed attempts to move a journaled callback into PostgreSQL (each parks it again)",
         )
         .expect("valid metric");
+        let journal_unreadable = IntGauge::new(
+            "journal_unreadable",
+            "Journal records this version cannot decode, set aside for the operator (roomsync journal list)",
+        )
+        .expect("valid metric");
         let database_up = IntGauge::new(
             "database_up",
             "1 while callbacks go to PostgreSQL, 0 while it is down and they go to the journal",
@@ -225,6 +232,7 @@ impl Metrics {
             Box::new(journal_drained.clone()),
             Box::new(journal_parked.clone()),
             Box::new(journal_parked_total.clone()),
+            Box::new(journal_unreadable.clone()),
             Box::new(database_up.clone()),
             Box::new(store_slow.clone()),
             Box::new(rejected_dropped.clone()),
@@ -247,6 +255,7 @@ impl Metrics {
             journal_drained,
             journal_parked,
             journal_parked_total,
+            journal_unreadable,
             database_up,
             store_slow,
             rejected_dropped,

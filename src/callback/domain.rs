@@ -331,6 +331,17 @@ pub struct Callback {
 }
 
 impl Callback {
+    /// The room whose view this callback changes, as (app, room id): the room a write locks,
+    /// the writer's group on plain PostgreSQL, and the lock order. `None` for history-only
+    /// callbacks (no room, or a command roomsync does not know).
+    pub fn locked_room(&self) -> Option<(i64, &str)> {
+        let room = self
+            .room_id
+            .as_ref()
+            .filter(|_| self.event.changes_state())?;
+        Some((self.sdk_app_id.get(), room.as_str()))
+    }
+
     /// A drift-repair correction observed at `at`: `event` is an enter, a leave, a destroy or
     /// a seat list; `payload` is the REST answer it came from.
     pub fn correction(

@@ -65,6 +65,13 @@ pub struct Config {
     pub batch_max_events: usize,
     /// Transactions of callbacks in flight at once (the writer tasks).
     pub batch_writers: usize,
+    /// `lock_timeout` of every write transaction: how long a room held by another session
+    /// may stall a batch before that room's callbacks are given back (docs/durability.md).
+    pub database_lock_timeout: Duration,
+    /// The writer's own bound on one transaction, whatever it waits for.
+    pub database_write_timeout: Duration,
+    /// Intervals of the background tasks; not variables (tests shorten them).
+    pub timings: Timings,
     /// The local journal file (docs/durability.md#the-local-journal).
     pub journal_path: PathBuf,
     /// Past this many bytes of pending callbacks the journal refuses more (503).
@@ -81,6 +88,24 @@ pub struct Config {
     pub rejected: RejectedLimits,
     /// Drift repair (docs/drift-repair.md); `None` without `TENCENT_SECRET_KEY`.
     pub drift_repair: Option<DriftRepairConfig>,
+}
+
+/// How often the background tasks look again. Fixed in production; a test may shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How often the drain probes a database that is down, and waits after a failed step.
+    pub drain_retry: Duration,
+    /// How often the writers reread the room tables' distribution (Citus).
+    pub layout_refresh: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            drain_retry: Duration::from_millis(500),
+            layout_refresh: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How much of what was refused is kept for an operator (see [`Config::rejected`]).
@@ -159,6 +184,17 @@ impl Config {
             http_workers: parse_or(&get, "HTTP_WORKERS", workers_default)?,
             batch_max_events: parse_or(&get, "BATCH_MAX_EVENTS", 256)?,
             batch_writers: parse_or(&get, "BATCH_WRITERS", 2)?,
+            database_lock_timeout: Duration::from_millis(parse_or(
+                &get,
+                "DATABASE_LOCK_TIMEOUT_MS",
+                200,
+            )?),
+            database_write_timeout: Duration::from_millis(parse_or(
+                &get,
+                "DATABASE_WRITE_TIMEOUT_MS",
+                10_000,
+            )?),
+            timings: Timings::default(),
             journal_path: get("JOURNAL_PATH")
                 .map_or_else(|| PathBuf::from("journal/roomsync.redb"), PathBuf::from),
             journal_max_bytes: parse_or(&get, "JOURNAL_MAX_BYTES", 256 * 1024 * 1024)?,
@@ -204,6 +240,19 @@ impl Config {
         }
         if !(1..=10_000).contains(&config.commit_timeout.as_millis()) {
             return Err(invalid("COMMIT_TIMEOUT_MS", "must be in 1..=10000"));
+        }
+        if !(1..=60_000).contains(&config.database_lock_timeout.as_millis()) {
+            return Err(invalid("DATABASE_LOCK_TIMEOUT_MS", "must be in 1..=60000"));
+        }
+        // The lock timeout is what gives a held room back; the writer's own bound is the last
+        // resort above it.
+        if config.database_write_timeout <= config.database_lock_timeout
+            || config.database_write_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "DATABASE_WRITE_TIMEOUT_MS",
+                "must be above DATABASE_LOCK_TIMEOUT_MS and at most 600000",
+            ));
         }
         // A body the budget cannot hold would never be received.
         if config.http_max_inflight_body_bytes < config.max_body_bytes {

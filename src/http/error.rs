@@ -8,7 +8,6 @@ use crate::{
     codes,
     ingest::IngestError,
     journal::JournalError,
-    store::StoreError,
 };
 
 #[derive(thiserror::Error)]
@@ -57,14 +56,7 @@ impl CallbackError {
             Self::AppIdUnknown => codes::APP_ID_UNKNOWN,
             Self::TooLarge(_) => codes::TOO_LARGE,
             Self::BodiesInFlight => codes::BODIES_IN_FLIGHT,
-            Self::NotDurable(IngestError::Store(store)) => match store {
-                StoreError::Unavailable(_) => codes::STORE_UNAVAILABLE,
-                StoreError::Timeout => codes::STORE_TIMEOUT,
-                StoreError::Closed => codes::STORE_CLOSED,
-                StoreError::Refused(_) => codes::STORE_REFUSED,
-                StoreError::Busy(_) => codes::STORE_BUSY,
-                StoreError::Failed(_) => codes::STORE_FAILED,
-            },
+            Self::NotDurable(IngestError::Refused(_)) => codes::STORE_REFUSED,
             Self::NotDurable(IngestError::Journal(JournalError::Full { .. })) => {
                 codes::JOURNAL_FULL
             }

@@ -59,6 +59,8 @@ pub struct AppContext {
     pub config: Config,
     pub pool: PgPool,
     pub ingest: Ingest,
+    /// The database's verdict; `/readyz` answers from it.
+    pub health: crate::store::Health,
     pub metrics: Arc<Metrics>,
 }
 

@@ -1,207 +1,133 @@
-//! The drain task: moves the journal into PostgreSQL once it is up, in batches at the speed of
-//! the store, parks what PostgreSQL does not take, and removes what it committed
-//! (docs/durability.md#draining).
+//! The drain (docs/durability.md#draining): read a batch from the journal, write it through the
+//! writer's background lane, acknowledge what PostgreSQL committed and park what it did not
+//! take. The reading protocol is the journal [`Reader`]'s; the write path, the bounds and the
+//! verdicts are the writer's and [`Health`]'s.
 
-use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Ingest, UNPARSABLE_CODE};
+use super::UNPARSABLE_CODE;
 use crate::{
     callback::{Callback, CallbackQuery, parse_stored},
-    journal::{Entry, JournalError, PARK_BACKOFF_MAX},
-    store::{self, Held, Outcome, RejectedCallback, StoreError, write_isolating},
+    config::Timings,
+    journal::{Entry, PARK_BACKOFF_MAX, Reader},
+    store::{Budget, Health, RejectedCallback, RejectedStore, StoreError, Writer},
+    telemetry::Metrics,
 };
 
-/// How often the drain task probes a database that is down.
-const DRAIN_RETRY: Duration = Duration::from_millis(500);
 /// Records read from the journal per drain step, and the bytes that stop a step's read early.
 const DRAIN_BATCH: usize = 1024;
 const DRAIN_BATCH_BYTES: usize = 8 << 20;
-/// Transactions a drain step writes at once, each with its own rooms (so they never wait on
-/// each other's row locks).
-const DRAIN_WRITERS: usize = 2;
-/// How long the drain pauses between steps after live callbacks found PostgreSQL slow: its
-/// batches would lock rooms that live batches wait for.
-const SLOW_BACKOFF: Duration = Duration::from_secs(1);
-/// How often the drain reads the parked records for those that are due.
-const PARKED_LOOK: Duration = Duration::from_secs(1);
 
-/// Why a drain step stopped; the task tries again after [`DRAIN_RETRY`].
-#[derive(Debug, thiserror::Error)]
-pub enum DrainError {
-    #[error("the database is unreachable or too busy")]
-    Unreachable(#[source] StoreError),
-    #[error("could not apply the migrations")]
-    Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error("could not keep an unparsable record in rejected_callbacks")]
-    KeepRejected(#[source] StoreError),
-    #[error("the journal failed")]
-    Journal(#[source] JournalError),
+/// The drain task's parts.
+pub struct Drain {
+    pub reader: Reader,
+    pub writer: Writer,
+    pub health: Health,
+    pub pool: PgPool,
+    pub rejected: Arc<RejectedStore>,
+    pub metrics: Arc<Metrics>,
+    pub timings: Timings,
 }
 
-impl Ingest {
+/// What a step did.
+enum Step {
+    Worked,
+    /// Nothing to do for this long (`None`: until woken).
+    Idle(Option<Duration>),
+    /// The database or the journal failed: try again after the retry interval.
+    Failed,
+}
+
+impl Drain {
     /// Drains the journal while PostgreSQL is up, until `shutdown` turns true; a step under way
-    /// then finishes (its batch committed and removed, or left pending). Idle (no timer, no
-    /// polling) while nothing is pending or parked and the database is up.
-    pub fn spawn_drain(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-        let ingest = self.clone();
+    /// then finishes (its batch committed and acknowledged, or left pending). Idle (no timer,
+    /// no polling) while nothing is pending or parked and the database is up.
+    pub fn spawn(mut self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut drain = Drain::default();
+            self.show();
             while !*shutdown.borrow() {
-                let wait = match ingest.drain_step(&mut drain).await {
-                    Ok(Step::Worked) => continue,
-                    Ok(Step::Idle(wait)) => wait,
-                    Err(error) => {
-                        drain.cursor = None;
-                        ingest.show_journal();
-                        // Its keys stay in `applied` if it failed: retried at the next step.
-                        let _ = ingest.finish_removal(&mut drain).await;
-                        tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = ingest.journal.depth(), "journal drain paused");
-                        Some(DRAIN_RETRY)
-                    }
+                // Made before the step reads, so an append during the step wakes the next one.
+                let journal = self.reader.journal().clone();
+                let appended = journal.appended();
+                tokio::pin!(appended);
+                let wait = match self.step().await {
+                    Step::Worked => continue,
+                    Step::Idle(wait) => wait,
+                    Step::Failed => Some(self.timings.drain_retry),
                 };
-                let woken = ingest.wake_drain.notified();
                 tokio::select! {
-                    _ = woken => {}
+                    _ = &mut appended => {}
                     _ = shutdown.changed() => {}
                     _ = sleep_or_forever(wait) => {}
                 }
             }
-            if let Err(error) = ingest.finish_removal(&mut drain).await {
-                tracing::warn!(error = %crate::telemetry::error_chain(&error), "journal removal failed at stop; the records drain again (a no-op) at the next start");
-            }
+            self.reader.finish().await;
+            self.show();
         })
     }
 
     /// One step: makes sure the database is there, then moves one batch (pending records and
     /// parked ones that are due) into it.
-    async fn drain_step(&self, drain: &mut Drain) -> Result<Step, DrainError> {
-        if !self.health.is_up() || !self.schema_ready.load(Ordering::Relaxed) {
-            self.reach_database().await?;
+    async fn step(&mut self) -> Step {
+        if self.reader.removal_failed() {
+            self.reader.retry_removal();
         }
-        // Applied earlier, but their removal failed: remove them before anything else.
-        if drain.removal.is_none() && !drain.applied.is_empty() {
-            let keys: Vec<u64> = drain.applied.iter().copied().collect();
-            self.journal
-                .remove(keys)
-                .await
-                .map_err(DrainError::Journal)?;
-            drain.applied.clear();
-            self.show_journal();
-        }
-        if self.journal.depth() == 0 {
-            drain.cursor = None;
-            return Ok(Step::Idle(None));
-        }
-        // While live callbacks find PostgreSQL slow, the drain takes a small share of it.
-        let since_slow = Utc::now().timestamp_millis() - self.last_slow_ms.load(Ordering::Relaxed);
-        if since_slow < SLOW_BACKOFF.as_millis() as i64 {
-            tokio::time::sleep(SLOW_BACKOFF).await;
-        }
-        let mut entries = match drain.read_ahead.take() {
-            // Read while the previous step wrote, from where this step starts.
-            Some((from, entries)) if from == drain.cursor => entries,
-            _ => self
-                .journal
-                .pending_after(drain.cursor, DRAIN_BATCH, DRAIN_BATCH_BYTES)
-                .await
-                .map_err(DrainError::Journal)?,
-        };
-        if entries.is_empty() && drain.removal.is_some() {
-            // The journal may be empty once the last removal is done.
-            self.finish_removal(drain).await?;
-            return Ok(Step::Worked);
+        if !self.health.is_up() {
+            if self.reader.outstanding() == 0 && self.reader.unreadable() == 0 {
+                // Nothing to move: the next callback finds out whether it is back.
+                if let Err(error) = self.health.reach(&self.pool).await {
+                    tracing::debug!(error = %crate::telemetry::error_chain(&error), "database still not reachable");
+                    self.show();
+                    return Step::Idle(Some(self.timings.drain_retry));
+                }
+            } else if let Err(error) = self.health.reach(&self.pool).await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = self.reader.outstanding(), "journal drain paused");
+                self.show();
+                return Step::Failed;
+            }
         }
         let now = Utc::now();
-        // Parked records are looked at once a second at most: their table is read whole.
-        let look_at_parked = drain
-            .parked_seen_at
-            .is_none_or(|at| at.elapsed() >= PARKED_LOOK);
-        if self.journal.parked() > 0 && entries.len() < DRAIN_BATCH && look_at_parked {
-            drain.parked_seen_at = Some(std::time::Instant::now());
-            let due = self
-                .journal
-                .parked_entries(Some(now), DRAIN_BATCH - entries.len())
-                .await
-                .map_err(DrainError::Journal)?;
-            entries.extend(due);
-        }
-        if entries.is_empty() {
-            if drain.cursor.take().is_some() {
-                return Ok(Step::Worked); // read again from the oldest
+        let batch = match self.reader.next(DRAIN_BATCH, DRAIN_BATCH_BYTES, now).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "journal read failed; trying again");
+                return Step::Failed;
             }
-            // Only parked records, none due yet.
-            let due = self
-                .journal
-                .next_parked_due()
-                .await
-                .map_err(DrainError::Journal)?;
-            let until_due = due.map_or(PARK_BACKOFF_MAX, |at| {
+        };
+        if !batch.unreadable.is_empty() {
+            self.metrics
+                .journal_unreadable
+                .set(self.reader.unreadable() as i64);
+        }
+        if batch.entries.is_empty() {
+            self.show();
+            if self.reader.removal_failed() {
+                return Step::Idle(Some(self.timings.drain_retry));
+            }
+            // Only parked records (or none): until the first is due, at most a backoff's cap.
+            let until_due = self.reader.journal().next_parked_due().map(|at| {
                 (at - now)
                     .to_std()
                     .unwrap_or_default()
                     .min(PARK_BACKOFF_MAX)
             });
-            // Not before the next look at them is allowed (no spinning meanwhile).
-            let until_look = drain.parked_seen_at.map_or(Duration::ZERO, |at| {
-                PARKED_LOOK.saturating_sub(at.elapsed())
-            });
-            return Ok(Step::Idle(Some(until_due.max(until_look))));
+            return Step::Idle(until_due);
         }
-        if let Some(last) = entries
-            .iter()
-            .filter(|e| e.parked.is_none())
-            .map(|e| e.key)
-            .max()
-        {
-            drain.cursor = Some(last);
-        }
-        // The next step's records are read while this one writes.
-        let from = drain.cursor;
-        let next = self
-            .journal
-            .pending_after(from, DRAIN_BATCH, DRAIN_BATCH_BYTES);
-        let (moved, next) = tokio::join!(self.move_batch(entries, drain), next);
-        moved?;
-        if let Ok(next) = next {
-            drain.read_ahead = Some((from, next));
-        }
-        Ok(Step::Worked)
+        let step = self.move_batch(batch.entries).await;
+        self.show();
+        step
     }
 
-    /// Waits for nothing: one probe of the server, then the migrations if they are pending.
-    async fn reach_database(&self) -> Result<(), DrainError> {
-        if let Err(error) = store::ping(&self.pool).await {
-            return Err(DrainError::Unreachable(self.health.judge(error).await));
-        }
-        if !self.schema_ready.load(Ordering::Relaxed) {
-            if self.run_migrations {
-                store::MIGRATOR
-                    .run(&self.pool)
-                    .await
-                    .map_err(DrainError::Migrate)?;
-                tracing::info!("migrations applied");
-            }
-            self.schema_ready.store(true, Ordering::Relaxed);
-        }
-        if self.health.set_up(true) {
-            tracing::info!(
-                depth = self.journal.depth(),
-                "database reachable again; callbacks go to it"
-            );
-        }
-        self.show_journal();
-        Ok(())
-    }
-
-    /// Writes one batch of records (with the one write path of live callbacks), then removes
-    /// what PostgreSQL committed and parks what it did not take.
-    async fn move_batch(&self, entries: Vec<Entry>, drain: &mut Drain) -> Result<(), DrainError> {
+    /// Writes one batch through the writer, then acknowledges what PostgreSQL committed and
+    /// parks what it did not take alone.
+    async fn move_batch(&mut self, entries: Vec<Entry>) -> Step {
         let mut done = Vec::new();
-        let mut parsed = Vec::with_capacity(entries.len());
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut parsed: Vec<Callback> = Vec::with_capacity(entries.len());
         for entry in entries {
             let query = CallbackQuery::parse(&entry.record.query);
             let record = &entry.record;
@@ -211,7 +137,10 @@ impl Ingest {
                 record.body.as_bytes(),
                 record.received_at,
             ) {
-                Ok(callback) => parsed.push((entry, callback)),
+                Ok(callback) => {
+                    keys.push(entry.key);
+                    parsed.push(callback);
+                }
                 // It passed the same checks when it arrived: only a record an older version
                 // took can fail here, and no database will ever take it.
                 Err(rejection) => {
@@ -227,106 +156,63 @@ impl Ingest {
                         query: &record.query,
                         body: record.body.as_bytes(),
                     };
-                    self.keep_exempt(&rejected)
+                    match self
+                        .rejected
+                        .keep(&rejected, Budget::Exempt, &self.metrics)
                         .await
-                        .map_err(DrainError::KeepRejected)?;
-                    done.push(entry.key);
-                }
-            }
-        }
-        let callbacks: Vec<&Callback> = parsed.iter().map(|(_, c)| c).collect();
-        let layout = self.writer.layout().get();
-        // The previous step's removal (an fsync) runs while this step writes.
-        let (results, removed) = tokio::join!(
-            write_by_room(&self.pool, &layout, &callbacks),
-            self.finish_removal(drain)
-        );
-        let mut parks = Vec::new();
-        let mut stopped = None;
-        for ((entry, _), result) in parsed.iter().zip(results) {
-            match result {
-                Ok(_) => done.push(entry.key),
-                Err(error) => {
-                    let error = self.health.judge(error).await;
-                    if error.is_about_the_records() {
-                        parks.push((entry.key, error.detail()));
-                    } else {
-                        // Down, or too busy to give a connection: not this record's doing. It
-                        // stays pending, and the next step starts again from the oldest.
-                        stopped.get_or_insert(error);
+                    {
+                        Ok(_) => done.push(entry.key),
+                        // Stays pending: tried again with the next pass.
+                        Err(error) => {
+                            tracing::warn!(error = %error.detail(), "could not keep an unparsable journal record in rejected_callbacks")
+                        }
                     }
                 }
             }
         }
-        if !parks.is_empty() {
-            tracing::warn!(records = parks.len(), error = %parks[0].1, "journal records not taken; parked, to be tried again");
-            self.metrics.journal_parked_total.inc_by(parks.len() as u64);
-            self.journal
-                .park(parks, Utc::now())
-                .await
-                .map_err(DrainError::Journal)?;
+        let results = self.writer.submit_all(parsed).await;
+        let mut parks = Vec::new();
+        let mut stopped: Option<StoreError> = None;
+        for (key, result) in keys.into_iter().zip(results) {
+            match result {
+                Ok(_) => done.push(key),
+                Err(error) if error.is_about_the_records() => parks.push((key, error.detail())),
+                // Down, the schema missing, no connection in time, the writer stopping: not
+                // this record's doing. It stays pending; the next step starts from the oldest.
+                Err(error) => {
+                    stopped.get_or_insert(error);
+                }
+            }
         }
         // Counted once committed, so an empty journal implies the count is complete.
         self.metrics.journal_drained.inc_by(done.len() as u64);
-        // Removed only after the commit, in the background. Until the removal is done they are
-        // in `applied`, and this process does not write them again, even if the removal fails;
-        // after a crash in between, the history's dedup key makes the second write a no-op.
-        if !done.is_empty() {
-            drain.applied.extend(done.iter().copied());
-            let journal = self.journal.clone();
-            drain.removal = Some(tokio::spawn(async move {
-                let result = journal.remove(done.clone()).await;
-                (done, result)
-            }));
+        self.reader.ack(done);
+        let mut step = Step::Worked;
+        if !parks.is_empty() {
+            tracing::warn!(records = parks.len(), error = %parks[0].1, "journal records not taken; parked, to be tried again");
+            self.metrics.journal_parked_total.inc_by(parks.len() as u64);
+            if let Err(error) = self.reader.park(parks, Utc::now()).await {
+                // They stay pending and come round again; not at once.
+                tracing::warn!(error = %crate::telemetry::error_chain(&error), "parking journal records failed");
+                step = Step::Failed;
+            }
         }
-        removed?;
-        match stopped {
-            Some(error) => Err(DrainError::Unreachable(error)),
-            None => Ok(()),
+        if let Some(error) = stopped {
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), depth = self.reader.outstanding(), "journal drain paused");
+            self.reader.rewind();
+            step = Step::Failed;
         }
+        step
     }
 
-    /// Waits for the removal started by the previous step, if any.
-    async fn finish_removal(&self, drain: &mut Drain) -> Result<(), DrainError> {
-        let Some(removal) = drain.removal.take() else {
-            return Ok(());
-        };
-        let (keys, result) = removal
-            .await
-            .map_err(|e| DrainError::Journal(JournalError::Storage(Box::new(e))))?;
-        result.map_err(DrainError::Journal)?;
-        for key in keys {
-            drain.applied.remove(&key);
-        }
-        self.show_journal();
-        Ok(())
+    fn show(&self) {
+        let journal = self.reader.journal();
+        self.metrics.journal_depth.set(journal.depth() as i64);
+        self.metrics.journal_parked.set(journal.parked() as i64);
+        self.metrics
+            .journal_unreadable
+            .set(self.reader.unreadable() as i64);
     }
-}
-
-/// The drain task's memory between steps.
-#[derive(Default)]
-struct Drain {
-    /// The newest pending key handed to PostgreSQL: the next step reads after it. Reset after
-    /// a failure, so the oldest pending record is read again.
-    cursor: Option<u64>,
-    /// Committed in PostgreSQL, not yet removed from the journal.
-    applied: HashSet<u64>,
-    /// The removal of the last step's committed records, under way: the keys and the result.
-    removal: Option<Removal>,
-    /// When the parked records were last read for the ones that are due.
-    parked_seen_at: Option<std::time::Instant>,
-    /// Pending records read ahead, and the cursor they were read after: used only if the next
-    /// step starts from that cursor (a failure resets it).
-    read_ahead: Option<(Option<u64>, Vec<Entry>)>,
-}
-
-/// A journal removal under way: the keys it removes, and its result.
-type Removal = JoinHandle<(Vec<u64>, Result<(), JournalError>)>;
-
-enum Step {
-    Worked,
-    /// Nothing to do for this long (`None`: until woken).
-    Idle(Option<Duration>),
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
@@ -334,30 +220,4 @@ async fn sleep_or_forever(wait: Option<Duration>) {
         Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
     }
-}
-
-/// Writes callbacks in up to [`DRAIN_WRITERS`] concurrent transactions (one a node on Citus),
-/// split as the live writers split them, so that they never wait on each other's locks;
-/// results in the order given.
-async fn write_by_room(
-    pool: &PgPool,
-    layout: &store::Layout,
-    callbacks: &[&Callback],
-) -> Vec<Result<Outcome, StoreError>> {
-    let groups = layout.partition(callbacks, DRAIN_WRITERS);
-    let writes = groups.iter().map(|group| {
-        let batch: Vec<&Callback> = group.iter().map(|&i| callbacks[i]).collect();
-        async move { write_isolating(&mut Held::new(pool), layout.dialect(), &batch).await }
-    });
-    let written = futures_util::future::join_all(writes).await;
-    let mut results: Vec<Option<Result<Outcome, StoreError>>> = vec![None; callbacks.len()];
-    for (group, group_results) in groups.iter().zip(written) {
-        for (&i, result) in group.iter().zip(group_results) {
-            results[i] = Some(result);
-        }
-    }
-    results
-        .into_iter()
-        .map(|r| r.expect("every callback is in one group"))
-        .collect()
 }

@@ -1,27 +1,24 @@
-//! Where an accepted callback goes: PostgreSQL when it is up, else the local journal; and the
-//! task that drains the journal into PostgreSQL (docs/durability.md). What a failure means is
-//! decided by [`Health`]; this module acts on the verdict:
+//! Where an accepted callback goes (docs/durability.md): the router sends it to PostgreSQL
+//! through the writer when the database is up, else to the local journal; the drain
+//! ([`drain`]) moves the journal into PostgreSQL through the same writer. What a failure means
+//! is decided by [`Health`] (the writer answers with its verdict); this module acts on it:
 //!
 //! | verdict | a live callback | a journaled record |
 //! |---|---|---|
-//! | down | journal, 200 | stays pending; the drain waits for the server |
-//! | slow, or not taken now | journal, 200 | parked, tried again with backoff |
+//! | down, or the schema missing | journal, 200 | stays pending; the drain waits for the server |
+//! | slow, held, or not taken now | journal, 200 | parked, tried again with backoff |
 //! | its data refused (22, 23) | 503 `50304`, kept in `rejected_callbacks` | parked, as above |
 //!
 //! An acknowledged callback leaves the journal only once PostgreSQL has committed it, or, if it
 //! no longer parses at all, once it is kept in `rejected_callbacks` (`50307`).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicI64, Ordering},
-};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
 mod drain;
 
-pub use drain::DrainError;
+pub use drain::Drain;
 
 use crate::{
     callback::Callback,
@@ -40,59 +37,41 @@ pub enum Accepted {
     Journaled,
 }
 
+/// Why a callback was not made durable: the only two ways `accept` can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error(transparent)]
-    Store(StoreError),
+    /// PostgreSQL refuses its data (it would refuse it from the journal too): 503 `50304`.
+    #[error("the database refused the callback")]
+    Refused(#[source] StoreError),
     #[error(transparent)]
     Journal(JournalError),
 }
 
-/// Shared by request handlers and the drain task.
+/// The live router, shared by request handlers.
 #[derive(Clone)]
 pub struct Ingest {
     writer: Writer,
     journal: Journal,
-    pool: PgPool,
     health: Health,
-    /// False until the migrations are known to be applied (the database may be down at start).
-    schema_ready: Arc<AtomicBool>,
-    run_migrations: bool,
     metrics: Arc<Metrics>,
-    /// Wakes the drain task when something was journaled.
-    wake_drain: Arc<tokio::sync::Notify>,
     rejected: Arc<RejectedStore>,
-    /// When a callback last went to the journal while PostgreSQL was up (ms since the epoch):
-    /// the drain then gives way to live callbacks.
-    last_slow_ms: Arc<AtomicI64>,
 }
 
 impl Ingest {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Writer,
         journal: Journal,
-        pool: PgPool,
         health: Health,
-        schema_ready: bool,
-        run_migrations: bool,
-        rejected: RejectedStore,
+        rejected: Arc<RejectedStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let ingest = Self {
+        Self {
             writer,
             journal,
-            pool,
             health,
-            schema_ready: Arc::new(AtomicBool::new(schema_ready)),
-            run_migrations,
             metrics,
-            wake_drain: Arc::new(tokio::sync::Notify::new()),
-            rejected: Arc::new(rejected),
-            last_slow_ms: Arc::new(AtomicI64::new(0)),
-        };
-        ingest.show_journal();
-        ingest
+            rejected,
+        }
     }
 
     /// Keeps a callback refused with a 4xx answer, within the budget of `rejected_callbacks`.
@@ -108,14 +87,6 @@ impl Ingest {
 
     pub fn journal_parked(&self) -> u64 {
         self.journal.parked()
-    }
-
-    fn show_journal(&self) {
-        self.metrics.journal_depth.set(self.journal.depth() as i64);
-        self.metrics
-            .journal_parked
-            .set(self.journal.parked() as i64);
-        self.metrics.database_up.set(i64::from(self.health.is_up()));
     }
 
     /// Makes `callback` durable: committed in PostgreSQL, or synced to the journal. `query`
@@ -134,7 +105,7 @@ impl Ingest {
             let error = match self.writer.submit(callback).await {
                 Ok(Outcome::Stored { id }) => return Ok(Accepted::Stored { id }),
                 Ok(Outcome::Duplicate) => return Ok(Accepted::Duplicate),
-                Err(error) => self.health.judge(error).await,
+                Err(error) => error,
             };
             if error.is_refusal() {
                 let info = format!("the database refused the callback: {}", error.detail());
@@ -146,23 +117,22 @@ impl Ingest {
                     query,
                     body,
                 };
-                if let Err(e) = self.keep_exempt(&rejected).await {
+                if let Err(e) = self
+                    .rejected
+                    .keep(&rejected, Budget::Exempt, &self.metrics)
+                    .await
+                {
                     tracing::error!(error = %e, "could not keep a refused callback");
                 }
-                return Err(IngestError::Store(error));
+                return Err(IngestError::Refused(error));
             }
-            if error.is_outage() {
-                self.metrics.database_up.set(0);
-                // The drain task probes until the database is back.
-                self.wake_drain.notify_one();
-            } else {
-                // Up, but it did not take this one now (slow, busy, or a failure that may
-                // pass): the journal keeps it; the next callbacks still try PostgreSQL. A slow
-                // commit may land as well; the history's dedup key makes the drain a no-op then.
+            if !error.is_outage() {
+                // Up, but it did not take this one now (slow, busy, a held room, a failure
+                // that may pass): the journal keeps it; the next callbacks still try
+                // PostgreSQL. A slow commit may land as well; the history's dedup key makes
+                // the drain a no-op then.
                 tracing::debug!(error = %crate::telemetry::error_chain(&error), "callback not stored now; journaling it");
                 self.metrics.store_slow.inc();
-                self.last_slow_ms
-                    .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
             }
         }
         // Built only here, off the common path. The body parsed, so it is UTF-8.
@@ -177,17 +147,8 @@ impl Ingest {
             .await
             .map_err(IngestError::Journal)?;
         self.metrics.journal_appended.inc();
-        self.show_journal();
-        self.wake_drain.notify_one();
+        self.metrics.journal_depth.set(self.journal.depth() as i64);
         Ok(Accepted::Journaled)
-    }
-
-    /// Keeps a record whatever the budget: PostgreSQL refused it, or it no longer parses.
-    async fn keep_exempt(&self, rejected: &RejectedCallback<'_>) -> Result<(), StoreError> {
-        self.rejected
-            .keep(rejected, Budget::Exempt, &self.metrics)
-            .await
-            .map(|_| ())
     }
 }
 

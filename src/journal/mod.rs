@@ -1,5 +1,5 @@
 //! The local durable journal (docs/durability.md#the-local-journal): where callbacks go, fsync'd,
-//! when PostgreSQL cannot take them, until the drain task moves them there.
+//! when PostgreSQL cannot take them, until the drain moves them there.
 //!
 //! Storage is [redb](https://docs.rs/redb): an embedded, crash-safe key-value store whose
 //! commits are durable on return (`Durability::Immediate`, fsync). The journal is a queue of
@@ -10,13 +10,20 @@
 //!   kept with its error, attempt count and next attempt time, and tried again with backoff for
 //!   as long as it takes.
 //!
+//! It hands out three faces: the appender ([`Journal::append`], group commit, `append.rs`), the
+//! [`Reader`] (the drain's one consumer: cursor, acknowledgements, parking, removal,
+//! `reader.rs`) and the [`operator`] inspector (`roomsync journal`). This file holds the file
+//! and its tables.
+//!
 //! A record is the request as received (app id, query string, body, arrival time), so draining
 //! re-parses it with the same code as the HTTP path. Keys increase for the life of the process.
 //!
 //! After an I/O error (a full disk) redb refuses every further operation until the file is
-//! opened again: the journal notices, reopens it at the next operation, and counts again.
+//! opened again: the journal notices, reopens it at the next operation (reading, which needs no
+//! space), and counts again.
 
 use std::{
+    collections::{BTreeSet, HashMap, HashSet},
     ops::Bound,
     path::{Path, PathBuf},
     sync::{
@@ -28,10 +35,13 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot::{self, Sender};
 
+mod append;
+pub mod operator;
+mod reader;
 mod record;
 
+pub use reader::Reader;
 pub use record::{Entry, PARK_BACKOFF_MAX, Parked, Record};
 
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_callbacks");
@@ -51,7 +61,7 @@ pub enum JournalError {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("a journal record is damaged")]
+    #[error("a journal record is damaged or of a layout this version does not know")]
     Damaged,
 }
 
@@ -80,23 +90,37 @@ struct Inner {
     /// The next key to give: above every key ever given in this process, so a reader that
     /// walks forward from a key never misses a later append.
     next_key: AtomicU64,
+    /// Parked records by due time, so the due ones are found without reading the table.
+    due: Mutex<DueIndex>,
     /// Appends waiting for the next commit (group commit: one fsync for all of them).
-    queue: Mutex<Queue>,
+    queue: Mutex<append::Queue>,
+    /// Woken by every append (the reader waits on it).
+    appended: tokio::sync::Notify,
+    /// Test hook: removals fail as on a full disk.
+    #[cfg(test)]
+    fail_removals: AtomicBool,
 }
 
+/// Parked records' next attempt times (microseconds since the epoch), both ways.
 #[derive(Default)]
-struct Queue {
-    waiting: Vec<Append>,
-    /// A blocking task is committing; it takes whatever is waiting before it stops.
-    committing: bool,
+struct DueIndex {
+    by_time: BTreeSet<(i64, u64)>,
+    by_key: HashMap<u64, i64>,
 }
 
-/// An append's waiting caller and what to tell it.
-type Answer = (Sender<Result<(), JournalError>>, Result<(), JournalError>);
+impl DueIndex {
+    fn set(&mut self, key: u64, due: DateTime<Utc>) {
+        self.remove(key);
+        let at = due.timestamp_micros();
+        self.by_time.insert((at, key));
+        self.by_key.insert(key, at);
+    }
 
-struct Append {
-    encoded: Vec<Vec<u8>>,
-    done: oneshot::Sender<Result<(), JournalError>>,
+    fn remove(&mut self, key: u64) {
+        if let Some(at) = self.by_key.remove(&key) {
+            self.by_time.remove(&(at, key));
+        }
+    }
 }
 
 /// What a file holds, counted when it is opened.
@@ -105,6 +129,7 @@ struct Counts {
     depth: u64,
     parked: u64,
     next_key: u64,
+    due: DueIndex,
 }
 
 fn builder() -> redb::Builder {
@@ -118,7 +143,8 @@ fn builder() -> redb::Builder {
     builder
 }
 
-/// Opens (or creates) the file with both tables, and counts what it holds.
+/// Opens (or creates) the file with both tables, and counts what it holds. Creates the tables
+/// only when they are missing: a reopen on a full disk must not need space.
 fn open_file(path: &Path) -> Result<(Database, Counts), JournalError> {
     let open_error = |source: Box<dyn std::error::Error + Send + Sync>| JournalError::Open {
         path: path.to_owned(),
@@ -130,11 +156,17 @@ fn open_file(path: &Path) -> Result<(Database, Counts), JournalError> {
     let db = builder()
         .create(path)
         .map_err(|e| open_error(Box::new(e)))?;
-    let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
-    tx.open_table(PENDING)
-        .map_err(|e| open_error(Box::new(e)))?;
-    tx.open_table(PARKED).map_err(|e| open_error(Box::new(e)))?;
-    tx.commit().map_err(|e| open_error(Box::new(e)))?;
+    let exist = {
+        let read = db.begin_read().map_err(|e| open_error(Box::new(e)))?;
+        read.open_table(PENDING).is_ok() && read.open_table(PARKED).is_ok()
+    };
+    if !exist {
+        let tx = db.begin_write().map_err(|e| open_error(Box::new(e)))?;
+        tx.open_table(PENDING)
+            .map_err(|e| open_error(Box::new(e)))?;
+        tx.open_table(PARKED).map_err(|e| open_error(Box::new(e)))?;
+        tx.commit().map_err(|e| open_error(Box::new(e)))?;
+    }
     let counts = count(&db).map_err(|e| open_error(Box::new(e)))?;
     Ok((db, counts))
 }
@@ -146,6 +178,7 @@ fn count(db: &Database) -> Result<Counts, JournalError> {
         depth: 0,
         parked: 0,
         next_key: 0,
+        due: DueIndex::default(),
     };
     for (definition, parked) in [(PENDING, false), (PARKED, true)] {
         let table = read.open_table(definition).map_err(storage)?;
@@ -155,9 +188,25 @@ fn count(db: &Database) -> Result<Counts, JournalError> {
             counts.depth += 1;
             counts.parked += u64::from(parked);
             counts.next_key = counts.next_key.max(key.value() + 1);
+            if parked {
+                // One it cannot decode is due at once: the reader reports it.
+                let due = Parked::decode(value.value())
+                    .map_or(DateTime::UNIX_EPOCH, |(p, _)| p.next_attempt_at);
+                counts.due.set(key.value(), due);
+            }
         }
     }
     Ok(counts)
+}
+
+/// What one read of pending records found.
+#[derive(Debug, Default)]
+pub(crate) struct PendingRead {
+    pub entries: Vec<Entry>,
+    /// Records this version cannot decode (a downgrade, a damaged value): key and bytes.
+    pub unreadable: Vec<(u64, Vec<u8>)>,
+    /// The last key looked at, skipped ones included: the next read starts after it.
+    pub last: Option<u64>,
 }
 
 impl Journal {
@@ -174,7 +223,11 @@ impl Journal {
                 depth: AtomicU64::new(counts.depth),
                 parked: AtomicU64::new(counts.parked),
                 next_key: AtomicU64::new(counts.next_key),
+                due: Mutex::new(counts.due),
                 queue: Mutex::default(),
+                appended: tokio::sync::Notify::new(),
+                #[cfg(test)]
+                fail_removals: AtomicBool::new(false),
             }),
         })
     }
@@ -202,56 +255,103 @@ impl Journal {
         self.inner.parked.load(Ordering::Relaxed)
     }
 
-    /// Appends records; returns once they are on disk. Appends that arrive while a commit is
-    /// under way share the next one, so N concurrent callers cost one fsync, not N. Past the
-    /// bound an append is refused whole, and the others in its commit still go in.
-    pub async fn append(&self, records: Vec<Record>) -> Result<(), JournalError> {
-        let (done, committed) = oneshot::channel();
-        let append = Append {
-            encoded: records.iter().map(Record::encode).collect(),
-            done,
-        };
-        let start_committer = {
-            let mut queue = self.inner.queue.lock().expect("journal queue");
-            queue.waiting.push(append);
-            !std::mem::replace(&mut queue.committing, true)
-        };
-        if start_committer {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.commit_waiting());
-        }
-        committed.await.map_err(storage)?
+    /// Pending records with keys above `after` (all when `None`), oldest first, leaving out
+    /// `skip`: up to `limit` records, and no more once `max_bytes` are read (at least one). A
+    /// record that does not decode is reported beside them, never an error for the whole read.
+    pub(crate) async fn read_pending(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+        skip: Arc<HashSet<u64>>,
+    ) -> Result<PendingRead, JournalError> {
+        self.blocking(move |inner| {
+            inner.with_db(|db| {
+                let read = db.begin_read().map_err(storage)?;
+                let table = read.open_table(PENDING).map_err(storage)?;
+                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+                let (mut out, mut bytes) = (PendingRead::default(), 0);
+                for entry in table
+                    .range::<u64>((from, Bound::Unbounded))
+                    .map_err(storage)?
+                {
+                    if out.entries.len() >= limit || bytes >= max_bytes {
+                        break;
+                    }
+                    let (key, value) = entry.map_err(storage)?;
+                    let key = key.value();
+                    out.last = Some(key);
+                    if skip.contains(&key) {
+                        continue;
+                    }
+                    bytes += value.value().len();
+                    match Record::decode(value.value()) {
+                        Ok(record) => out.entries.push(Entry {
+                            key,
+                            record,
+                            parked: None,
+                        }),
+                        Err(_) => out.unreadable.push((key, value.value().to_vec())),
+                    }
+                }
+                Ok(out)
+            })
+        })
+        .await
     }
 
-    /// Pending records with keys above `after` (all when `None`), oldest first: up to `limit`
-    /// records, and no more once `max_bytes` are read (at least one).
+    /// [`Journal::read_pending`] without skips, of the records that decode (tests, operator).
     pub async fn pending_after(
         &self,
         after: Option<u64>,
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<Entry>, JournalError> {
+        let read = self
+            .read_pending(after, limit, max_bytes, Arc::default())
+            .await?;
+        Ok(read.entries)
+    }
+
+    /// Parked records due at `now`, up to `limit`, leaving out `skip`; found by the due index.
+    /// Records that do not decode are reported as in [`Journal::read_pending`].
+    pub(crate) async fn due_parked(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        skip: Arc<HashSet<u64>>,
+    ) -> Result<PendingRead, JournalError> {
+        let keys: Vec<u64> = {
+            let due = self.inner.due.lock().expect("journal due index");
+            due.by_time
+                .range(..=(now.timestamp_micros(), u64::MAX))
+                .map(|&(_, key)| key)
+                .filter(|key| !skip.contains(key))
+                .take(limit)
+                .collect()
+        };
+        if keys.is_empty() {
+            return Ok(PendingRead::default());
+        }
         self.blocking(move |inner| {
             inner.with_db(|db| {
                 let read = db.begin_read().map_err(storage)?;
-                let table = read.open_table(PENDING).map_err(storage)?;
-                let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let (mut out, mut bytes) = (Vec::new(), 0);
-                for entry in table
-                    .range::<u64>((from, Bound::Unbounded))
-                    .map_err(storage)?
-                    .take(limit)
-                {
-                    if bytes >= max_bytes {
-                        break;
+                let table = read.open_table(PARKED).map_err(storage)?;
+                let mut out = PendingRead::default();
+                for key in keys {
+                    let Some(value) = table.get(key).map_err(storage)? else {
+                        continue;
+                    };
+                    let decoded = Parked::decode(value.value())
+                        .and_then(|(parked, record)| Ok((parked, Record::decode(record)?)));
+                    match decoded {
+                        Ok((parked, record)) => out.entries.push(Entry {
+                            key,
+                            record,
+                            parked: Some(parked),
+                        }),
+                        Err(_) => out.unreadable.push((key, value.value().to_vec())),
                     }
-                    let (key, value) = entry.map_err(storage)?;
-                    bytes += value.value().len();
-                    out.push(Entry {
-                        key: key.value(),
-                        record: Record::decode(value.value())?,
-                        parked: None,
-                    });
                 }
                 Ok(out)
             })
@@ -270,23 +370,25 @@ impl Journal {
     }
 
     /// When the earliest parked record is due; `None` when nothing is parked.
-    pub async fn next_parked_due(&self) -> Result<Option<DateTime<Utc>>, JournalError> {
-        if self.parked() == 0 {
-            return Ok(None);
-        }
-        let all = self.parked_entries(None, usize::MAX).await?;
-        Ok(all
-            .iter()
-            .filter_map(|e| e.parked.as_ref().map(|p| p.next_attempt_at))
-            .min())
+    pub fn next_parked_due(&self) -> Option<DateTime<Utc>> {
+        let due = self.inner.due.lock().expect("journal due index");
+        let &(at, _) = due.by_time.first()?;
+        DateTime::from_timestamp_micros(at)
     }
 
     /// Removes records (pending or parked) once PostgreSQL has committed them.
     pub async fn remove(&self, keys: Vec<u64>) -> Result<(), JournalError> {
         self.blocking(move |inner| {
+            #[cfg(test)]
+            if inner.fail_removals.load(Ordering::Relaxed) {
+                return Err(JournalError::Storage(
+                    "no space left on device (test)".into(),
+                ));
+            }
             inner.with_db(|db| {
                 let tx = db.begin_write().map_err(storage)?;
                 let (mut bytes, mut depth, mut parked) = (0, 0, 0);
+                let mut removed_parked = Vec::new();
                 {
                     let mut pending = tx.open_table(PENDING).map_err(storage)?;
                     let mut parked_table = tx.open_table(PARKED).map_err(storage)?;
@@ -298,6 +400,7 @@ impl Journal {
                             bytes += value.value().len() as u64;
                             depth += 1;
                             parked += 1;
+                            removed_parked.push(key);
                         }
                     }
                 }
@@ -305,6 +408,10 @@ impl Journal {
                 inner.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 inner.depth.fetch_sub(depth, Ordering::Relaxed);
                 inner.parked.fetch_sub(parked, Ordering::Relaxed);
+                let mut due = inner.due.lock().expect("journal due index");
+                for key in removed_parked {
+                    due.remove(key);
+                }
                 Ok(())
             })
         })
@@ -322,37 +429,56 @@ impl Journal {
             inner.with_db(|db| {
                 let tx = db.begin_write().map_err(storage)?;
                 let (mut added, mut removed, mut moved) = (0u64, 0u64, 0u64);
+                let mut due_at = Vec::new();
                 {
                     let mut pending = tx.open_table(PENDING).map_err(storage)?;
                     let mut parked = tx.open_table(PARKED).map_err(storage)?;
                     for (key, error) in failures {
-                        let (old, value) =
+                        let (old, state, value) =
                             if let Some(value) = pending.remove(key).map_err(storage)? {
                                 moved += 1;
                                 let record = value.value().to_vec();
                                 let state = Parked::after_failure(None, error, now);
-                                (record.len(), state.encode(&record))
+                                let encoded = state.encode(&record);
+                                (record.len(), state, encoded)
                             } else if let Some(value) = parked.get(key).map_err(storage)? {
                                 let bytes = value.value();
                                 let (previous, record) = Parked::decode(bytes)?;
                                 let state = Parked::after_failure(Some(&previous), error, now);
-                                (bytes.len(), state.encode(record))
+                                let encoded = state.encode(record);
+                                (bytes.len(), state, encoded)
                             } else {
                                 continue;
                             };
                         parked.insert(key, value.as_slice()).map_err(storage)?;
                         added += value.len() as u64;
                         removed += old as u64;
+                        due_at.push((key, state.next_attempt_at));
                     }
                 }
                 tx.commit().map_err(storage)?;
                 inner.bytes.fetch_add(added, Ordering::Relaxed);
                 inner.bytes.fetch_sub(removed, Ordering::Relaxed);
                 inner.parked.fetch_add(moved, Ordering::Relaxed);
+                let mut due = inner.due.lock().expect("journal due index");
+                for (key, at) in due_at {
+                    due.set(key, at);
+                }
                 Ok(())
             })
         })
         .await
+    }
+
+    /// Resolves at the next append after it is called (a future made before a read misses
+    /// none: `Notify` keeps one permit).
+    pub(crate) async fn appended(&self) {
+        self.inner.appended.notified().await;
+    }
+
+    #[cfg(test)]
+    fn fail_removals(&self, fail: bool) {
+        self.inner.fail_removals.store(fail, Ordering::Relaxed);
     }
 
     async fn blocking<T: Send + 'static>(
@@ -429,88 +555,10 @@ impl Inner {
         self.depth.store(counts.depth, Ordering::Relaxed);
         self.parked.store(counts.parked, Ordering::Relaxed);
         self.next_key.fetch_max(counts.next_key, Ordering::Relaxed);
+        *self.due.lock().expect("journal due index") = counts.due;
         *guard = Some(db);
         self.broken.store(false, Ordering::Release);
         tracing::info!(path = %self.path.display(), depth = counts.depth, "journal reopened after a storage error");
-        Ok(())
-    }
-
-    /// Commits what is waiting, again and again, until nothing is; then stops. The last
-    /// answers go out after this task has let go of the journal, so a caller that drops the
-    /// last handle on its answer closes the file.
-    fn commit_waiting(self: Arc<Self>) {
-        let mut answers = Vec::new();
-        loop {
-            let batch = {
-                let mut queue = self.queue.lock().expect("journal queue");
-                if queue.waiting.is_empty() {
-                    queue.committing = false;
-                    break;
-                }
-                std::mem::take(&mut queue.waiting)
-            };
-            for (done, result) in answers.drain(..) {
-                let _ = Sender::send(done, result);
-            }
-            answers = self.commit(batch);
-        }
-        drop(self);
-        for (done, result) in answers {
-            let _ = Sender::send(done, result);
-        }
-    }
-
-    /// Commits what fits under the bound; returns each append's answer.
-    fn commit(&self, batch: Vec<Append>) -> Vec<Answer> {
-        // Only this task appends, so the bound check and the write agree; removals only make
-        // the count smaller meanwhile.
-        let mut room = self
-            .max_bytes
-            .saturating_sub(self.bytes.load(Ordering::Relaxed));
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut taken = Vec::new();
-        for append in batch {
-            let size: u64 = append.encoded.iter().map(|r| r.len() as u64).sum();
-            if size <= room {
-                room -= size;
-                taken.push((append, size));
-            } else {
-                let full = JournalError::Full {
-                    max: self.max_bytes,
-                };
-                answers.push((append.done, Err(full)));
-            }
-        }
-        if taken.is_empty() {
-            return answers;
-        }
-        let result = self.with_db(|db| self.write(db, &taken));
-        for (append, _) in taken {
-            let answer = result.as_ref().map(|_| ()).map_err(JournalError::again);
-            answers.push((append.done, answer));
-        }
-        answers
-    }
-
-    /// One write transaction, one durable commit.
-    fn write(&self, db: &Database, appends: &[(Append, u64)]) -> Result<(), JournalError> {
-        let tx = db.begin_write().map_err(storage)?;
-        let first = self.next_key.load(Ordering::Relaxed);
-        let mut records = 0;
-        {
-            let mut table = tx.open_table(PENDING).map_err(storage)?;
-            let encoded = appends.iter().flat_map(|(a, _)| &a.encoded);
-            for (key, record) in (first..).zip(encoded) {
-                table.insert(key, record.as_slice()).map_err(storage)?;
-                records += 1;
-            }
-        }
-        tx.commit().map_err(storage)?;
-        // Only after the commit: a failed one is counted again by the reopen.
-        self.next_key.fetch_add(records, Ordering::Relaxed);
-        let size: u64 = appends.iter().map(|(_, size)| size).sum();
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        self.depth.fetch_add(records, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -525,8 +573,6 @@ impl JournalError {
         }
     }
 }
-
-pub mod operator;
 
 #[cfg(test)]
 mod tests {
@@ -657,7 +703,7 @@ mod tests {
         let again = journal.parked_entries(None, 10).await.unwrap();
         assert_eq!(again[0].parked.as_ref().unwrap().attempts, 2);
         assert_eq!(
-            journal.next_parked_due().await.unwrap(),
+            journal.next_parked_due(),
             Some(later + chrono::Duration::seconds(2))
         );
         // Counted the same after a reopen.

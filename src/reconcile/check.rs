@@ -179,15 +179,19 @@ impl Reconciler {
         report: RoomReport,
     ) -> Result<RoomReport, CheckError> {
         if mode == Mode::Apply && !corrections.is_empty() {
-            let refs: Vec<&Callback> = corrections.iter().collect();
-            store::write_batch(&self.pool, &refs).await?;
-            for callback in &corrections {
-                let kind = match callback.event {
+            let kinds: Vec<&'static str> = corrections
+                .iter()
+                .map(|callback| match callback.event {
                     Event::MemberEnter(_) => "enter",
                     Event::MemberLeave(_) => "leave",
                     Event::DestroyRoom => "destroy",
                     _ => "seats",
-                };
+                })
+                .collect();
+            for result in self.writer.submit_all(corrections).await {
+                result?;
+            }
+            for kind in kinds {
                 self.metrics
                     .reconcile_corrections
                     .with_label_values(&[kind])

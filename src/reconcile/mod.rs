@@ -33,7 +33,7 @@ pub use report::RoomReport;
 use crate::{
     callback::{Id, SdkAppId},
     config::DriftRepairConfig,
-    store,
+    store::{self, Writer},
     telemetry::Metrics,
     tencent::TencentClient,
 };
@@ -43,6 +43,8 @@ use budget::SharedBudget;
 #[derive(Clone)]
 pub struct Reconciler {
     pool: PgPool,
+    /// Corrections are written like callbacks, through the one writer.
+    writer: Writer,
     client: TencentClient,
     config: Arc<DriftRepairConfig>,
     metrics: Arc<Metrics>,
@@ -55,6 +57,7 @@ impl Reconciler {
     /// instances together.
     pub fn new(
         pool: PgPool,
+        writer: Writer,
         client: TencentClient,
         config: DriftRepairConfig,
         metrics: Arc<Metrics>,
@@ -62,6 +65,7 @@ impl Reconciler {
         let gate = SharedBudget::new(pool.clone(), config.max_rps, metrics.clone());
         Self {
             pool,
+            writer,
             client: client.with_gate(Arc::new(gate)),
             config: Arc::new(config),
             metrics,

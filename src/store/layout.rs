@@ -104,26 +104,6 @@ impl Layout {
         let shard = self.shards.get(at).filter(|s| s.min_hash <= hash)?;
         Some((shard.id, shard.node))
     }
-
-    /// Splits callbacks into at most about `ways` sets that may be written in concurrent
-    /// transactions without waiting on each other: by room on plain PostgreSQL, by node on
-    /// Citus (one transaction a node). Indexes into `callbacks`; no set is empty.
-    pub fn partition(&self, callbacks: &[&Callback], ways: usize) -> Vec<Vec<usize>> {
-        let mut sets: Vec<(i64, Vec<usize>)> = Vec::new();
-        for (i, callback) in callbacks.iter().enumerate() {
-            let group = self.group(callback);
-            let lane = if self.is_distributed() {
-                i64::from(group.node)
-            } else {
-                (group.key % ways.max(1) as u64) as i64
-            };
-            match sets.iter_mut().find(|(l, _)| *l == lane) {
-                Some((_, set)) => set.push(i),
-                None => sets.push((lane, vec![i])),
-            }
-        }
-        sets.into_iter().map(|(_, set)| set).collect()
-    }
 }
 
 /// The layout that writers read and a background task refreshes.
@@ -150,12 +130,8 @@ impl SharedLayout {
 /// callbacks that change a room's view by app and room, the others by dedup key.
 fn room_key(callback: &Callback) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match callback
-        .room_id
-        .as_ref()
-        .filter(|_| callback.event.changes_state())
-    {
-        Some(room) => (callback.sdk_app_id.get(), room.as_str()).hash(&mut hasher),
+    match callback.locked_room() {
+        Some(room) => room.hash(&mut hasher),
         None => callback.dedup_key.hash(&mut hasher),
     }
     hasher.finish()

@@ -340,7 +340,7 @@ async fn deliver_all(
                 match delivery {
                     Delivery::Http(body) => app.send(body).await,
                     Delivery::Fix(correction) => {
-                        roomsync::store::write_batch(pool, &[&**correction])
+                        roomsync::store::write_batch(pool, None, &[&**correction])
                             .await
                             .expect("a correction is stored");
                         (200, ok())
@@ -881,10 +881,7 @@ async fn batches_of_any_size(pool: PgPool, known: Option<roomsync::store::Dialec
     futures_util::stream::iter(&batches)
         .map(|batch| {
             let pool = &pool;
-            async move {
-                let mut conn = roomsync::store::Held::new(pool);
-                roomsync::store::write_batch_as(&mut conn, known, batch).await
-            }
+            async move { roomsync::store::write_batch(pool, known, batch).await }
         })
         .buffer_unordered(2)
         .for_each(|written| async move {

@@ -70,14 +70,7 @@ struct Room<'a> {
 /// The room whose view a callback changes; `None` for history-only callbacks (no room, or a
 /// command roomsync does not know).
 fn room_of(callback: &Callback) -> Option<Room<'_>> {
-    let id = callback
-        .room_id
-        .as_ref()
-        .filter(|_| callback.event.changes_state())?;
-    Some(Room {
-        app: callback.sdk_app_id.get(),
-        id: id.as_str(),
-    })
+    callback.locked_room().map(|(app, id)| Room { app, id })
 }
 
 /// Stores a batch of callbacks in history and applies the effects of the new ones, each
