@@ -67,6 +67,9 @@ enum JournalAction {
     Export { key: u64 },
     /// Make parked records due now (all, or the keys given); the service must be stopped.
     Retry { keys: Vec<u64> },
+    /// Remove one record this version cannot decode (export it first); the service must be
+    /// stopped. A record that decodes is never removed: the service applies it.
+    Remove { key: u64 },
 }
 
 #[tokio::main]
@@ -244,8 +247,8 @@ fn journal(config: &Config, action: JournalAction) -> Result<(), Box<dyn std::er
     }
     match action {
         JournalAction::List => {
-            let (parked, pending) = operator::list(path).map_err(chain)?;
-            for entry in &parked {
+            let listing = operator::list(path).map_err(chain)?;
+            for entry in &listing.parked {
                 let state = entry.parked.as_ref().expect("parked entries have a state");
                 println!(
                     "{}\tapp {}\treceived {}\tattempts {}\tnext {}\t{}",
@@ -257,12 +260,38 @@ fn journal(config: &Config, action: JournalAction) -> Result<(), Box<dyn std::er
                     state.error
                 );
             }
-            println!("{} parked, {pending} pending", parked.len());
+            for (key, size, version) in &listing.unreadable {
+                let version = version.map_or_else(|| "none".to_owned(), |v| v.to_string());
+                println!(
+                    "{key}\tunreadable: {size} bytes, layout version {version} (a newer roomsync reads it; export or remove it)"
+                );
+            }
+            println!(
+                "{} parked, {} pending, {} unreadable",
+                listing.parked.len(),
+                listing.pending,
+                listing.unreadable.len()
+            );
         }
         JournalAction::Export { key } => {
-            let entry = operator::get(path, key)
-                .map_err(chain)?
-                .ok_or_else(|| format!("no record {key} in the journal"))?;
+            let entry = match operator::get(path, key) {
+                Ok(entry) => entry.ok_or_else(|| format!("no record {key} in the journal"))?,
+                // One this version cannot decode: its bytes, for a newer version or a person.
+                Err(roomsync::journal::JournalError::Damaged) => {
+                    use base64::Engine as _;
+                    let bytes = operator::raw(path, key)
+                        .map_err(chain)?
+                        .ok_or_else(|| format!("no record {key} in the journal"))?;
+                    let record = serde_json::json!({
+                        "key": key,
+                        "unreadable": true,
+                        "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
+                    });
+                    println!("{record}");
+                    return Ok(());
+                }
+                Err(error) => return Err(chain(error)),
+            };
             let parked = entry.parked.map(|p| {
                 serde_json::json!({
                     "attempts": p.attempts,
@@ -290,6 +319,16 @@ fn journal(config: &Config, action: JournalAction) -> Result<(), Box<dyn std::er
                 )
             })?;
             println!("{changed} parked records due now; the service tries them at its next start");
+        }
+        JournalAction::Remove { key } => {
+            operator::remove_unreadable(path, key).map_err(|e| match e {
+                operator::RemoveError::Journal(e) => format!(
+                    "{} (is the service running? Stop it first)",
+                    telemetry::error_chain(&e)
+                ),
+                other => other.to_string(),
+            })?;
+            println!("record {key} removed");
         }
     }
     Ok(())

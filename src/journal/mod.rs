@@ -730,8 +730,12 @@ mod tests {
             )
             .await
             .unwrap();
-        let (parked, pending) = operator::list(&path).unwrap();
-        assert_eq!((keys(&parked), pending), (vec![all[0].key], 1));
+        let listing = operator::list(&path).unwrap();
+        assert_eq!(
+            (keys(&listing.parked), listing.pending),
+            (vec![all[0].key], 1)
+        );
+        assert!(listing.unreadable.is_empty());
         let one = operator::get(&path, all[0].key).unwrap().unwrap();
         assert_eq!(one.record, record(1));
         assert!(operator::get(&path, 999).unwrap().is_none());
