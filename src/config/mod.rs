@@ -192,7 +192,7 @@ impl Config {
             database_write_timeout: Duration::from_millis(parse_or(
                 &get,
                 "DATABASE_WRITE_TIMEOUT_MS",
-                10_000,
+                30_000,
             )?),
             timings: Timings::default(),
             journal_path: get("JOURNAL_PATH")

@@ -54,13 +54,15 @@ impl Drain {
                 let journal = self.reader.journal().clone();
                 let appended = journal.appended();
                 tokio::pin!(appended);
-                let wait = match self.step().await {
+                // After a failure, only the retry interval: an append must not turn a database
+                // that is down into a busy loop.
+                let (wait, on_append) = match self.step().await {
                     Step::Worked => continue,
-                    Step::Idle(wait) => wait,
-                    Step::Failed => Some(self.timings.drain_retry),
+                    Step::Idle(wait) => (wait, true),
+                    Step::Failed => (Some(self.timings.drain_retry), false),
                 };
                 tokio::select! {
-                    _ = &mut appended => {}
+                    _ = &mut appended, if on_append => {}
                     _ = shutdown.changed() => {}
                     _ = sleep_or_forever(wait) => {}
                 }
@@ -170,7 +172,14 @@ impl Drain {
                 }
             }
         }
+        let started = std::time::Instant::now();
+        let submitted = parsed.len();
         let results = self.writer.submit_all(parsed).await;
+        tracing::debug!(
+            records = submitted,
+            ms = started.elapsed().as_millis() as u64,
+            "drain step written"
+        );
         let mut parks = Vec::new();
         let mut stopped: Option<StoreError> = None;
         for (key, result) in keys.into_iter().zip(results) {

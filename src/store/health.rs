@@ -99,6 +99,9 @@ impl From<sqlx::Error> for StoreError {
             (_, Some(code), Some("08" | "53" | "57")) if code != "57014" => {
                 Self::Unavailable(Arc::new(error))
             }
+            // The database does not exist (dropped, not yet created again): nothing can be
+            // written until it is back.
+            (_, Some("3D000"), _) => Self::Unavailable(Arc::new(error)),
             // Lock not available: `lock_timeout` passed while another session held a room.
             (_, Some("55P03"), _) => Self::Held(Arc::new(error)),
             // Undefined table, function, object, schema: the schema is not (or no longer) there.
@@ -481,6 +484,7 @@ mod tests {
         assert!(matches!(verdict("55P03"), StoreError::Held(_)));
         assert!(matches!(verdict("42P01"), StoreError::SchemaMissing(_)));
         assert!(matches!(verdict("P0001"), StoreError::Failed(_)));
+        assert!(matches!(verdict("3D000"), StoreError::Unavailable(_)));
         assert!(verdict("42P01").is_outage());
         assert!(!verdict("42P01").is_about_the_records());
         assert!(verdict("55P03").is_about_the_records());

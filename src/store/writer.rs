@@ -135,6 +135,8 @@ struct Task {
     metrics: Arc<Metrics>,
     layout: SharedLayout,
     max_batch: usize,
+    /// How many tasks share the queue.
+    tasks: usize,
     hold: bool,
     begin: Arc<str>,
     write_timeout: Duration,
@@ -170,6 +172,7 @@ impl Writer {
                 metrics: metrics.clone(),
                 layout: layout.clone(),
                 max_batch: options.max_batch,
+                tasks: options.tasks,
                 hold: options.hold,
                 begin: begin.clone(),
                 write_timeout: options.write_timeout,
@@ -282,7 +285,7 @@ impl Task {
         loop {
             let batch = match tokio::time::timeout(
                 HOLD_IDLE,
-                next_batch(&self.queue, self.max_batch),
+                next_batch(&self.queue, self.max_batch, self.tasks),
             )
             .await
             {
@@ -290,7 +293,7 @@ impl Task {
                 // Idle: the connection goes back to the pool for others.
                 Err(_) => {
                     conn.give_back();
-                    next_batch(&self.queue, self.max_batch).await
+                    next_batch(&self.queue, self.max_batch, self.tasks).await
                 }
             };
             let Some(batch) = batch else { break };
@@ -347,14 +350,14 @@ impl Task {
 }
 
 /// The next batch ([`take_batch`]); `None` once the writer is closed and the queue is empty.
-async fn next_batch(queue: &Queue, max_batch: usize) -> Option<Vec<Job>> {
+async fn next_batch(queue: &Queue, max_batch: usize, tasks: usize) -> Option<Vec<Job>> {
     loop {
         let changed = queue.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
         let wake_at = {
             let mut state = queue.state.lock().expect("writer queue");
-            let batch = take_batch(&mut state, max_batch, Instant::now());
+            let batch = take_batch(&mut state, max_batch, tasks, Instant::now());
             if !batch.is_empty() {
                 return Some(batch);
             }
@@ -381,7 +384,7 @@ async fn next_batch(queue: &Queue, max_batch: usize) -> Option<Vec<Job>> {
 /// went to the journal) is dropped: writing it here too would only add work when the database
 /// is already slow. (One that started before its request gave up is written twice; the
 /// history's dedup key makes the second a no-op.)
-fn take_batch(state: &mut State, max_batch: usize, now: Instant) -> Vec<Job> {
+fn take_batch(state: &mut State, max_batch: usize, tasks: usize, now: Instant) -> Vec<Job> {
     let State {
         live,
         background,
@@ -405,7 +408,9 @@ fn take_batch(state: &mut State, max_batch: usize, now: Instant) -> Vec<Job> {
         now,
     };
     pick.from(live, max_batch.saturating_sub(floor));
-    pick.from(background, max_batch);
+    // A backlog is shared among the tasks, so that it is written in parallel transactions.
+    let share = pick.batch.len() + background.len().div_ceil(tasks.max(1));
+    pick.from(background, max_batch.min(share.max(floor)));
     pick.from(live, max_batch);
     let Pick { mine, batch, .. } = pick;
     busy.extend(mine);
@@ -714,7 +719,7 @@ mod tests {
     }
 
     fn take(state: &mut State, max: usize) -> Vec<Job> {
-        take_batch(state, max, Instant::now())
+        take_batch(state, max, 1, Instant::now())
     }
 
     #[test]
@@ -767,10 +772,15 @@ mod tests {
         let _b = queue_in(&mut state, Lane::Background, &background);
         let batch = keys(&take(&mut state, 8));
         assert_eq!(batch, [0, 1, 2, 3, 4, 5, 100, 101]);
-        // With no live traffic the background takes the whole batch.
+        // With no live traffic the background takes the whole batch...
         let mut state = State::default();
         let _b = queue_in(&mut state, Lane::Background, &background);
         assert_eq!(take(&mut state, 8).len(), 8);
+        // ...or its share of the tasks, so that a backlog is written in parallel.
+        let mut state = State::default();
+        let _b = queue_in(&mut state, Lane::Background, &background);
+        assert_eq!(take_batch(&mut state, 8, 2, Instant::now()).len(), 5);
+        assert_eq!(take_batch(&mut state, 8, 2, Instant::now()).len(), 3);
     }
 
     #[test]
@@ -787,7 +797,7 @@ mod tests {
             },
         );
         let mut answers = queue(&mut state, &[(7, 0), (1, 0), (7, 0), (2, 0)]);
-        assert_eq!(keys(&take_batch(&mut state, 8, now)), [1, 2]);
+        assert_eq!(keys(&take_batch(&mut state, 8, 1, now)), [1, 2]);
         for i in [0, 2] {
             assert!(matches!(
                 answers[i].try_recv(),
@@ -798,9 +808,9 @@ mod tests {
         // Its wait over, the group is written in a batch of its own.
         let _more = queue(&mut state, &[(1, 0), (7, 0), (7, 0), (3, 0)]);
         let later = now + Duration::from_secs(2);
-        assert_eq!(keys(&take_batch(&mut state, 8, later)), [1, 3]);
+        assert_eq!(keys(&take_batch(&mut state, 8, 1, later)), [1, 3]);
         state.busy.clear();
-        assert_eq!(keys(&take_batch(&mut state, 8, later)), [7, 7]);
+        assert_eq!(keys(&take_batch(&mut state, 8, 1, later)), [7, 7]);
     }
 
     #[test]

@@ -259,6 +259,32 @@ async fn a_record_past_the_statement_timeout_is_parked_then_applied(pool: PgPool
     parked_then_applied(pool, Cause::Timeout).await;
 }
 
+/// A real small filesystem (tmpfs) in a temporary directory, unmounted when dropped.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with the reason printed: the test then skips) where mounting is not permitted.
+    pub fn mount(bytes: u64) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        mount_small_disk(dir.path(), bytes).then_some(Self { dir })
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// Mounts a tmpfs of `bytes` at `dir`; false (with the reason printed) where that is not
 /// permitted.
 fn mount_small_disk(dir: &std::path::Path, bytes: u64) -> bool {

@@ -19,6 +19,7 @@ mod monitoring;
 mod operations;
 mod process;
 mod rows;
+mod seams;
 mod server;
 mod tencent_client;
 mod tls;
