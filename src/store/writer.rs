@@ -498,7 +498,8 @@ fn release(queue: &Queue, groups: &[u64], held: Vec<(u64, StoreError)>) {
 /// is in it, each half on its own (split between groups while it holds several, so a held
 /// room's callbacks stay together), and so on. So one callback PostgreSQL does not take fails
 /// alone and its neighbours are stored (a few bad ones in a batch of n cost about 2·log2(n)
-/// transactions each), and a held room costs about log2(groups) lock timeouts. An error that
+/// transactions each). A batch that meets a held room is written group by group, so only the
+/// held groups wait out the lock timeout a second time. An error that
 /// concerns the server, not the records, answers every callback not yet written. Raw errors,
 /// in the order given.
 async fn write_isolating(
@@ -521,6 +522,18 @@ async fn write_isolating(
                 for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
                     *slot = Some(Ok(outcome));
                 }
+            }
+            // A held room: each group on its own, so only the held ones wait out the lock
+            // timeout again (halving would make them wait once per level).
+            Err(StoreError::Held(_)) if groups[range.start] != groups[range.end - 1] => {
+                let mut starts: Vec<usize> = (range.start + 1..range.end)
+                    .filter(|&i| groups[i] != groups[i - 1])
+                    .collect();
+                starts.insert(0, range.start);
+                let ends = starts.iter().skip(1).copied().chain([range.end]);
+                let parts: Vec<Range<usize>> =
+                    starts.iter().zip(ends).map(|(&a, b)| a..b).collect();
+                todo.extend(parts.into_iter().rev());
             }
             Err(error)
                 if error.is_about_the_records() && split(&range, groups, &error).is_some() =>
