@@ -206,7 +206,7 @@ async fn a_room_held_elsewhere_holds_up_only_its_own_room_in_the_drain(pool: PgP
             "SELECT count(*) FROM room_events WHERE room_id <> 'held'",
         )
         .await
-            == (sent - held_count) as i64
+            == sent - held_count
     })
     .await;
     assert!(
@@ -234,7 +234,7 @@ async fn a_room_held_elsewhere_holds_up_only_its_own_room_in_the_drain(pool: PgP
     assert!(all, "the held room's records are applied once it is free");
     assert_eq!(
         count(&pool, "SELECT count(*) FROM room_events").await,
-        sent as i64 + 2,
+        sent + 2,
         "each once"
     );
     assert_eq!(roster(&pool, "held").await.len(), held_count as usize + 1);
