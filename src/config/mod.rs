@@ -442,6 +442,8 @@ mod tests {
                 }
                 "BATCH_MAX_EVENTS" => c.batch_max_events.to_string(),
                 "BATCH_WRITERS" => c.batch_writers.to_string(),
+                "DATABASE_LOCK_TIMEOUT_MS" => c.database_lock_timeout.as_millis().to_string(),
+                "DATABASE_WRITE_TIMEOUT_MS" => c.database_write_timeout.as_millis().to_string(),
                 "JOURNAL_PATH" => c.journal_path.display().to_string(),
                 "JOURNAL_MAX_BYTES" => c.journal_max_bytes.to_string(),
                 "EVENT_RETENTION_DAYS" => return c.event_retention_days.map(|d| d.to_string()),
@@ -466,7 +468,7 @@ mod tests {
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            32,
+            34,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {
@@ -581,6 +583,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DATABASE_ACQUIRE_TIMEOUT_MS"), "{err}");
+
+        // The lock timeout in 1..=60000; the writer's bound above it, at most ten minutes.
+        let lock = |v| with("DATABASE_LOCK_TIMEOUT_MS", v);
+        assert_eq!(
+            lock("1").unwrap().database_lock_timeout,
+            Duration::from_millis(1)
+        );
+        let longest = config(&[
+            BASE[0],
+            BASE[1],
+            ("DATABASE_LOCK_TIMEOUT_MS", "60000"),
+            ("DATABASE_WRITE_TIMEOUT_MS", "60001"),
+        ])
+        .unwrap();
+        assert_eq!(longest.database_lock_timeout, Duration::from_secs(60));
+        for past in ["0", "60001"] {
+            let err = lock(past).unwrap_err().to_string();
+            assert!(err.contains("DATABASE_LOCK_TIMEOUT_MS"), "{err}");
+        }
+        let write = |v| with("DATABASE_WRITE_TIMEOUT_MS", v);
+        assert_eq!(
+            write("201").unwrap().database_write_timeout,
+            Duration::from_millis(201)
+        );
+        assert!(write("600000").is_ok());
+        for past in ["200", "600001"] {
+            let err = write(past).unwrap_err().to_string();
+            assert!(err.contains("DATABASE_WRITE_TIMEOUT_MS"), "{err}");
+        }
     }
 
     #[test]

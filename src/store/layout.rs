@@ -1,5 +1,5 @@
 //! Which callbacks may share a transaction, and which may not be written at the same time
-//! (docs/durability.md#the-normal-path, docs/scaling.md#citus).
+//! (docs/durability.md#the-writer, docs/scaling.md#citus).
 //!
 //! Every callback has a [`Group`]: its room on plain PostgreSQL; on Citus, the shard that holds
 //! its room's rows, and the node that holds that shard. Two transactions in flight never share
