@@ -362,12 +362,19 @@ fn help_describes_each_command() {
         ),
         ("help", &["Print this message"]),
     ];
-    let journal: [(&str, &[&str]); 4] = [
+    let journal: [(&str, &[&str]); 5] = [
         ("list", &["Print every parked record"]),
         ("export", &["Print one record (pending or parked) as JSON"]),
         (
             "retry",
             &["Make parked records due now", "the service must be stopped"],
+        ),
+        (
+            "remove",
+            &[
+                "Remove one record this version cannot decode",
+                "the service must be stopped",
+            ],
         ),
         ("help", &["Print this message"]),
     ];
