@@ -26,15 +26,15 @@ enum Command {
     Healthcheck,
     /// Recompute rooms, room_members and room_seats from the room_events history, then exit.
     Rebuild,
-    /// Compare live rooms with Tencent's REST API now, print what differs, and store the
-    /// corrections (drift repair; needs TENCENT_SECRET_KEY). Exit 0 when every room asked for
-    /// could be checked.
     /// Inspect the local journal (JOURNAL_PATH): list parked records, export one, or make
     /// parked records due now. Listing and exporting work while the service runs.
     Journal {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Compare live rooms with Tencent's REST API now, print what differs, and store the
+    /// corrections (drift repair; needs TENCENT_SECRET_KEY). Exit 0 when every room asked for
+    /// could be checked.
     Reconcile {
         /// Only this app (default: every app with a key).
         #[arg(long)]

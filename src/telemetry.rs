@@ -81,6 +81,49 @@ pub fn chain_after(head: String, mut source: Option<&dyn std::error::Error>) -> 
     message
 }
 
+/// Every `kind` of `roomsync_reconcile_corrections_total`, and every `code` of
+/// `roomsync_reconcile_rest_errors_total`: each series is exported at 0 from the start, as the
+/// alert rules and the dashboard need (a series that first appears at 1 shows no increase).
+/// reconcile/check.rs's tests check that these are exactly the labels it gives.
+pub const RECONCILE_CORRECTION_KINDS: [&str; 4] = ["enter", "leave", "destroy", "seats"];
+pub const RECONCILE_ERROR_CODES: [&str; 35] = [
+    "100001",
+    "100002",
+    "100003",
+    "100004",
+    "60004",
+    "60005",
+    "60006",
+    "60007",
+    "60008",
+    "60010",
+    "60011",
+    "60016",
+    "60018",
+    "60019",
+    "60021",
+    "70001",
+    "70003",
+    "70009",
+    "70013",
+    "70014",
+    "70016",
+    "70020",
+    "70050",
+    "70107",
+    "common_other",
+    "api_other",
+    "http_5xx",
+    "http_4xx",
+    "http_other",
+    "timeout",
+    "network",
+    "malformed",
+    "no_key",
+    "budget",
+    "database",
+];
+
 /// The metrics the service exports on `/metrics`. One registry per application, so tests
 /// that run several applications in one process do not share counters.
 pub struct Metrics {
@@ -244,6 +287,12 @@ impl Metrics {
             Box::new(callback_signing_enabled.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
+        }
+        for kind in RECONCILE_CORRECTION_KINDS {
+            reconcile_corrections.with_label_values(&[kind]);
+        }
+        for code in RECONCILE_ERROR_CODES {
+            reconcile_rest_errors.with_label_values(&[code]);
         }
         Self {
             registry,

@@ -181,12 +181,7 @@ impl Reconciler {
         if mode == Mode::Apply && !corrections.is_empty() {
             let kinds: Vec<&'static str> = corrections
                 .iter()
-                .map(|callback| match callback.event {
-                    Event::MemberEnter(_) => "enter",
-                    Event::MemberLeave(_) => "leave",
-                    Event::DestroyRoom => "destroy",
-                    _ => "seats",
-                })
+                .map(|callback| correction_kind(&callback.event))
                 .collect();
             for result in self.writer.submit_all(corrections).await {
                 result?;
@@ -201,6 +196,18 @@ impl Reconciler {
         self.metrics.reconcile_rooms_checked.inc();
         tracing::debug!(sdk_app_id = app.get(), room = %room.as_str(), %report, "room checked");
         Ok(report)
+    }
+}
+
+/// The `kind` label of a stored correction (one of [`RECONCILE_CORRECTION_KINDS`]).
+///
+/// [`RECONCILE_CORRECTION_KINDS`]: crate::telemetry::RECONCILE_CORRECTION_KINDS
+fn correction_kind(event: &Event) -> &'static str {
+    match event {
+        Event::MemberEnter(_) => "enter",
+        Event::MemberLeave(_) => "leave",
+        Event::DestroyRoom => "destroy",
+        _ => "seats",
     }
 }
 
@@ -496,6 +503,58 @@ mod tests {
         };
         assert_eq!(seats, &[seat("b")]);
         assert_eq!(raw, &json!({"Response": {"SeatList": []}}));
+    }
+
+    /// The labels exported at 0 from the start are exactly the ones a check can give.
+    #[test]
+    fn the_metrics_labels_initialised_at_start_are_the_ones_given() {
+        use std::collections::BTreeSet;
+
+        use crate::{
+            telemetry::{RECONCILE_CORRECTION_KINDS, RECONCILE_ERROR_CODES},
+            tencent::BudgetError,
+        };
+        let change = MemberChange {
+            members: vec![id("a")],
+            member_count: None,
+            kind: None,
+            reason: None,
+        };
+        let kinds: BTreeSet<&str> = [
+            Event::MemberEnter(change.clone()),
+            Event::MemberLeave(change),
+            Event::DestroyRoom,
+            Event::SeatInfoChanged { seats: Vec::new() },
+        ]
+        .iter()
+        .map(correction_kind)
+        .collect();
+        assert_eq!(kinds, BTreeSet::from(RECONCILE_CORRECTION_KINDS));
+
+        let mut errors: Vec<CheckError> = (0..200_000)
+            .map(|code| {
+                TencentError::Api {
+                    code,
+                    info: String::new(),
+                }
+                .into()
+            })
+            .chain((0..1000).map(|status| TencentError::Http(status).into()))
+            .collect();
+        errors.extend(
+            [
+                TencentError::RoomNotFound,
+                TencentError::Timeout,
+                TencentError::Network(String::new()),
+                TencentError::Malformed(String::new()),
+                TencentError::NoKey(1),
+                TencentError::Budget(BudgetError::Exhausted(Duration::ZERO)),
+            ]
+            .map(CheckError::from),
+        );
+        errors.push(sqlx::Error::PoolTimedOut.into());
+        let codes: BTreeSet<&str> = errors.iter().map(CheckError::label).collect();
+        assert_eq!(codes, BTreeSet::from(RECONCILE_ERROR_CODES));
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The contract on a real Citus cluster (docs/scaling.md#citus): run when `ROOMSYNC_CITUS_URL`
 //! names the coordinator's database (`scripts/citus-cluster start DIR` prints it), skipped with
-//! a message otherwise. The scenarios share that database, so one test runs them one after
-//! another, each on emptied tables. With `ROOMSYNC_CITUS_DIR` (the cluster's folder) it also
-//! stops the coordinator for real under load and checks the journal's drain.
+//! a message otherwise. One test per scenario. They share that database (Citus registers its
+//! nodes per database: a database per test would take a cluster per test), so they run one at a
+//! time (the `citus` test group of .config/nextest.toml, and [`Cluster::take`] within one
+//! process), and each starts on emptied tables: none depends on another's rows. With
+//! `ROOMSYNC_CITUS_DIR` (the cluster's folder) three more stop a node for real under load, or
+//! add one; the one that adds a worker can run once per cluster.
 
 use std::time::Duration;
 
-use futures_util::{FutureExt, future::LocalBoxFuture};
 use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{batches, drift, helpers::*, lifecycle, live, model, operations, rows::*};
 use roomsync::store::Layout;
@@ -20,32 +23,112 @@ const ROOM_TABLES: [&str; 5] = [
     "rooms",
 ];
 
+/// One test at a time on the cluster when a runner runs them as threads of one process (`cargo
+/// test`); nextest runs each in a process of its own and queues them in their test group.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+/// The coordinator's database for one test: migrated, its tables emptied, and this test's alone
+/// until dropped.
+struct Cluster {
+    pool: PgPool,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// `ROOMSYNC_CITUS_URL`; `None` (after saying why) without it.
+    fn url() -> Option<String> {
+        let url = std::env::var("ROOMSYNC_CITUS_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        if url.is_none() {
+            eprintln!(
+                "Citus tests skipped: ROOMSYNC_CITUS_URL is not set (scripts/citus-cluster start DIR)"
+            );
+        }
+        url
+    }
+
+    /// `None` (after saying why) without `ROOMSYNC_CITUS_URL`.
+    async fn take() -> Option<Self> {
+        let url = Self::url()?;
+        let turn = TURN.lock().await;
+        // With the settings of roomsync's own sessions: the app under test uses this pool.
+        let options = roomsync::store::session_settings(url.parse().expect("a URL"));
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(options)
+            .await
+            .expect("the Citus coordinator");
+        roomsync::store::MIGRATOR.run(&pool).await.unwrap();
+        empty(&pool).await;
+        Some(Self { pool, _turn: turn })
+    }
+
+    /// As [`Cluster::take`], with the cluster's folder (`ROOMSYNC_CITUS_DIR`), for the tests that
+    /// stop or add nodes; `None` (after saying why) without it.
+    async fn take_with_dir(test: &str) -> Option<(Self, String)> {
+        Self::url()?;
+        let Some(dir) = std::env::var("ROOMSYNC_CITUS_DIR")
+            .ok()
+            .filter(|d| !d.is_empty())
+        else {
+            eprintln!("Citus {test} skipped: ROOMSYNC_CITUS_DIR is not set");
+            return None;
+        };
+        Some((Self::take().await?, dir))
+    }
+}
+
+/// One test on the cluster per scenario that the plain-PostgreSQL suite also runs.
+macro_rules! on_citus {
+    ($($test:ident => $scenario:path;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let Some(cluster) = Cluster::take().await else {
+                return;
+            };
+            $scenario(cluster.pool.clone()).await;
+        }
+    )*};
+}
+
+on_citus! {
+    model_two_instances => model::two_instances_converge;
+    model_rebuild => model::rebuild_reproduces_the_live_view;
+    batches_a_member_named_several_times =>
+        batches::a_member_named_several_times_in_one_batch_scenario;
+    batches_a_destroy_and_enters => batches::a_destroy_and_enters_of_its_room_in_one_batch_scenario;
+    batches_a_newer_row_recomputed =>
+        batches::a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario;
+    lifecycle_destroy => lifecycle::destroy_ends_every_membership_and_clears_seats_scenario;
+    lifecycle_room_info => lifecycle::update_room_info_merges_fields_newest_first_scenario;
+    lifecycle_seats => lifecycle::seats_follow_the_newest_change_scenario;
+    lifecycle_listen => lifecycle::listeners_are_told_of_enters_and_leaves_scenario;
+    lifecycle_equal_times => lifecycle::equal_times_apply_enters_then_leaves_then_destroys_scenario;
+    lifecycle_late_leave => lifecycle::late_leave_after_a_destroy_becomes_the_leave_scenario;
+    live_create_to_destroy => live::a_live_room_from_create_to_destroy_scenario;
+    live_member_events =>
+        live::live_member_events_are_exactly_once_and_ordered_like_room_events_scenario;
+    drift_repairs => drift::a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired_scenario;
+    drift_two_instances => drift::two_instances_share_the_rooms_and_the_rate_bound_scenario;
+    drift_rebuild => drift::rebuild_after_corrections_equals_the_live_view_scenario;
+    retention_in_batches => operations::pruning_works_in_batches_scenario;
+    drift_live_rooms => drift::live_rooms_are_repaired_through_the_live_api_scenario;
+}
+
+/// roomsync's own migrations distributed the room tables by room, co-located, on a cluster with
+/// workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_contract_holds_on_a_citus_cluster() {
-    let Some(url) = std::env::var("ROOMSYNC_CITUS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!(
-            "Citus tests skipped: ROOMSYNC_CITUS_URL is not set (scripts/citus-cluster start DIR)"
-        );
+async fn the_migrations_distribute_the_room_tables_by_room() {
+    let Some(cluster) = Cluster::take().await else {
         return;
     };
-    // With the settings of roomsync's own sessions: the app under test uses this pool.
-    let options = roomsync::store::session_settings(url.parse().expect("a URL"));
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(options)
-        .await
-        .expect("the Citus coordinator");
-    roomsync::store::MIGRATOR.run(&pool).await.unwrap();
-
-    // roomsync's own migrations distributed the room tables by room, co-located.
+    let pool = &cluster.pool;
     let distributed: Vec<(String, String, i32)> = sqlx::query_as(
         "SELECT logicalrelid::text, column_to_column_name(logicalrelid, partkey), colocationid
          FROM pg_dist_partition ORDER BY 1",
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     .unwrap();
     let names: Vec<&str> = distributed.iter().map(|(t, _, _)| t.as_str()).collect();
@@ -57,95 +140,19 @@ async fn the_contract_holds_on_a_citus_cluster() {
             .all(|(_, _, group)| *group == distributed[0].2)
     );
     let workers = count(
-        &pool,
+        pool,
         "SELECT count(*) FROM pg_dist_node WHERE noderole = 'primary' AND groupid > 0",
     )
     .await;
     assert!(workers >= 2, "a cluster with workers: {workers}");
-    let layout = the_layout_routes_rooms_as_citus_does(&pool).await;
-    empty(&pool).await;
-    one_node_a_transaction(&pool).await;
+}
 
-    type Scenario = fn(PgPool) -> LocalBoxFuture<'static, ()>;
-    let scenarios: &[(&str, Scenario)] = &[
-        ("model: two instances", |p| {
-            model::two_instances_converge(p).boxed_local()
-        }),
-        ("model: rebuild", |p| {
-            model::rebuild_reproduces_the_live_view(p).boxed_local()
-        }),
-        ("batches: a member named several times", |p| {
-            batches::a_member_named_several_times_in_one_batch_scenario(p).boxed_local()
-        }),
-        ("batches: a destroy and enters", |p| {
-            batches::a_destroy_and_enters_of_its_room_in_one_batch_scenario(p).boxed_local()
-        }),
-        ("batches: a newer row recomputed", |p| {
-            batches::a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario(p).boxed_local()
-        }),
-        ("lifecycle: destroy", |p| {
-            lifecycle::destroy_ends_every_membership_and_clears_seats_scenario(p).boxed_local()
-        }),
-        ("lifecycle: room info", |p| {
-            lifecycle::update_room_info_merges_fields_newest_first_scenario(p).boxed_local()
-        }),
-        ("lifecycle: seats", |p| {
-            lifecycle::seats_follow_the_newest_change_scenario(p).boxed_local()
-        }),
-        ("lifecycle: LISTEN", |p| {
-            lifecycle::listeners_are_told_of_enters_and_leaves_scenario(p).boxed_local()
-        }),
-        ("lifecycle: equal times", |p| {
-            lifecycle::equal_times_apply_enters_then_leaves_then_destroys_scenario(p).boxed_local()
-        }),
-        ("lifecycle: late leave", |p| {
-            lifecycle::late_leave_after_a_destroy_becomes_the_leave_scenario(p).boxed_local()
-        }),
-        ("live: create to destroy", |p| {
-            live::a_live_room_from_create_to_destroy_scenario(p).boxed_local()
-        }),
-        ("live: member events", |p| {
-            live::live_member_events_are_exactly_once_and_ordered_like_room_events_scenario(p)
-                .boxed_local()
-        }),
-        ("drift: repairs", |p| {
-            drift::a_lost_leave_a_lost_enter_and_a_lost_destroy_are_repaired_scenario(p)
-                .boxed_local()
-        }),
-        ("drift: two instances", |p| {
-            drift::two_instances_share_the_rooms_and_the_rate_bound_scenario(p).boxed_local()
-        }),
-        ("drift: rebuild", |p| {
-            drift::rebuild_after_corrections_equals_the_live_view_scenario(p).boxed_local()
-        }),
-        ("retention: in batches", |p| {
-            operations::pruning_works_in_batches_scenario(p).boxed_local()
-        }),
-        ("drift: live rooms", |p| {
-            drift::live_rooms_are_repaired_through_the_live_api_scenario(p).boxed_local()
-        }),
-    ];
-    for (name, scenario) in scenarios {
-        empty(&pool).await;
-        eprintln!("Citus: {name}");
-        scenario(pool.clone()).await;
-    }
-    empty(&pool).await;
-    without_a_room(&pool).await;
-    if let Some(dir) = std::env::var("ROOMSYNC_CITUS_DIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-    {
-        empty(&pool).await;
-        coordinator_outage(&pool, &dir).await;
-        empty(&pool).await;
-        worker_outage(&pool, &dir, &layout).await;
-        // Last: it adds a node to the cluster.
-        empty(&pool).await;
-        rebalance_under_load(&pool, &dir).await;
-    } else {
-        eprintln!("Citus coordinator outage skipped: ROOMSYNC_CITUS_DIR is not set");
-    }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_layout_routes_rooms_as_citus_does() {
+    let Some(cluster) = Cluster::take().await else {
+        return;
+    };
+    checked_layout(&cluster.pool).await;
 }
 
 async fn empty(pool: &PgPool) {
@@ -159,7 +166,12 @@ async fn empty(pool: &PgPool) {
 }
 
 /// A callback without a room is stored under '' and is still exactly once.
-async fn without_a_room(pool: &PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_room() {
+    let Some(cluster) = Cluster::take().await else {
+        return;
+    };
+    let pool = &cluster.pool;
     let app = spawn_app(pool.clone()).await;
     let body = serde_json::json!({"CallbackCommand": "X.NoRoom", "EventTime": 5, "A": 1});
     let query = "SdkAppid=1400000001&CallbackCommand=X.NoRoom";
@@ -184,7 +196,12 @@ async fn without_a_room(pool: &PgPool) {
 
 /// The coordinator stopped for real while callbacks arrive: every one is answered 200 from the
 /// journal, and once it is back the drain applies each once.
-async fn coordinator_outage(pool: &PgPool, dir: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_outage() {
+    let Some((cluster, dir)) = Cluster::take_with_dir("coordinator outage").await else {
+        return;
+    };
+    let (pool, dir) = (&cluster.pool, dir.as_str());
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("outage", &["before"], 100)).await;
     let cluster = |action: &str| {
@@ -218,9 +235,9 @@ async fn coordinator_outage(pool: &PgPool, dir: &str) {
     app.stop().await;
 }
 
-/// roomsync's own reading of the distribution (room_shards(), hashtext) puts every room on the
-/// shard and node where Citus routes it.
-async fn the_layout_routes_rooms_as_citus_does(pool: &PgPool) -> Layout {
+/// roomsync's own reading of the distribution (room_shards(), hashtext), checked: it puts every
+/// room on the shard and node where Citus routes it.
+async fn checked_layout(pool: &PgPool) -> Layout {
     let layout = Layout::load(pool).await.unwrap();
     assert!(layout.is_distributed());
     let mut rooms: Vec<String> = (0..300).map(|i| format!("room-{i}")).collect();
@@ -263,7 +280,12 @@ async fn two_phase_recovery(pool: &PgPool, on: bool) {
 /// them with routed statements, so Citus commits each on that node in one phase. (Before the
 /// writers took groups, most batches spanned both workers; with Citus's INSERT … SELECT from
 /// arrays, which goes through COPY, every one took two phases.)
-async fn one_node_a_transaction(pool: &PgPool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_a_transaction() {
+    let Some(cluster) = Cluster::take().await else {
+        return;
+    };
+    let pool = &cluster.pool;
     two_phase_recovery(pool, false).await;
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("warm-up", &["u"], 1)).await;
@@ -302,7 +324,13 @@ async fn one_node_a_transaction(pool: &PgPool) {
 /// One worker stopped for real under load: every callback is answered 200; the rooms of the
 /// other worker keep being applied meanwhile; once the worker is back, the journal drains and
 /// each callback is applied once.
-async fn worker_outage(pool: &PgPool, dir: &str, layout: &Layout) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_outage() {
+    let Some((cluster, dir)) = Cluster::take_with_dir("worker outage").await else {
+        return;
+    };
+    let (pool, dir) = (&cluster.pool, dir.as_str());
+    let layout = &checked_layout(pool).await;
     let port: i32 = std::fs::read_to_string(format!("{dir}/worker2/port"))
         .unwrap()
         .trim()
@@ -377,8 +405,13 @@ async fn worker_outage(pool: &PgPool, dir: &str, layout: &Layout) {
 /// A third worker added and the shards rebalanced onto it with Citus's own
 /// `citus_rebalance_start` while callbacks keep arriving: every one is answered 200 (the ones
 /// a moving shard blocks go through the journal), each is applied once, and the writers read
-/// the new layout.
-async fn rebalance_under_load(pool: &PgPool, dir: &str) {
+/// the new layout. It adds worker3 for good: once per cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_under_load() {
+    let Some((cluster, dir)) = Cluster::take_with_dir("rebalance").await else {
+        return;
+    };
+    let (pool, dir) = (&cluster.pool, dir.as_str());
     let app = spawn_app(pool.clone()).await;
     let rooms: Vec<String> = (0..40).map(|i| format!("moving-{i}")).collect();
     let mut sent = 0_i64;
@@ -452,7 +485,7 @@ async fn rebalance_under_load(pool: &PgPool, dir: &str) {
         assert_eq!(roster(pool, room).await.len() as i64, at, "room {room}");
     }
     // roomsync's reading of the layout follows the moves.
-    let layout = the_layout_routes_rooms_as_citus_does(pool).await;
+    let layout = checked_layout(pool).await;
     let nodes: std::collections::HashSet<i32> = rooms
         .iter()
         .map(|room| layout.shard_of(room).unwrap().1)

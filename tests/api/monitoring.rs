@@ -414,6 +414,32 @@ async fn metric_reaches(app: &TestApp, sample: &str, at_least: f64) -> bool {
     .await
 }
 
+/// The drift repair counters that the alert rules and the dashboard read are exported at 0 by a
+/// fresh application, drift repair off: a series that first appears at 1 shows no increase.
+#[sqlx::test]
+async fn the_drift_repair_counters_are_exported_at_zero_from_the_start(pool: PgPool) {
+    use roomsync::telemetry::{RECONCILE_CORRECTION_KINDS, RECONCILE_ERROR_CODES};
+    let app = spawn_app(pool).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let kinds = RECONCILE_CORRECTION_KINDS
+        .map(|kind| format!(r#"roomsync_reconcile_corrections_total{{kind="{kind}"}} 0"#));
+    let codes = RECONCILE_ERROR_CODES
+        .map(|code| format!(r#"roomsync_reconcile_rest_errors_total{{code="{code}"}} 0"#));
+    for sample in kinds.iter().chain(&codes) {
+        assert!(text.lines().any(|l| l == sample), "{sample} in:\n{text}");
+    }
+    // Among them, those the alert rules and the dashboard name.
+    for kind in ["enter", "leave", "destroy", "seats"] {
+        assert!(RECONCILE_CORRECTION_KINDS.contains(&kind), "{kind}");
+    }
+    for code in [
+        "100001", "70001", "60004", "60006", "60021", "no_key", "timeout",
+    ] {
+        assert!(RECONCILE_ERROR_CODES.contains(&code), "{code}");
+    }
+    app.stop().await;
+}
+
 #[test]
 fn metric_names_are_read_from_promql() {
     assert_eq!(

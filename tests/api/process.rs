@@ -296,6 +296,109 @@ async fn the_journal_command_lists_exports_and_retries_parked_records() {
     assert_eq!(due.len(), 1, "due at once");
 }
 
+/// The `Commands:` section of `roomsync ARGS --help`: each command and its description (lines
+/// that clap wraps joined again), in order.
+fn commands_in_help(args: &[&str]) -> Vec<(String, String)> {
+    let output = Command::new(env!("CARGO_BIN_EXE_roomsync"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{help}");
+    let mut commands: Vec<(String, String)> = Vec::new();
+    let section = help
+        .lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.is_empty());
+    for line in section {
+        let text = line.trim_start();
+        // A command's line is indented by two spaces; a wrapped description's, by more.
+        match (line.len() - text.len(), commands.last_mut()) {
+            (2, _) => {
+                let (name, description) = text.split_once(' ').unwrap_or((text, ""));
+                commands.push((name.to_owned(), description.trim().to_owned()));
+            }
+            (_, Some((_, description))) => {
+                description.push(' ');
+                description.push_str(text);
+            }
+            _ => panic!("a description before any command: {help}"),
+        }
+    }
+    commands
+}
+
+/// Each command's own description, and one for every command (the doc comments once sat one
+/// variant off: `journal` had reconcile's text and `reconcile` none).
+#[test]
+fn help_describes_each_command() {
+    let expected: [(&str, &[&str]); 7] = [
+        ("serve", &["Run the HTTP server (the default)"]),
+        ("migrate", &["Apply pending database migrations and exit"]),
+        (
+            "healthcheck",
+            &["Exit 0 if the server on LISTEN_ADDR answers /healthz"],
+        ),
+        (
+            "rebuild",
+            &["Recompute rooms, room_members and room_seats from the room_events history"],
+        ),
+        (
+            "journal",
+            &[
+                "Inspect the local journal (JOURNAL_PATH)",
+                "Listing and exporting work",
+            ],
+        ),
+        (
+            "reconcile",
+            &[
+                "Compare live rooms with Tencent's REST API now",
+                "needs TENCENT_SECRET_KEY",
+                "Exit 0 when every room asked for could be checked",
+            ],
+        ),
+        ("help", &["Print this message"]),
+    ];
+    let journal: [(&str, &[&str]); 5] = [
+        ("list", &["Print every parked record"]),
+        ("export", &["Print one record (pending or parked) as JSON"]),
+        (
+            "retry",
+            &["Make parked records due now", "the service must be stopped"],
+        ),
+        (
+            "remove",
+            &[
+                "Remove one record this version cannot decode",
+                "the service must be stopped",
+            ],
+        ),
+        ("help", &["Print this message"]),
+    ];
+    for (args, expected) in [(&[][..], &expected[..]), (&["journal"][..], &journal[..])] {
+        let commands = commands_in_help(args);
+        let names: Vec<&str> = commands.iter().map(|(name, _)| name.as_str()).collect();
+        let wanted: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, wanted, "the commands of {args:?}");
+        for ((name, description), (_, parts)) in commands.iter().zip(expected) {
+            assert!(description.starts_with(parts[0]), "{name}: {description:?}");
+            for part in *parts {
+                assert!(description.contains(part), "{name}: {description:?}");
+            }
+            // Nothing of another command's text.
+            for (other, other_parts) in expected.iter().filter(|(other, _)| other != name) {
+                assert!(
+                    !description.contains(other_parts[0]),
+                    "{name} has {other}'s text: {description:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn migrate_says_why_it_cannot_connect() {
     let dir = tempfile::tempdir().unwrap();

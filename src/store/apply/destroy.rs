@@ -1,6 +1,13 @@
 //! Destroys (callbacks and corrections).
 
-use super::*;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Effects, Room};
+use crate::{
+    callback::{RECONCILED, ROOM_DESTROYED},
+    store::membership::RANK_ENTER,
+};
 
 /// Ends the memberships this destroy ends, and clears the seats; members who entered again
 /// after it go to [`Effects::late`] (their latest exit may be this destroy).

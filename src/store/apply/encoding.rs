@@ -1,8 +1,12 @@
 //! How history rows say what happens to members: one mapping, for the callbacks of a batch
 //! and for the rows that recompute a member, so the two cannot disagree.
 
-use super::*;
-use crate::callback::event_types;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    callback::{Callback, Command, RECONCILED, ROOM_DESTROYED, event_types},
+    store::membership::MemberEvent,
+};
 
 /// What a history row (command, `event_type`, `reason`, `event_at`) does to the members it
 /// names, or to every member for a destroy; `None` for the other commands.

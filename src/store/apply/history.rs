@@ -1,6 +1,12 @@
 //! The batch's history rows, and the rows of the members it names, in one statement.
 
-use super::*;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Dialect, Outcome, Room, members::MemberRows};
+use crate::{callback::Callback, store::membership::MemberState};
 
 /// Inserts every callback's history row, and reads the current rows of `members`. The dedup
 /// constraint keeps out what is already there: a callback is `Stored` when its row is new, the

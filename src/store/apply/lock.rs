@@ -1,7 +1,16 @@
 //! Locking the rooms' rows of a batch, in one global order, with the bumps that do not depend
 //! on arrival order.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Destroys, Dialect, Room, room_of};
+use crate::{
+    callback::{Callback, Event, Product},
+    store::membership::{RANK_ENTER, RANK_LEAVE},
+};
 
 /// Locks (creating if needed) the row of every room in the batch, in (app, room) order, and
 /// makes the bumps that arrival order cannot change, so a duplicate re-applies them harmlessly:

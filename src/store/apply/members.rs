@@ -1,7 +1,15 @@
 //! Enters and leaves of the whole batch: the members' rows (read with the history insert),
 //! the fold in memory.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+
+use super::{Destroys, Effects, Room, encoding::member_event_of, room_of};
+use crate::{
+    callback::{Callback, Event},
+    store::membership::{self, MemberEvent, MemberState},
+};
 
 /// The members named by these callbacks' enters and leaves, in the batch's key order.
 pub(super) fn named_members<'a>(callbacks: &[&'a Callback]) -> Vec<(Room<'a>, &'a str)> {

@@ -33,24 +33,20 @@ mod write;
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Map, Value, json};
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::membership::{self, MemberEvent, MemberState, RANK_ENTER, RANK_LEAVE};
-use crate::callback::{Callback, Command, Event, Product, RoomInfo, Seat};
-use crate::callback::{RECONCILED, ROOM_DESTROYED};
+use super::membership::MemberState;
+use crate::callback::{Callback, Command, Event, ROOM_DESTROYED};
 
-use destroy::*;
-use encoding::*;
-use history::*;
-use lock::*;
-use members::*;
-use notify::*;
-use recompute::*;
-use rooms::*;
-use seats::*;
-use write::*;
+use destroy::destroy;
+use history::insert_events;
+use lock::lock_rooms;
+use members::{MemberRows, fold_members, named_members};
+use recompute::recompute_members;
+use rooms::{InfoChange, merge_room_info};
+use seats::{SeatChange, change_seats};
+use write::write_members;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -1,6 +1,11 @@
 //! `NOTIFY room_members`: who changed, in payloads under PostgreSQL's size limit.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use super::Room;
 
 /// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 pub(super) const NOTIFY_MAX_PAYLOAD: usize = 7999;
@@ -109,6 +114,8 @@ impl std::io::Write for ByteCounter {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]

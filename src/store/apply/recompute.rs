@@ -1,7 +1,14 @@
 //! Members recomputed from the room's history, for late or reordered events.
 
-use super::*;
-use crate::callback::event_types;
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use super::{Room, encoding::member_event};
+use crate::{
+    callback::{Command, event_types},
+    store::membership::{self, MemberEvent, MemberState},
+};
 
 /// Recomputes members from the room's history (late or reordered events): one read of the
 /// room's events that name any of them, then the fold per member in memory, so a late event

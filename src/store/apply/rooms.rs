@@ -1,6 +1,13 @@
 //! The room info, merged field by field.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::PgConnection;
+
+use super::Room;
+use crate::callback::RoomInfo;
 
 /// A create's or an update's room info, at its EventTime.
 pub(super) struct InfoChange<'a> {

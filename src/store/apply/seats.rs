@@ -1,6 +1,12 @@
 //! The seat lists of the batch's rooms.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::Room;
+use crate::callback::Seat;
 
 /// A seat list at its EventTime; a correction's list is Tencent's whole list.
 pub(super) struct SeatChange<'a> {

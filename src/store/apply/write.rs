@@ -1,6 +1,10 @@
 //! The batch's one write of members' rows, with its notifications.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Dialect, Effects, Notify, notify::payloads};
+use crate::store::membership::MemberState;
 
 /// Writes every member's new row and sends the batch's notifications, in one statement.
 /// PostgreSQL delivers the notifications at commit, so listeners never hear of a change that
