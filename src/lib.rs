@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod rebuild;
 pub mod reconcile;
 pub mod startup;
 pub mod store;

@@ -26,8 +26,9 @@ enum Command {
     Healthcheck,
     /// Recompute rooms, room_members and room_seats from the room_events history, then exit.
     Rebuild,
-    /// Inspect the local journal (JOURNAL_PATH): list parked records, export one, or make
-    /// parked records due now. Listing and exporting work while the service runs.
+    /// Inspect the local journal (JOURNAL_PATH): list parked and unreadable records, export
+    /// one, make parked records due now, or remove one this version cannot decode. Listing and
+    /// exporting work while the service runs.
     Journal {
         #[command(subcommand)]
         action: JournalAction,
@@ -153,7 +154,7 @@ mod healthcheck {
 
 async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let pool = startup::database_pool(config).map_err(chain)?;
-    let report = store::rebuild::rebuild(&pool).await?;
+    let report = roomsync::rebuild::rebuild(&pool).await?;
     tracing::info!(
         replayed = report.replayed,
         skipped = report.skipped,

@@ -1,11 +1,9 @@
-//! The wire protocol (docs/protocol.md): query string, signature, and the body parsed into domain types;
-//! beside them, Tencent's REST answers ([`answer`]) and drift-repair corrections decoded into the
-//! same types (docs/drift-repair.md).
+//! The wire protocol (docs/protocol.md): query string, signature, and the body parsed into domain
+//! types. Tencent's REST answers are decoded into the same types in `tencent::answer`, and
+//! drift-repair corrections in `reconcile::correction`.
 //!
 //! Everything past this module works with [`Callback`]: once parsed, nothing is checked again.
 
-pub mod answer;
-mod correction;
 mod domain;
 mod identity;
 pub mod numeric;
@@ -15,7 +13,6 @@ mod rejection;
 mod signature;
 mod storable;
 
-pub use correction::{CorrectionError, StoredCorrection, correction_at};
 pub use domain::{
     Callback, CallbackParts, Command, Event, EventTime, Id, IdError, MemberChange, Meta, Product,
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,

@@ -7,14 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Reconciler, diff, report::RoomReport};
+use super::{Reconciler, correction::correction_at, diff, report::RoomReport};
 use crate::{
-    callback::{
-        Callback, Event, Id, MemberChange, Product, SdkAppId, Seat, answer::RoomDetails,
-        correction_at,
-    },
+    callback::{Callback, Event, Id, MemberChange, Product, SdkAppId, Seat},
     store::{self, StoreError, checks::RoomView},
-    tencent::{Answer, ROOM_NOT_FOUND, TencentError},
+    tencent::{Answer, ROOM_NOT_FOUND, TencentError, answer::RoomDetails},
 };
 
 /// Tencent refreshes a Live room's member list about every 40 s: a shorter grace would undo

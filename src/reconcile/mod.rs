@@ -15,6 +15,7 @@
 
 mod budget;
 mod check;
+pub mod correction;
 pub mod diff;
 mod report;
 mod scheduler;

@@ -9,7 +9,6 @@ pub mod checks;
 mod health;
 pub mod layout;
 pub mod membership;
-pub mod rebuild;
 mod rejected;
 pub mod retention;
 mod writer;
@@ -21,7 +20,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use apply::{Dialect, Outcome, apply_batch};
+pub use apply::{Dialect, Outcome, apply_batch, replay_batch};
 pub use health::{Health, ReachError, State, StoreError, connect_once, ensure_schema, ping};
 pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};

@@ -1,12 +1,12 @@
 //! Tencent's answer envelope: `{"ActionStatus","ErrorCode","ErrorInfo","Response"}` split into
 //! success or the [`TencentError`] it stands for, and a typed [`Answer`] that keeps the JSON it
 //! came from. What `Response` holds is decoded beside the domain types
-//! ([`crate::callback::answer`]).
+//! ([`super::answer`]).
 
 use serde_json::Value;
 
+use super::answer::integer;
 use super::errors::{ROOM_NOT_FOUND, TencentError, malformed};
-use crate::callback::answer::integer;
 
 /// A parsed answer together with the JSON it came from, which the reconciler stores as the
 /// payload of the correction it makes.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::callback::answer::MalformedAnswer;
+use super::answer::MalformedAnswer;
 
 /// `ErrorCode` of a room that does not exist (never did, or was destroyed).
 pub const ROOM_NOT_FOUND: i64 = 100_004;

@@ -4,8 +4,8 @@
 //! - [`usersig`]: the UserSig every call is signed with, cached per app ([`UserSigCache`]).
 //! - `transport`: the calls themselves ([`TencentClient`]) and the rate bound they pass
 //!   ([`RateGate`]).
-//! - `answers`: Tencent's answer envelope, into typed answers ([`Answer`]); what the answers
-//!   hold is decoded beside the domain types ([`crate::callback::answer`]).
+//! - `answers`: Tencent's answer envelope, into typed answers ([`Answer`]); [`answer`]: what
+//!   the answers hold, decoded into the domain types.
 //! - `errors`: what a call fails with ([`TencentError`]) and how a failure is classed.
 //!
 //! ```no_run
@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod answer;
 mod answers;
 mod errors;
 mod transport;

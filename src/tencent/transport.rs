@@ -21,15 +21,13 @@ use reqwest::Url;
 use serde_json::{Value, json};
 
 use super::{
+    answer::{self, LiveMembers, RoomDetails},
     answers::{Answer, check_status},
     errors::{BudgetError, TencentError, describe, from_reqwest, malformed},
     usersig::UserSigCache,
 };
 use crate::{
-    callback::{
-        Id, SdkAppId, Seat,
-        answer::{self, LiveMembers, RoomDetails},
-    },
+    callback::{Id, SdkAppId, Seat},
     config::{DriftRepairConfig, Secret},
 };
 

@@ -941,7 +941,7 @@ pub async fn rebuild_reproduces_the_live_view(pool: PgPool) {
         .await
         .unwrap();
     assert_ne!(view_snapshot(&pool).await, live);
-    let report = roomsync::store::rebuild::rebuild(&pool).await.unwrap();
+    let report = roomsync::rebuild::rebuild(&pool).await.unwrap();
     let with_room = count(
         &pool,
         // On Citus, callbacks without a room are stored under '' (docs/scaling.md#citus).

@@ -6,10 +6,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{
-    Callback, Event, EventTime, Id, IdError, MemberChange, SdkAppId,
-    answer::{MalformedAnswer, seats_of_answer},
-    event_types,
+use crate::{
+    callback::{Callback, Event, EventTime, Id, IdError, MemberChange, SdkAppId, event_types},
+    tencent::answer::{MalformedAnswer, seats_of_answer},
 };
 
 /// A correction observed at `observed_at`, standing for `event`; `payload` is the REST answer

@@ -4,8 +4,11 @@
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
 
-use super::apply::replay_batch;
-use crate::callback::{Callback, CallbackQuery, RECONCILE_COMMAND, StoredCorrection, parse_stored};
+use crate::{
+    callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
+    reconcile::correction::StoredCorrection,
+    store::replay_batch,
+};
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RebuildReport {

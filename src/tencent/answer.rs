@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Id, Seat, parse::account_id, parse::seat_list_of};
+use crate::callback::{Id, Seat, account_id, seat_list_of};
 
 /// An answer without the shape Tencent documents; the text names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
