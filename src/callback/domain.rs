@@ -322,15 +322,26 @@ pub struct Callback {
     pub meta: Meta,
     /// The body exactly as received (valid JSON without NUL characters).
     pub payload: String,
-    /// See [`CallbackParts`]'s dedup key.
-    pub dedup_key: [u8; 32],
+    /// See [`CallbackParts`]'s dedup key. Private to `callback/`: made once from the parsed
+    /// content, never set from outside.
+    pub(super) dedup_key: [u8; 32],
     /// The key an older version gave this callback, when it differs from `dedup_key`: a
     /// redelivery of a callback stored under it is still a duplicate
     /// (docs/semantics.md#exactly-once).
-    pub legacy_key: Option<[u8; 32]>,
+    pub(super) legacy_key: Option<[u8; 32]>,
 }
 
 impl Callback {
+    /// What makes two deliveries the same callback (docs/semantics.md#exactly-once).
+    pub fn dedup_key(&self) -> &[u8; 32] {
+        &self.dedup_key
+    }
+
+    /// The key an older version gave this callback, when it differs.
+    pub fn legacy_key(&self) -> Option<&[u8; 32]> {
+        self.legacy_key.as_ref()
+    }
+
     /// The room whose view this callback changes, as (app, room id): the room a write locks,
     /// the writer's group on plain PostgreSQL, and the lock order. `None` for history-only
     /// callbacks (no room, or a command roomsync does not know).

@@ -132,7 +132,7 @@ fn room_key(callback: &Callback) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match callback.locked_room() {
         Some(room) => room.hash(&mut hasher),
-        None => callback.dedup_key.hash(&mut hasher),
+        None => callback.dedup_key().hash(&mut hasher),
     }
     hasher.finish()
 }

@@ -189,7 +189,7 @@ async fn a_redelivery_of_a_callback_stored_under_the_old_key_is_a_duplicate(pool
     let parsed =
         roomsync::callback::parse_stored(APP_ID, &query, text.as_bytes(), chrono::Utc::now())
             .unwrap();
-    let legacy = parsed.legacy_key.expect("a seat change's key changed");
+    let legacy = *parsed.legacy_key().expect("a seat change's key changed");
     sqlx::query(
         "INSERT INTO room_events (sdk_app_id, callback_command, room_id, event_at, payload, dedup_key)
          VALUES ($1, 'Mic.CallbackAfterSeatInfoChanged', 'r', $2, $3::jsonb, $4)",

@@ -95,7 +95,7 @@ pub(super) async fn insert_events(
             let key = (
                 c.sdk_app_id.get(),
                 c.room_id.as_ref().map(|r| r.as_str().to_owned()),
-                c.dedup_key.to_vec(),
+                c.dedup_key().to_vec(),
             );
             ids.remove(&key)
                 .map_or(Outcome::Duplicate, |id| Outcome::Stored { id })
@@ -188,8 +188,7 @@ impl<'a> HistoryRows<'a> {
         self.client_ips.push(callback.meta.client_ip.as_deref());
         self.platforms.push(callback.meta.opt_platform.as_deref());
         self.payloads.push(callback.payload.as_str());
-        self.keys.push(&callback.dedup_key[..]);
-        self.legacy_keys
-            .push(callback.legacy_key.as_ref().map(|k| &k[..]));
+        self.keys.push(&callback.dedup_key()[..]);
+        self.legacy_keys.push(callback.legacy_key().map(|k| &k[..]));
     }
 }

@@ -191,7 +191,7 @@ fn lock_order(callback: &Callback) -> (bool, Option<(i64, &str)>, &[u8; 32]) {
     // Callbacks without a room lock no room; they go last, in dedup-key order (the order in
     // which their history rows' unique keys are taken).
     let room = callback.locked_room();
-    (room.is_none(), room, &callback.dedup_key)
+    (room.is_none(), room, callback.dedup_key())
 }
 
 #[cfg(test)]
