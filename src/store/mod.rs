@@ -11,6 +11,7 @@ pub mod layout;
 pub mod membership;
 mod rejected;
 pub mod retention;
+mod schema;
 mod writer;
 
 use std::time::Duration;
@@ -21,9 +22,10 @@ use sqlx::{
 };
 
 pub use apply::{Dialect, Outcome, apply_batch, replay_batch};
-pub use health::{Health, ReachError, State, StoreError, connect_once, ensure_schema, ping};
+pub use health::{Health, State, StoreError, connect_once, ping};
 pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};
+pub use schema::{ReachError, ensure_schema};
 pub use writer::{Lane, Writer, WriterOptions, write_batch};
 
 /// Embedded copies of `migrations/`: the same files `sqlx migrate run` applies.
