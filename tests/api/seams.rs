@@ -28,7 +28,7 @@ async fn hold_rooms(pool: &PgPool, rooms: &[&str]) -> sqlx::Transaction<'static,
 
 #[sqlx::test]
 async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
-    let Some(disk) = SmallDisk::mount(4 << 20) else {
+    let Some(disk) = SmallDisk::mount(12 << 20) else {
         return;
     };
     let journal = disk.path().join("journal.redb");
@@ -43,9 +43,11 @@ async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
     )
     .await;
     proxy.cut();
-    // Callbacks of about 1 KiB (an unknown field pads them: kept in the payload, no member
-    // rows to write) until the disk is full (bounded).
-    let pad = "p".repeat(1000);
+    // Callbacks of about 2.5 KiB (an unknown field pads them: kept in the payload, no member
+    // rows to write) until the disk is full (bounded): more than half a 4 KiB page each, so
+    // every record fills a page of its own, and removing a drain step's worth frees (and must
+    // note as freed) over a thousand pages: the removal needs more new pages than an append.
+    let pad = "p".repeat(2200);
     let (mut stored, mut full) = (Vec::new(), 0);
     for n in 0..20_000 {
         let room = format!("r-{n}");
@@ -70,6 +72,28 @@ async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
         "more than two drain steps' worth journaled: {}",
         stored.len()
     );
+    // What the failed appends left free (less than a record, but maybe a few pages) is taken
+    // by another file, as another writer on a shared disk would: not one page is left, so the
+    // journal's first removal finds no room either (bounded: the disk is 12 MiB).
+    let ballast = disk.path().join("ballast");
+    let mut file = std::fs::File::create(&ballast).unwrap();
+    let page = vec![7u8; 4096];
+    let mut filled = false;
+    for _ in 0..3072 {
+        match std::io::Write::write(&mut file, &page) {
+            Ok(0) => {
+                filled = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => {
+                filled = true;
+                break;
+            }
+            Err(e) => panic!("ballast: {e}"),
+        }
+    }
+    assert!(filled, "the ballast took every free byte of the disk");
     // PostgreSQL comes back; the disk stays full for good. Removal cannot happen, applying must.
     proxy.restore();
     let applied = eventually(Duration::from_secs(120), || async {
@@ -92,6 +116,7 @@ async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
         assert_eq!(roster(&pool, room).await, vec!["u"]);
     }
     app.stop().await;
+    drop(file);
 }
 
 /// Flips the layout version byte of the pending record with the given index (in key order) of
