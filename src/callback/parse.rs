@@ -7,7 +7,7 @@ use super::{
     Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange, Product,
     RESERVED_PREFIX, RoomInfo, SdkAppId, Seat, event_types,
     rejection::{Rejection, RejectionKind},
-    storable::top_level,
+    storable::{check_escapes, storable_top_level},
 };
 
 /// Most entries any list may hold (docs/protocol.md#bounds).
@@ -46,8 +46,7 @@ pub fn parse_body(
 ) -> Result<Callback, Rejection> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Rejection::new(RejectionKind::NotJson, "body is not UTF-8 text"))?;
-    let top = top_level(text)
-        .map_err(|e| Rejection::new(RejectionKind::NotJson, format!("body is not JSON: {e}")))?;
+    let top = storable_top_level(text)?;
     // Only the values that are stored as text; the others fail their own checks.
     let stored = ["CallbackCommand", "ClientIP", "OptPlatform"];
     if let Some(name) = query.not_utf8.iter().find(|n| stored.contains(n)) {
@@ -69,7 +68,10 @@ pub fn parse_body(
     };
     // Refuse anywhere what PostgreSQL's text and jsonb cannot hold, not only in known fields:
     // such a callback could never be stored, however often it came.
+    // Then every string, also those no field reads or a later duplicate key hides: jsonb
+    // decodes them all.
     top.check_storable()?;
+    check_escapes(text)?;
     let body = Object {
         map: &top.known,
         path: String::new(),
@@ -1082,9 +1084,14 @@ mod tests {
         let body = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"Z":"\u0000""#);
         let body = body.replace(r#""CallbackCommand""#, r#""Aa":1,"CallbackCommand""#);
         assert_eq!(rejected(&body).info, "Z contains a NUL character");
-        // A repeated key: the last value counts, as in a parsed object.
+        // A repeated key: jsonb reads the value a later duplicate hides, and refuses it.
         let body = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"X":"\u0000","X":1"#);
-        assert!(parse(&body).is_ok());
+        assert_eq!(rejected(&body).info, "X contains a NUL character");
+        let body = ENTER.replace(r#""EventTime":5"#, r#""EventTime":5,"X":1e999999,"X":1"#);
+        assert_eq!(
+            rejected(&body).info,
+            "X is a number beyond what PostgreSQL's numeric type can store"
+        );
         let body = ENTER.replace(
             r#""EventTime":5"#,
             r#""EventTime":5,"X":1,"X":{"\u0000":2}"#,
@@ -1103,6 +1110,59 @@ mod tests {
         // Broken JSON after a fault is still broken JSON.
         let body = ENTER.replace(r#""EventTime":5}"#, r#""EventTime":5,"X":"\u0000","#);
         assert_eq!(rejected(&body).kind, RejectionKind::NotJson);
+    }
+
+    #[test]
+    fn strings_jsonb_cannot_hold_are_refused_wherever_they_are() {
+        let with =
+            |extra: &str| ENTER.replace(r#""EventTime":5"#, &format!(r#""EventTime":5,{extra}"#));
+        for extra in [
+            // In a field roomsync does not read, deep or not; as a key; hidden by a duplicate.
+            r#""Junk":"\ud800""#,
+            r#""Junk":"\udc00""#,
+            r#""Junk":["a",{"b":"x\ud800\u0041"}]"#,
+            r#""Junk":"\ud800\ud800\udc00""#,
+            r#""Junk":"\uDBFF""#,
+            r#""Junk":{"\ud800":1}"#,
+            r#""\udfff":1"#,
+            r#""X":"\ud800","X":1"#,
+            r#""RoomInfo":{"A":"\ud800"},"RoomInfo":{}"#,
+            // In a field roomsync reads, or a key serde_json decodes.
+            r#""Reason":"\ud800""#,
+        ] {
+            let r = rejected(&with(extra));
+            assert_eq!(r.kind, RejectionKind::LoneSurrogate, "{extra}: {r:?}");
+            assert!(r.info.contains("lone surrogate"), "{extra}: {}", r.info);
+        }
+        assert_eq!(
+            rejected(&ENTER.replace(r#""r1""#, r#""r\ud800""#)).kind,
+            RejectionKind::LoneSurrogate
+        );
+        // A NUL escape anywhere, also a key's, also hidden.
+        for extra in [r#""Junk":{"a\u0000":1}"#, r#""Y":{"\u0000":1},"Y":2"#] {
+            assert_eq!(
+                rejected(&with(extra)).kind,
+                RejectionKind::NulCharacter,
+                "{extra}"
+            );
+        }
+        // Pairs are characters; escaped backslashes are text; broken JSON stays broken JSON.
+        for fine in [
+            r#""Junk":"\ud83d\ude00""#,
+            r#""Junk":"\\ud800""#,
+            r#""Junk":"\\\\ud800\\u0000""#,
+            r#""Junk":"\uD83D\uDE00\u00e9""#,
+        ] {
+            assert!(parse(&with(fine)).is_ok(), "{fine}");
+        }
+        assert_eq!(
+            rejected(&with(r#""Junk":"\ud800"#)).kind,
+            RejectionKind::NotJson
+        );
+        assert_eq!(
+            rejected(&with(r#""Junk":"\ud800\x""#)).kind,
+            RejectionKind::NotJson
+        );
     }
 
     #[test]
@@ -1276,7 +1336,7 @@ mod tests {
         use proptest::prelude::*;
 
         use super::*;
-        use crate::callback::storable::check_storable;
+        use crate::callback::storable::{check_storable, top_level, unstorable_escape};
 
         const KEYS: &[&str] = &[
             "CallbackCommand",

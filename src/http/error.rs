@@ -43,6 +43,7 @@ impl CallbackError {
                 RejectionKind::WrongType => codes::WRONG_TYPE,
                 RejectionKind::OutOfBounds => codes::OUT_OF_BOUNDS,
                 RejectionKind::NulCharacter => codes::NUL_CHARACTER,
+                RejectionKind::LoneSurrogate => codes::LONE_SURROGATE,
                 RejectionKind::CommandMismatch => codes::COMMAND_MISMATCH,
                 RejectionKind::MissingCommand => codes::MISSING_COMMAND,
                 RejectionKind::FutureEventTime => codes::FUTURE_EVENT_TIME,
