@@ -26,4 +26,3 @@ pub use parse::{MAX_LIST_ENTRIES, account_id, parse_body, parse_stored, seat_lis
 pub use query::CallbackQuery;
 pub use rejection::{Rejection, RejectionKind, printable};
 pub use signature::{SignatureError, sign, verify_signature};
-pub use storable::check_storable_text;

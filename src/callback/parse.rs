@@ -1373,7 +1373,7 @@ mod tests {
                 any::<i64>().prop_map(|n| n.to_string()),
                 "-?[0-9]{1,30}(\\.[0-9]{1,20})?([eE][-+]?[0-9]{1,7})?",
                 prop::sample::select(COMMANDS).prop_map(|c| format!("{c:?}")),
-                "\"([a-z\\\\\"]|\\\\u00[0-9a-f]{2}|[\\x{80}-\\x{10ffff}]){0,300}\"",
+                "\"([a-z\\\\\"]|\\\\u00[0-9a-f]{2}|\\\\u[dD][0-9a-fA-F]{3}|[\\x{80}-\\x{10ffff}]){0,300}\"",
             ];
             leaf.prop_recursive(4, 64, 8, |inner| {
                 prop_oneof![
@@ -1416,12 +1416,23 @@ mod tests {
         }
 
         /// The checks made while parsing give what a check of the whole parsed value gives:
-        /// the same JSON errors, and the same first fault where there are several.
+        /// the same JSON errors, and the same first fault where there are several. Where a key
+        /// repeats, the parsed value lost the hidden values: the checks find at least its
+        /// faults. A lone surrogate serde_json refuses to decode, they find by its escape.
         fn same_as_a_value_tree(text: &str) {
             let tree = serde_json::from_str::<Value>(text);
+            let escape = unstorable_escape(text.as_bytes());
             match (top_level(text), tree) {
+                // Refused for a surrogate the checks did not decode: broken JSON further on
+                // may be what they report.
+                (_, Err(b)) if escape.is_some() && b.to_string().contains("hex escape") => {}
                 (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
                 (Ok(None), Ok(value)) => assert!(!value.is_object(), "{text}"),
+                (Ok(Some(top)), Ok(value)) if has_repeated_keys(text) => {
+                    if check_storable(&value, "body").is_err() {
+                        assert!(top.check_storable().is_err(), "{text}");
+                    }
+                }
                 (Ok(Some(top)), Ok(value)) => assert_eq!(
                     top.check_storable().err(),
                     check_storable(&value, "body").err(),
@@ -1429,6 +1440,67 @@ mod tests {
                 ),
                 (a, b) => panic!("{text}: {:?} against {b:?}", a.map(|t| t.is_some())),
             }
+        }
+
+        /// Whether any object of `text` (valid JSON) has a key twice.
+        fn has_repeated_keys(text: &str) -> bool {
+            struct Repeats;
+            impl<'de> serde::de::Visitor<'de> for Repeats {
+                type Value = bool;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_unit<E>(self) -> Result<bool, E> {
+                    Ok(false)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<bool, A::Error> {
+                    let mut any = false;
+                    while let Some(r) = seq.next_element_seed(Seed)? {
+                        any |= r;
+                    }
+                    Ok(any)
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<bool, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut any = false;
+                    while let Some(key) = map.next_key::<String>()? {
+                        any |= !seen.insert(key);
+                        any |= map.next_value_seed(Seed)?;
+                    }
+                    Ok(any)
+                }
+            }
+            struct Seed;
+            impl<'de> serde::de::DeserializeSeed<'de> for Seed {
+                type Value = bool;
+                fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+                    d.deserialize_any(Repeats)
+                }
+            }
+            use serde::de::DeserializeSeed;
+            Seed.deserialize(&mut serde_json::Deserializer::from_str(text))
+                .unwrap_or(true)
         }
 
         proptest! {

@@ -301,19 +301,6 @@ pub(super) fn escape_rejection(text: &[u8], at: usize, fault: EscapeFault) -> Re
     }
 }
 
-/// Checks all of `text`, a JSON object, for what PostgreSQL's jsonb cannot store, as
-/// [`super::parse_body`] does: the faults of [`TopLevel::check_storable`], then the escapes of
-/// [`unstorable_escape`] anywhere. Faults first, so that their message names the field.
-pub fn check_storable_text(text: &str) -> Result<(), Rejection> {
-    match storable_top_level(text)? {
-        Some(top) => {
-            top.check_storable()?;
-            check_escapes(text)
-        }
-        None => Err(Rejection::wrong_type("body", "a JSON object")),
-    }
-}
-
 /// [`top_level`], with a lone surrogate in a string serde_json decodes (a read field, a key)
 /// named as the same fault as anywhere else, unless the text is not JSON for another reason.
 pub(super) fn storable_top_level(text: &str) -> Result<Option<TopLevel>, Rejection> {
