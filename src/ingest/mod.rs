@@ -146,7 +146,10 @@ impl Ingest {
                     query,
                     body,
                 };
-                if let Err(e) = self.keep_exempt(&rejected).await {
+                let kept = self
+                    .rejected
+                    .keep(&rejected, Budget::Refused, &self.metrics);
+                if let Err(e) = kept.await {
                     tracing::error!(error = %e, "could not keep a refused callback");
                 }
                 return Err(IngestError::Store(error));

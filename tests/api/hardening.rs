@@ -645,3 +645,71 @@ async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+/// A sender can make PostgreSQL refuse a callback's data at will (here a trigger does): those
+/// rows (`50304`) have a reserve of their own, a tenth of each budget, and cannot pass it.
+#[sqlx::test]
+async fn rows_postgresql_refused_are_bounded_too(pool: PgPool) {
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.room_id = 'refused' THEN
+                   RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse BEFORE INSERT ON room_events
+               FOR EACH ROW EXECUTE FUNCTION refuse();"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = spawn_app_with(
+        pool.clone(),
+        &[
+            ("REJECTED_MAX_BYTES_PER_SEC", "10240"),
+            ("REJECTED_MAX_TOTAL_BYTES", "1048576"),
+        ],
+    )
+    .await;
+    let pad = "x".repeat(60_000);
+    let mut refused = 0;
+    for n in 0..60 {
+        let mut body = enter("refused", &["a"], 100 + n);
+        body["Pad"] = json!(pad);
+        let (status, answer) = app.send(&body).await;
+        assert_eq!(status, 503, "{answer}");
+        refused += usize::from(answer["ErrorCode"] == 50304);
+    }
+    assert_eq!(refused, 60);
+    let bytes = |pool: PgPool, code: i32| async move {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(rejected_callbacks_row_bytes(r))::bigint FROM rejected_callbacks r
+             WHERE error_code = $1",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    // A burst of ten seconds of a tenth of 10 KiB/s: one row of 60 KB crosses it.
+    let kept = bytes(pool.clone(), 50304).await;
+    assert!(
+        kept > 0 && kept < 2 * 61_000,
+        "{kept} bytes of 50304 rows kept"
+    );
+    // The 4xx budget is untouched: a real invalid callback is still kept.
+    let query = "SdkAppid=1400000001&CallbackCommand=Room.CallbackAfterMemberEnter";
+    let (status, _) = answer(app.post_raw(query, r#"{"RoomId":"r"}"#).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM rejected_callbacks WHERE error_code = 40002"
+        )
+        .await,
+        1
+    );
+    app.stop().await;
+}
