@@ -1113,6 +1113,26 @@ mod tests {
     }
 
     #[test]
+    fn a_seat_list_of_the_documented_length_with_every_field_passes() {
+        let seats: Vec<String> = (0..MAX_LIST_ENTRIES)
+            .map(|i| {
+                format!(
+                    r#"{{"Index":{i},"Member_Account":"user-{i}","IsTakenDisabled":false,"IsVideoDisabled":"true","IsAudioDisabled":false}}"#
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"CallbackCommand":"Mic.CallbackAfterSeatInfoChanged","RoomId":"r","EventTime":5,"SeatList":[{}]}}"#,
+            seats.join(",")
+        );
+        let callback = parse(&body).unwrap_or_else(|r| panic!("{}", r.info));
+        let Event::SeatInfoChanged { seats } = &callback.event else {
+            panic!("a seat change");
+        };
+        assert_eq!(seats.len(), MAX_LIST_ENTRIES);
+    }
+
+    #[test]
     fn strings_jsonb_cannot_hold_are_refused_wherever_they_are() {
         let with =
             |extra: &str| ENTER.replace(r#""EventTime":5"#, &format!(r#""EventTime":5,{extra}"#));

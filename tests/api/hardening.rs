@@ -203,10 +203,10 @@ async fn lists_in_the_fields_roomsync_reads_are_bounded_at_any_depth(pool: PgPoo
         (
             "Room.CallbackAfterUpdateRoomInfo",
             format!(
-                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","A":{l},"B":{l},"C":{l},"D":{l},"E":{l}}}}}"#,
+                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","A":{l},"B":{l},"C":{l},"D":{l},"E":{l},"F":{l},"G":{l}}}}}"#,
                 l = list("0", 10_000)
             ),
-            "body has more than 50000 values in the fields roomsync reads",
+            "body has more than 70000 values in the fields roomsync reads",
         ),
     ];
     for (command, body, info) in cases {
