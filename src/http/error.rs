@@ -73,11 +73,17 @@ impl CallbackError {
         }
     }
 
-    /// The request body was not read to its end.
+    /// The request body was not read to its end (a stranger's is never read).
     pub fn body_unread(&self) -> bool {
         matches!(
             self,
-            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout | Self::BodiesInFlight
+            Self::TooLarge(_)
+                | Self::BodyRead(_)
+                | Self::BodyTimeout
+                | Self::BodiesInFlight
+                | Self::AppIdMissing
+                | Self::AppIdUnknown
+                | Self::Signature(_)
         )
     }
 
