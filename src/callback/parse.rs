@@ -6,17 +6,10 @@ use serde_json::{Map, Value};
 use super::{
     Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange, Product,
     RESERVED_PREFIX, RoomInfo, SdkAppId, Seat, event_types,
+    limits::{MAX_LIST_ENTRIES, MAX_REASON_BYTES, MAX_TYPE_BYTES},
     rejection::{Rejection, RejectionKind},
     storable::{check_escapes, storable_top_level},
 };
-
-/// Most entries any list may hold (docs/protocol.md#bounds).
-pub const MAX_LIST_ENTRIES: usize = 10_000;
-/// Longest `Type` and `EventCause` (a word from a short list, kept as sent when unknown) and
-/// `Operator_Account` (an account, like an id), in bytes: they are copied into the view rows.
-pub const MAX_TYPE_BYTES: usize = 256;
-/// Longest `Reason` of a leave, in bytes (free text, copied into `room_members.leave_reason`).
-pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Parses a callback again from what was stored (the journal, the history), with the same
 /// rules as when it arrived, except the bound on a future `EventTime`: that one was checked

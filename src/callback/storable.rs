@@ -12,15 +12,10 @@ use serde::{
 use serde_json::{Map, Number, Value, value::RawValue};
 
 use super::{
+    limits::{MAX_LIST_ENTRIES, MAX_READ_VALUES},
     numeric,
-    parse::MAX_LIST_ENTRIES,
     rejection::{Rejection, RejectionKind, key_in_path},
 };
-
-/// At most this many values (every array, object and scalar) are built for the fields roomsync
-/// reads, over the whole body: a `SeatList` of 10,000 seats with every field roomsync reads of
-/// a seat takes 60,001, a Live `MemberList` of 10,000 members about 20,000.
-pub const MAX_READ_VALUES: usize = 70_000;
 
 /// The whole-value check the parse-time checks must agree with (see the tests in parse.rs).
 #[cfg(test)]
