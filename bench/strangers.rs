@@ -35,7 +35,13 @@ const APP: &str = "1400000001";
 /// One attacker: opens connections one after the other, each sending only a head that
 /// declares `size` bytes, and keeps them until roomsync closes them. Returns the connections
 /// opened and the most open at once.
-async fn attack(addr: SocketAddr, app: &str, size: usize, until: Instant, max_open: usize) -> (u64, usize) {
+async fn attack(
+    addr: SocketAddr,
+    app: &str,
+    size: usize,
+    until: Instant,
+    max_open: usize,
+) -> (u64, usize) {
     let head = format!(
         "POST /callback?SdkAppid={app}&CallbackCommand=Room.CallbackAfterMemberEnter HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
     );
@@ -127,7 +133,16 @@ fn main() {
     );
     println!(
         "{:>10} {:>9} | {:>9} {:>9} | {:>5} {:>5} {:>7} {:>7} {:>7} {:>7}",
-        "SdkAppid", "declared", "opened", "most open", "sent", "200", "<2s", "p50 ms", "p99 ms", "max ms"
+        "SdkAppid",
+        "declared",
+        "opened",
+        "most open",
+        "sent",
+        "200",
+        "<2s",
+        "p50 ms",
+        "p99 ms",
+        "max ms"
     );
     let mut first_event = 1_700_000_000_000u64;
     for app in ["1", APP] {
