@@ -76,7 +76,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub const "))
             .map(|rest| rest.rsplit(' ').next().unwrap().trim_end_matches(';'))
             .collect();
-        assert_eq!(codes.len(), 27);
+        assert_eq!(codes.len(), 28);
         let mut unique = codes.clone();
         unique.sort();
         unique.dedup();
