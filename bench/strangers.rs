@@ -28,6 +28,10 @@ struct Args {
     /// Most idle connections the attacker keeps open at once (its descriptors).
     #[arg(long, default_value_t = 3000)]
     max_open: usize,
+    /// The legitimate sender opens a new connection for each callback (by default it keeps
+    /// one alive, as an HTTP client does).
+    #[arg(long)]
+    fresh: bool,
 }
 
 const APP: &str = "1400000001";
@@ -81,8 +85,17 @@ fn would_block(stream: &TcpStream, buf: &mut [u8]) -> bool {
 }
 
 /// A callback every 50 ms until `until` (at most 2,000): the answer times, and those not 200.
-async fn legitimate(addr: SocketAddr, until: Instant, first_event: u64) -> (Vec<f64>, Vec<String>) {
-    let client = reqwest::Client::new();
+async fn legitimate(
+    addr: SocketAddr,
+    until: Instant,
+    first_event: u64,
+    fresh: bool,
+) -> (Vec<f64>, Vec<String>) {
+    let mut client = reqwest::Client::builder();
+    if fresh {
+        client = client.pool_max_idle_per_host(0);
+    }
+    let client = client.build().expect("a client");
     let (mut times, mut failures) = (Vec::new(), Vec::new());
     for i in 0..2_000u64 {
         if Instant::now() >= until {
@@ -128,7 +141,12 @@ fn main() {
     assert!(args.addr.ip().is_loopback(), "loopback only");
     assert!(args.secs <= 600, "at most 600 s a phase");
     println!(
-        "== one attacker reconnecting, each connection declaring a body and sending none; a callback every 50 ms ({} s a phase)",
+        "== one attacker reconnecting, each connection declaring a body and sending none; a callback every 50 ms, {} ({} s a phase)",
+        if args.fresh {
+            "each on a new connection"
+        } else {
+            "on a kept-alive connection"
+        },
         args.secs
     );
     println!(
@@ -149,7 +167,7 @@ fn main() {
         for &size in &args.sizes {
             let until = Instant::now() + Duration::from_secs(args.secs);
             // Each side has a thread and a runtime of its own, so neither times the other.
-            let (addr, max_open) = (args.addr, args.max_open);
+            let (addr, max_open, fresh) = (args.addr, args.max_open, args.fresh);
             let app_owned = app.to_owned();
             let attacker = std::thread::spawn(move || {
                 tokio::runtime::Builder::new_current_thread()
@@ -163,7 +181,7 @@ fn main() {
                     .enable_all()
                     .build()
                     .expect("a runtime")
-                    .block_on(legitimate(addr, until, first_event))
+                    .block_on(legitimate(addr, until, first_event, fresh))
             });
             let (opened, most) = attacker.join().expect("the attacker");
             let (mut times, failures) = sender.join().expect("the legitimate sender");
