@@ -22,6 +22,8 @@ pub const BODY_READ: u32 = 40008;
 pub const BODY_TIMEOUT: u32 = 40009;
 /// `EventTime` further ahead of the arrival than `EVENT_TIME_MAX_FUTURE_SECS`.
 pub const FUTURE_EVENT_TIME: u32 = 40010;
+/// A string of the body holds a lone surrogate escape, which PostgreSQL cannot store.
+pub const LONE_SURROGATE: u32 = 40011;
 
 /// `Sign` or `RequestTime` missing while a token is set.
 pub const SIGNATURE_MISSING: u32 = 40101;
@@ -74,7 +76,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub const "))
             .map(|rest| rest.rsplit(' ').next().unwrap().trim_end_matches(';'))
             .collect();
-        assert_eq!(codes.len(), 27);
+        assert_eq!(codes.len(), 28);
         let mut unique = codes.clone();
         unique.sort();
         unique.dedup();

@@ -167,8 +167,9 @@ impl Application {
         })
         .workers(workers)
         // Slow, idle or half-sent requests must not hold connections for long: the head must
-        // arrive within 5 s (the body within 5 s more: see http::callback), an idle keep-alive
-        // connection closes after 5 s, and a closing one gets 1 s to go.
+        // arrive within 5 s (the body's first bytes within 1 s more, then at a minimum rate:
+        // see http::callback), an idle keep-alive connection closes after 5 s, and a closing
+        // one gets 1 s to go.
         .client_request_timeout(HTTP_REQUEST_HEAD_TIMEOUT)
         .keep_alive(HTTP_KEEP_ALIVE)
         .client_disconnect_timeout(Duration::from_secs(1))

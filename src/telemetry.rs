@@ -29,7 +29,10 @@ pub fn init_logging(format: LogFormat) {
                     .with_span_list(false),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer()).try_init(),
+        // Colour only for a terminal: escape codes in a log file are noise.
+        LogFormat::Pretty => registry
+            .with(fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
+            .try_init(),
     };
 }
 

@@ -6,6 +6,7 @@
 
 mod domain;
 mod identity;
+mod limits;
 pub mod numeric;
 mod parse;
 mod query;
@@ -18,8 +19,9 @@ pub use domain::{
     RECONCILE_COMMAND, RECONCILED, RESERVED_PREFIX, ROOM_DESTROYED, RoomInfo, SdkAppId, Seat,
     event_types,
 };
+pub use limits::MAX_LIST_ENTRIES;
 pub use numeric::fits as numeric_fits;
-pub use parse::{MAX_LIST_ENTRIES, account_id, parse_body, parse_stored, seat_list_of};
+pub use parse::{account_id, parse_body, parse_stored, seat_list_of};
 pub use query::CallbackQuery;
 pub use rejection::{Rejection, RejectionKind, printable};
 pub use signature::{SignatureError, sign, verify_signature};

@@ -16,6 +16,8 @@ pub enum RejectionKind {
     WrongType,
     OutOfBounds,
     NulCharacter,
+    /// A UTF-16 surrogate escape that is not half of a pair, anywhere in the body.
+    LoneSurrogate,
     CommandMismatch,
     MissingCommand,
     /// `EventTime` further ahead of the arrival than the configured skew.

@@ -37,9 +37,16 @@ pub fn verify_signature(
     let (Some(given), Some(request_time)) = (sign_param, request_time) else {
         return Err(SignatureError::Missing);
     };
+    // Plain decimal digits only, as Tencent writes a Unix time: `parse` also takes a sign and
+    // leading zeros, which would give one time many spellings, each with its own signature.
+    let plain = !request_time.is_empty()
+        && request_time.bytes().all(|b| b.is_ascii_digit())
+        && (request_time == "0" || !request_time.starts_with('0'));
     let sent_at: i64 = request_time
         .parse()
-        .map_err(|_| SignatureError::BadRequestTime)?;
+        .ok()
+        .filter(|_| plain)
+        .ok_or(SignatureError::BadRequestTime)?;
     let skew = i64::try_from(max_skew.as_secs()).unwrap_or(i64::MAX);
     if now_secs.abs_diff(sent_at) > skew.unsigned_abs() {
         return Err(SignatureError::Expired);
@@ -60,6 +67,31 @@ mod tests {
 
     const WINDOW: Duration = Duration::from_secs(60);
     const VECTOR: &str = "17773bc39a671d7b9aa835458704d2a6db81360a5940292b587d6d760d484061";
+
+    #[test]
+    fn request_time_is_plain_digits() {
+        let now = 1669872112;
+        for odd in [
+            "+1669872112",
+            "0001669872112",
+            " 1669872112",
+            "1669872112 ",
+            "",
+            "-0",
+        ] {
+            let sign = sign("t", odd);
+            assert_eq!(
+                verify_signature("t", Some(&sign), Some(odd), now, WINDOW),
+                Err(SignatureError::BadRequestTime),
+                "{odd:?}"
+            );
+        }
+        let sign = sign("t", "1669872112");
+        assert_eq!(
+            verify_signature("t", Some(&sign), Some("1669872112"), now, WINDOW),
+            Ok(())
+        );
+    }
 
     #[test]
     fn tencent_test_vector() {

@@ -12,14 +12,10 @@ use serde::{
 use serde_json::{Map, Number, Value, value::RawValue};
 
 use super::{
+    limits::{MAX_LIST_ENTRIES, MAX_READ_VALUES},
     numeric,
-    parse::MAX_LIST_ENTRIES,
     rejection::{Rejection, RejectionKind, key_in_path},
 };
-
-/// At most this many values (every array, object and scalar) are built for the fields roomsync
-/// reads, over the whole body: a Live `MemberList` of 10,000 members takes about 20,000.
-pub const MAX_READ_VALUES: usize = 50_000;
 
 /// The whole-value check the parse-time checks must agree with (see the tests in parse.rs).
 #[cfg(test)]
@@ -221,22 +217,105 @@ fn may_be_unstorable(text: &[u8]) -> bool {
     })
 }
 
-/// A fault found under a key; a later value under the same key replaces the earlier one, as
-/// it does in a parsed object.
+/// A fault found under a key. A later value under the same key does not clear it: jsonb reads
+/// (and refuses) every value, also one a later duplicate hides, and a bound is a bound. The
+/// first fault under a key, in text order, is the one named.
 pub(super) fn record(
     faults: &mut BTreeMap<String, Fault>,
     key: Cow<'_, str>,
     fault: Option<Fault>,
 ) {
+    if let Some(mut fault) = fault
+        && !faults.contains_key(&*key)
+    {
+        fault.steps.push(Step::Key(key.clone().into_owned()));
+        faults.insert(key.into_owned(), fault);
+    }
+}
+
+/// An escape PostgreSQL's jsonb refuses in any string, key or value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EscapeFault {
+    /// `\u0000`: text cannot hold a NUL character.
+    Nul,
+    /// A UTF-16 surrogate escape that is not half of a pair (`\ud800`, `\udc00`,
+    /// `\ud800\u0041`): no character at all.
+    LoneSurrogate,
+}
+
+/// The first escape of `text` that jsonb refuses, and its byte offset. In valid JSON every
+/// backslash is inside a string, so one search for `\u` finds every escape, in read fields,
+/// skipped ones, keys and values a later duplicate hides alike, building nothing; a `\u`
+/// after an odd run of backslashes is text, not an escape.
+pub(super) fn unstorable_escape(text: &[u8]) -> Option<(usize, EscapeFault)> {
+    let unit = |at: usize| -> Option<u16> {
+        let digits = text.get(at..at + 4)?;
+        digits.iter().try_fold(0u16, |n, d| {
+            Some(n << 4 | u16::from((*d as char).to_digit(16)? as u8))
+        })
+    };
+    let mut paired_until = 0;
+    for at in memchr::memmem::find_iter(text, br"\u") {
+        if at < paired_until {
+            continue;
+        }
+        // Each `\u` hit ends its run of backslashes, so every byte is walked back over once.
+        let escaped = text[..at].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1;
+        // Not four hex digits: not JSON, which the parser reports.
+        let Some(n) = unit(at + 2).filter(|_| !escaped) else {
+            continue;
+        };
+        match n {
+            0 => return Some((at, EscapeFault::Nul)),
+            0xD800..=0xDBFF
+                if text.get(at + 6..at + 8) == Some(&br"\u"[..])
+                    && unit(at + 8).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                paired_until = at + 12;
+            }
+            0xD800..=0xDFFF => return Some((at, EscapeFault::LoneSurrogate)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What [`unstorable_escape`] found, as the answer names it.
+pub(super) fn escape_rejection(text: &[u8], at: usize, fault: EscapeFault) -> Rejection {
+    let escape = String::from_utf8_lossy(&text[at..(at + 6).min(text.len())]).into_owned();
     match fault {
-        Some(mut fault) => {
-            fault.steps.push(Step::Key(key.clone().into_owned()));
-            faults.insert(key.into_owned(), fault);
+        EscapeFault::Nul => Rejection::new(
+            RejectionKind::NulCharacter,
+            format!("body contains a NUL character ({escape} at byte {at})"),
+        ),
+        EscapeFault::LoneSurrogate => Rejection::new(
+            RejectionKind::LoneSurrogate,
+            format!(
+                "body contains a lone surrogate escape ({escape} at byte {at}), which PostgreSQL cannot store"
+            ),
+        ),
+    }
+}
+
+/// [`top_level`], with a lone surrogate in a string serde_json decodes (a read field, a key)
+/// named as the same fault as anywhere else, unless the text is not JSON for another reason.
+pub(super) fn storable_top_level(text: &str) -> Result<Option<TopLevel>, Rejection> {
+    top_level(text).map_err(|e| {
+        match unstorable_escape(text.as_bytes()) {
+            // Only a failed parse pays for this second pass, which decodes no string.
+            Some((at, fault)) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                escape_rejection(text.as_bytes(), at, fault)
+            }
+            _ => Rejection::new(RejectionKind::NotJson, format!("body is not JSON: {e}")),
         }
-        None if !faults.is_empty() => {
-            faults.remove(&*key);
-        }
-        None => {}
+    })
+}
+
+/// The escapes jsonb refuses, anywhere in the body.
+pub(super) fn check_escapes(text: &str) -> Result<(), Rejection> {
+    match unstorable_escape(text.as_bytes()) {
+        Some((at, fault)) => Err(escape_rejection(text.as_bytes(), at, fault)),
+        None => Ok(()),
     }
 }
 
@@ -629,14 +708,14 @@ mod tests {
 
     #[test]
     fn the_read_fields_share_one_budget_of_values() {
-        // Five lists within the per-list bound, 50,005 values and more in all.
-        let lists: Vec<String> = (0..5)
+        // Seven lists within the per-list bound, 70,007 values and more in all.
+        let lists: Vec<String> = (0..7)
             .map(|i| format!(r#""L{i}":{}"#, list("0", MAX_LIST_ENTRIES)))
             .collect();
         let text = format!(r#"{{"RoomInfo":{{{}}}}}"#, lists.join(","));
         assert_eq!(
             fault(&text).as_deref(),
-            Some("body has more than 50000 values in the fields roomsync reads")
+            Some("body has more than 70000 values in the fields roomsync reads")
         );
         // The same values in a field roomsync does not read cost no budget.
         let text = format!(r#"{{"Junk":{{{}}}}}"#, lists.join(","));

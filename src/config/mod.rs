@@ -42,6 +42,14 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// The default: pretty for a person at a terminal, JSON for a file or a log collector
+    /// (and no colour codes in either).
+    pub fn for_output(terminal: bool) -> Self {
+        if terminal { Self::Pretty } else { Self::Json }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Holds the database password, hence a secret.
@@ -169,7 +177,8 @@ impl Config {
             run_migrations: parse_bool(&get, "RUN_MIGRATIONS", true)?,
             max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)?,
             log_format: match get("LOG_FORMAT").as_deref().map(str::to_ascii_lowercase) {
-                None => LogFormat::Pretty,
+                // The logs go to standard output.
+                None => LogFormat::for_output(std::io::IsTerminal::is_terminal(&std::io::stdout())),
                 Some(v) if v == "pretty" => LogFormat::Pretty,
                 Some(v) if v == "json" => LogFormat::Json,
                 Some(v) => return Err(invalid("LOG_FORMAT", format!("{v:?}: use pretty or json"))),
@@ -429,7 +438,12 @@ mod tests {
                 "LISTEN_ADDR" => c.listen_addr.to_string(),
                 "RUN_MIGRATIONS" => c.run_migrations.to_string(),
                 "MAX_BODY_BYTES" => c.max_body_bytes.to_string(),
-                "LOG_FORMAT" => format!("{:?}", c.log_format).to_ascii_lowercase(),
+                // Documented as "pretty on a terminal, else json".
+                "LOG_FORMAT" => {
+                    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+                    assert_eq!(c.log_format, LogFormat::for_output(terminal));
+                    return None;
+                }
                 // Read by `telemetry::init_logging`, with this fallback.
                 "RUST_LOG" => DEFAULT_RUST_LOG.into(),
                 "DATABASE_MAX_CONNECTIONS" => c.database_max_connections.to_string(),
@@ -475,6 +489,18 @@ mod tests {
             assert_eq!(actual(&var), default, "the default of {var}");
         }
         assert_eq!(c.sdk_app_ids, vec![SdkAppId::parse("1400000001").unwrap()]);
+    }
+
+    #[test]
+    fn logs_are_json_unless_a_terminal_reads_them() {
+        assert_eq!(LogFormat::for_output(true), LogFormat::Pretty);
+        assert_eq!(LogFormat::for_output(false), LogFormat::Json);
+        // The tests' output is captured, not a terminal, unless run by hand.
+        if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            assert_eq!(config(&BASE).unwrap().log_format, LogFormat::Json);
+        }
+        let pretty = config(&[BASE[0], BASE[1], ("LOG_FORMAT", "Pretty")]).unwrap();
+        assert_eq!(pretty.log_format, LogFormat::Pretty);
     }
 
     #[test]

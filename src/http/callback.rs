@@ -2,7 +2,6 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -13,7 +12,7 @@ use actix_web::{
     web,
 };
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::{AppContext, BodyBudget, CallbackError};
 use crate::{
@@ -26,8 +25,13 @@ use crate::{
 /// them before: keys in byte order).
 const OK_ANSWER: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 
-/// How long the whole body may take to arrive.
+/// How long the whole body may take to arrive, at most.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the first bytes of a body may take after the head, and the rate the rest must keep
+/// (docs/limits.md#the-http-server): Tencent sends a body at once, and a body that trickles
+/// holds a connection and what it has sent so far, so it is cut well before the 5 s.
+const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const BODY_MIN_BYTES_PER_SEC: u64 = 256 * 1024;
 /// How long a body may wait for room in the in-flight budget before it is refused (503
 /// `50310`): a short wait rides out a burst, a long one would only hold the connection.
 const BODY_BYTES_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -116,9 +120,8 @@ async fn process(
 ) -> Result<Accepted, CallbackError> {
     let received_at = chrono::Utc::now();
     let config = &ctx.config;
-    // The permit is held until the callback is answered: the body and its stored copy live
-    // until then.
-    let (body, _permit) = read_body(req, payload, config.max_body_bytes, &ctx.body_bytes).await?;
+    // Who is asking comes first, from the query string alone: a stranger (a wrong app id, a bad
+    // signature) is answered before a byte of its body is read or reserved.
     let app = query
         .sdk_app_id
         .as_deref()
@@ -137,6 +140,9 @@ async fn process(
         )
         .map_err(CallbackError::Signature)?;
     }
+    // The permits are held until the callback is answered: the body and its stored copy live
+    // until then.
+    let (body, _permits) = read_body(req, payload, config.max_body_bytes, &ctx.body_bytes).await?;
     let max_future = Some(config.event_time_max_future);
     let parsed = if body.len() <= BodyBudget::SMALL_BODY {
         parse_body(&body, query, app, received_at, max_future)
@@ -170,15 +176,14 @@ async fn process(
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them, and taking its
-/// bytes from the in-flight `budget` before they are buffered (a declared length at once, a
-/// chunked body chunk by chunk).
+/// bytes from the in-flight budget as they arrive, never for a length only declared: a sender
+/// holds what it has sent, for as long as it keeps [`BODY_MIN_BYTES_PER_SEC`].
 async fn read_body(
     req: &HttpRequest,
     payload: &mut web::Payload,
     limit: usize,
     budgets: &BodyBudget,
-) -> Result<(web::Bytes, Option<OwnedSemaphorePermit>), CallbackError> {
-    let budget = &budgets.all;
+) -> Result<(web::Bytes, Held), CallbackError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -187,64 +192,81 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit) {
         return Err(CallbackError::TooLarge(limit));
     }
+    let started = tokio::time::Instant::now();
     let read = async {
-        let mut permit = None;
-        match declared {
-            // A small body takes its bytes at once: from the shared budget if they are free
-            // now (without queueing behind large bodies), else from the reserve. It cannot
-            // grow past its declared length, so it needs no more.
-            Some(len) if (1..=BodyBudget::SMALL_BODY).contains(&len) => {
-                let n = u32::try_from(len).expect("a small body's length fits u32");
-                permit = Some(match budget.clone().try_acquire_many_owned(n) {
-                    Ok(taken) => taken,
-                    Err(_) => tokio::time::timeout(
-                        BODY_BYTES_WAIT,
-                        budgets.small.clone().acquire_many_owned(n),
-                    )
-                    .await
-                    .map_err(|_| CallbackError::BodiesInFlight)?
-                    .expect("the body budget is never closed"),
-                });
-            }
-            _ => take_bytes(budget, &mut permit, declared.unwrap_or(0)).await?,
-        }
-        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-        while let Some(chunk) = payload.next().await {
+        let mut held = Held::default();
+        let mut body = web::BytesMut::new();
+        loop {
+            let next =
+                tokio::time::timeout_at(arrival_deadline(started, body.len()), payload.next());
+            let Some(chunk) = next.await.map_err(|_| CallbackError::BodyTimeout)? else {
+                break;
+            };
             let chunk = chunk.map_err(CallbackError::BodyRead)?;
-            if body.len() + chunk.len() > limit {
+            let total = body.len() + chunk.len();
+            if total > limit {
                 return Err(CallbackError::TooLarge(limit));
             }
-            take_bytes(budget, &mut permit, body.len() + chunk.len()).await?;
+            // A small body that is all here (every usual callback) may draw on the reserve:
+            // it is handled at once, so no sender can hold the reserve by sending slowly.
+            let complete_small = declared == Some(total) && total <= BodyBudget::SMALL_BODY;
+            held.grow(budgets, total, complete_small).await?;
             body.extend_from_slice(&chunk);
         }
-        Ok((body.freeze(), permit))
+        Ok((body.freeze(), held))
     };
-    // A trickled body must not hold a worker: Tencent sends it at once.
     tokio::time::timeout(BODY_READ_TIMEOUT, read)
         .await
         .unwrap_or(Err(CallbackError::BodyTimeout))
 }
 
-/// Grows `permit` to `total` bytes, waiting at most [`BODY_BYTES_WAIT`] for them.
-async fn take_bytes(
-    budget: &Arc<Semaphore>,
-    permit: &mut Option<OwnedSemaphorePermit>,
-    total: usize,
-) -> Result<(), CallbackError> {
-    let held = permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-    let Some(more) = total.checked_sub(held).filter(|n| *n > 0) else {
-        return Ok(());
-    };
-    let more = u32::try_from(more).map_err(|_| CallbackError::BodiesInFlight)?;
-    let taken = tokio::time::timeout(BODY_BYTES_WAIT, budget.clone().acquire_many_owned(more))
-        .await
-        .map_err(|_| CallbackError::BodiesInFlight)?
-        .expect("the body budget is never closed");
-    match permit {
-        Some(permit) => permit.merge(taken),
-        None => *permit = Some(taken),
+/// When the bytes after the first `received` must have arrived: [`BODY_GRACE`], then
+/// [`BODY_MIN_BYTES_PER_SEC`], within [`BODY_READ_TIMEOUT`] in all.
+fn arrival_deadline(started: tokio::time::Instant, received: usize) -> tokio::time::Instant {
+    let at_rate =
+        std::time::Duration::from_secs_f64(received as f64 / BODY_MIN_BYTES_PER_SEC as f64);
+    started + (BODY_GRACE + at_rate).min(BODY_READ_TIMEOUT)
+}
+
+/// The bytes a body holds of the in-flight budget, from the shared bound and the reserve.
+#[derive(Default)]
+struct Held {
+    permits: Vec<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Grows to `total` bytes: from the shared bound if they are free now; else, for a small
+    /// body that has arrived in full, from the reserve; else from the shared bound after a
+    /// wait of at most [`BODY_BYTES_WAIT`].
+    async fn grow(
+        &mut self,
+        budgets: &BodyBudget,
+        total: usize,
+        complete_small: bool,
+    ) -> Result<(), CallbackError> {
+        let Some(more) = total.checked_sub(self.bytes).filter(|n| *n > 0) else {
+            return Ok(());
+        };
+        let n = u32::try_from(more).map_err(|_| CallbackError::BodiesInFlight)?;
+        let taken = match budgets.all.clone().try_acquire_many_owned(n) {
+            Ok(taken) => taken,
+            Err(_) => {
+                let from = if complete_small {
+                    &budgets.small
+                } else {
+                    &budgets.all
+                };
+                tokio::time::timeout(BODY_BYTES_WAIT, from.clone().acquire_many_owned(n))
+                    .await
+                    .map_err(|_| CallbackError::BodiesInFlight)?
+                    .expect("the body budget is never closed")
+            }
+        };
+        self.permits.push(taken);
+        self.bytes = total;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Keeps an authenticated but invalid callback for an operator. Best effort: the answer is

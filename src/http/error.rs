@@ -42,6 +42,7 @@ impl CallbackError {
                 RejectionKind::WrongType => codes::WRONG_TYPE,
                 RejectionKind::OutOfBounds => codes::OUT_OF_BOUNDS,
                 RejectionKind::NulCharacter => codes::NUL_CHARACTER,
+                RejectionKind::LoneSurrogate => codes::LONE_SURROGATE,
                 RejectionKind::CommandMismatch => codes::COMMAND_MISMATCH,
                 RejectionKind::MissingCommand => codes::MISSING_COMMAND,
                 RejectionKind::FutureEventTime => codes::FUTURE_EVENT_TIME,
@@ -64,11 +65,17 @@ impl CallbackError {
         }
     }
 
-    /// The request body was not read to its end.
+    /// The request body was not read to its end (a stranger's is never read).
     pub fn body_unread(&self) -> bool {
         matches!(
             self,
-            Self::TooLarge(_) | Self::BodyRead(_) | Self::BodyTimeout | Self::BodiesInFlight
+            Self::TooLarge(_)
+                | Self::BodyRead(_)
+                | Self::BodyTimeout
+                | Self::BodiesInFlight
+                | Self::AppIdMissing
+                | Self::AppIdUnknown
+                | Self::Signature(_)
         )
     }
 

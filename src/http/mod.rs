@@ -19,9 +19,11 @@ pub use error::CallbackError;
 
 use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
 
-/// The bytes callback bodies may take while they are received and handled: all of them share
-/// `all`; a small body (the usual callback) may also draw on `small`, a reserve large bodies
-/// cannot take, so a wave of large bodies does not hold it back (docs/limits.md#memory).
+/// The bytes callback bodies may take while they are received and handled, taken as they
+/// arrive: all of them share `all`; a small body (the usual callback) that has arrived in full
+/// may also draw on `small`, a reserve that neither large bodies nor bodies still arriving can
+/// take, so neither a wave of large bodies nor senders that send slowly hold it back
+/// (docs/limits.md#memory).
 /// Large bodies are also parsed apart, `parsing` at a time, off the threads that serve the
 /// connections: a wave of them never holds a usual callback behind its CPU time.
 #[derive(Clone)]

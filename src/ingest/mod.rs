@@ -117,11 +117,10 @@ impl Ingest {
                     query,
                     body,
                 };
-                if let Err(e) = self
+                let kept = self
                     .rejected
-                    .keep(&rejected, Budget::Exempt, &self.metrics)
-                    .await
-                {
+                    .keep(&rejected, Budget::Refused, &self.metrics);
+                if let Err(e) = kept.await {
                     tracing::error!(error = %e, "could not keep a refused callback");
                 }
                 return Err(IngestError::Refused(error));

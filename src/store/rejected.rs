@@ -22,31 +22,36 @@ pub struct RejectedCallback<'a> {
 pub enum Budget {
     /// A callback answered 4xx: the sender was told; past the budget only a counter keeps it.
     Counted,
-    /// A callback that was answered 200 (from the journal) or that PostgreSQL refused: always
-    /// kept.
+    /// A callback whose data PostgreSQL refused (answered 503): a sender can make PostgreSQL
+    /// refuse at will, so it is bounded too, by a reserve of its own a flood of 4xx cannot
+    /// take: [`REFUSED_RESERVE`] of each budget, on top of it.
+    Refused,
+    /// A journal record that no longer parses (answered 200 long ago): always kept. Only
+    /// roomsync's own journal holds them, bounded by `JOURNAL_MAX_BYTES`.
     Exempt,
 }
+
+/// The reserve of [`Budget::Refused`] rows, as a share of each budget (per second and in
+/// total): a tenth.
+pub const REFUSED_RESERVE: u64 = 10;
 
 /// Keeps refused callbacks within [`RejectedLimits`].
 pub struct RejectedStore {
     pool: PgPool,
     limits: RejectedLimits,
     bucket: Mutex<TokenBucket>,
+    /// The reserve of rows PostgreSQL refused.
+    refused: Mutex<TokenBucket>,
 }
 
 impl RejectedStore {
     pub fn new(pool: PgPool, limits: RejectedLimits) -> Self {
-        // Bursts of ten seconds' worth.
         let per_sec = limits.max_bytes_per_sec as f64;
         Self {
             pool,
             limits,
-            bucket: Mutex::new(TokenBucket {
-                tokens: per_sec * 10.0,
-                capacity: per_sec * 10.0,
-                per_sec,
-                at: Instant::now(),
-            }),
+            bucket: Mutex::new(TokenBucket::new(per_sec)),
+            refused: Mutex::new(TokenBucket::new(per_sec / REFUSED_RESERVE as f64)),
         }
     }
 
@@ -59,21 +64,24 @@ impl RejectedStore {
         metrics: &Metrics,
     ) -> Result<bool, StoreError> {
         let row = StoredRow::of(rejected, self.limits.body_max_bytes);
-        let total_cap = match budget {
-            Budget::Exempt => None,
-            Budget::Counted => {
-                if !self
-                    .bucket
-                    .lock()
-                    .expect("bucket")
-                    .take(row.bytes() as f64, Instant::now())
-                {
-                    metrics.rejected_dropped.inc();
-                    return Ok(false);
-                }
-                Some(self.limits.max_total_bytes)
-            }
+        let total = self.limits.max_total_bytes;
+        let (bucket, total_cap) = match budget {
+            Budget::Exempt => (None, None),
+            Budget::Counted => (Some(&self.bucket), Some(total)),
+            Budget::Refused => (
+                Some(&self.refused),
+                Some(total.saturating_add(total / REFUSED_RESERVE)),
+            ),
         };
+        if let Some(bucket) = bucket
+            && !bucket
+                .lock()
+                .expect("bucket")
+                .take(row.bytes() as f64, Instant::now())
+        {
+            metrics.rejected_dropped.inc();
+            return Ok(false);
+        }
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
         let kept = insert_rejected(&mut conn, rejected, &row, total_cap).await?;
         if kept.is_none() {
@@ -91,6 +99,16 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Full, with bursts of ten seconds' worth.
+    fn new(per_sec: f64) -> Self {
+        Self {
+            tokens: per_sec * 10.0,
+            capacity: per_sec * 10.0,
+            per_sec,
+            at: Instant::now(),
+        }
+    }
+
     /// Takes `amount` tokens while any are left (the balance may go below zero): a row of any
     /// size can be kept after a quiet spell, the rate holds on average, and a burst exceeds
     /// its bound by one row at most.

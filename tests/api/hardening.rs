@@ -203,10 +203,10 @@ async fn lists_in_the_fields_roomsync_reads_are_bounded_at_any_depth(pool: PgPoo
         (
             "Room.CallbackAfterUpdateRoomInfo",
             format!(
-                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","A":{l},"B":{l},"C":{l},"D":{l},"E":{l}}}}}"#,
+                r#"{{"EventTime":5,"RoomInfo":{{"RoomId":"r","A":{l},"B":{l},"C":{l},"D":{l},"E":{l},"F":{l},"G":{l}}}}}"#,
                 l = list("0", 10_000)
             ),
-            "body has more than 50000 values in the fields roomsync reads",
+            "body has more than 70000 values in the fields roomsync reads",
         ),
     ];
     for (command, body, info) in cases {
@@ -613,17 +613,20 @@ async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
     let app = spawn_app_with(
         pool,
         &[
-            ("MAX_BODY_BYTES", "100000"),
-            ("HTTP_MAX_INFLIGHT_BODY_BYTES", "100001"),
+            ("MAX_BODY_BYTES", "400000"),
+            ("HTTP_MAX_INFLIGHT_BODY_BYTES", "400001"),
         ],
     )
     .await;
     let query = "SdkAppid=1400000001&CallbackCommand=Room.CallbackAfterMemberEnter";
-    // A declared 100,000-byte body that has not arrived holds its 100,000 bytes.
+    // A body that has sent all but 2 of its 400,000 bytes holds what it sent (for as long as
+    // its rate allows: about 2.5 s).
     let address = app.address.trim_start_matches("http://");
     let mut held = tokio::net::TcpStream::connect(address).await.unwrap();
-    let head =
-        format!("POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{{");
+    let head = format!(
+        "POST /callback?{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n[{}",
+        "0,".repeat(199_998) + "0"
+    );
     held.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // One byte still fits; a large body just past the bound is refused after a short wait.
@@ -643,5 +646,73 @@ async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, _) = answer(app.post_raw(query, large).await).await;
     assert_eq!(status, 400);
+    app.stop().await;
+}
+
+/// A sender can make PostgreSQL refuse a callback's data at will (here a trigger does): those
+/// rows (`50304`) have a reserve of their own, a tenth of each budget, and cannot pass it.
+#[sqlx::test]
+async fn rows_postgresql_refused_are_bounded_too(pool: PgPool) {
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.room_id = 'refused' THEN
+                   RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse BEFORE INSERT ON room_events
+               FOR EACH ROW EXECUTE FUNCTION refuse();"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = spawn_app_with(
+        pool.clone(),
+        &[
+            ("REJECTED_MAX_BYTES_PER_SEC", "10240"),
+            ("REJECTED_MAX_TOTAL_BYTES", "1048576"),
+        ],
+    )
+    .await;
+    let pad = "x".repeat(60_000);
+    let mut refused = 0;
+    for n in 0..60 {
+        let mut body = enter("refused", &["a"], 100 + n);
+        body["Pad"] = json!(pad);
+        let (status, answer) = app.send(&body).await;
+        assert_eq!(status, 503, "{answer}");
+        refused += usize::from(answer["ErrorCode"] == 50304);
+    }
+    assert_eq!(refused, 60);
+    let bytes = |pool: PgPool, code: i32| async move {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(rejected_callbacks_row_bytes(r))::bigint FROM rejected_callbacks r
+             WHERE error_code = $1",
+        )
+        .bind(code)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+    };
+    // A burst of ten seconds of a tenth of 10 KiB/s: one row of 60 KB crosses it.
+    let kept = bytes(pool.clone(), 50304).await;
+    assert!(
+        kept > 0 && kept < 2 * 61_000,
+        "{kept} bytes of 50304 rows kept"
+    );
+    // The 4xx budget is untouched: a real invalid callback is still kept.
+    let query = "SdkAppid=1400000001&CallbackCommand=Room.CallbackAfterMemberEnter";
+    let (status, _) = answer(app.post_raw(query, r#"{"RoomId":"r"}"#).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM rejected_callbacks WHERE error_code = 40002"
+        )
+        .await,
+        1
+    );
     app.stop().await;
 }

@@ -12,6 +12,8 @@ mod failures;
 mod fake_tencent;
 mod hardening;
 mod helpers;
+mod intake;
+mod jsonb;
 mod lifecycle;
 mod live;
 mod model;
