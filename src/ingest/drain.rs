@@ -106,6 +106,12 @@ impl Drain {
                 .set(self.reader.unreadable() as i64);
         }
         if batch.entries.is_empty() {
+            if self.reader.awaiting_removal() > 0 && !self.reader.removal_failed() {
+                // Idle only once what was applied has left the file (or its removal failed).
+                self.reader.settle().await;
+                self.show();
+                return Step::Worked;
+            }
             self.show();
             if self.reader.removal_failed() {
                 return Step::Idle(Some(self.timings.drain_retry));

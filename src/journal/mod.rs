@@ -307,14 +307,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
 
-    fn record(n: i64) -> Record {
-        Record {
-            sdk_app_id: 1400000001,
-            received_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
-            query: format!("SdkAppid=1400000001&n={n}"),
-            body: format!(r#"{{"n":{n},"text":"房间"}}"#),
-        }
-    }
+    use record::test_record as record;
 
     fn keys(entries: &[Entry]) -> Vec<u64> {
         entries.iter().map(|e| e.key).collect()

@@ -219,6 +219,17 @@ impl Reader {
         }
     }
 
+    /// Waits for the removal under way, then starts one for what was acknowledged meanwhile
+    /// (unless the last one failed): before the drain goes idle, so nothing applied stays in
+    /// the file while nothing else happens.
+    pub async fn settle(&mut self) {
+        self.finish_removal().await;
+        if !self.removal_failed {
+            self.start_removal();
+            self.finish_removal().await;
+        }
+    }
+
     /// At a stop: waits for the removal under way, then tries once more what is left.
     pub async fn finish(&mut self) {
         self.finish_removal().await;
@@ -233,16 +244,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Record;
-
-    fn record(n: i64) -> Record {
-        Record {
-            sdk_app_id: 1400000001,
-            received_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
-            query: format!("SdkAppid=1400000001&n={n}"),
-            body: format!(r#"{{"n":{n}}}"#),
-        }
-    }
+    use crate::journal::record::test_record as record;
 
     fn keys(batch: &Batch) -> Vec<u64> {
         batch.entries.iter().map(|e| e.key).collect()
@@ -301,6 +303,28 @@ mod tests {
         journal.fail_removals(false);
         reader.retry_removal();
         reader.finish().await;
+        assert_eq!((journal.depth(), reader.awaiting_removal()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn what_is_acknowledged_while_a_removal_runs_is_removed_when_it_settles() {
+        let (_dir, journal) = journal_with(4).await;
+        let mut reader = Reader::new(journal.clone());
+        let now = Utc::now();
+        let first = reader.next(2, usize::MAX, now).await.unwrap();
+        reader.ack(keys(&first));
+        // Acknowledged while the first removal may still run: no second removal starts.
+        let second = reader.next(2, usize::MAX, now).await.unwrap();
+        reader.ack(keys(&second));
+        assert!(
+            reader
+                .next(2, usize::MAX, now)
+                .await
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        reader.settle().await;
         assert_eq!((journal.depth(), reader.awaiting_removal()), (0, 0));
     }
 

@@ -126,6 +126,17 @@ impl Parked {
     }
 }
 
+/// A record for the journal's unit tests: app 1400000001, the n-th of its kind.
+#[cfg(test)]
+pub(super) fn test_record(n: i64) -> Record {
+    Record {
+        sdk_app_id: 1400000001,
+        received_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+        query: format!("SdkAppid=1400000001&n={n}"),
+        body: format!(r#"{{"n":{n},"text":"房间"}}"#),
+    }
+}
+
 /// One record as the drain or an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

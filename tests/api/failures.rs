@@ -259,6 +259,33 @@ async fn a_record_past_the_statement_timeout_is_parked_then_applied(pool: PgPool
     parked_then_applied(pool, Cause::Timeout).await;
 }
 
+/// Sends the callbacks `body(n)` for n = 0, 1, … (at most `most`) while PostgreSQL is cut, until
+/// the journal's disk is full: three answers 503 `50306`. Returns the rooms answered 200.
+pub async fn journal_until_full(
+    app: &TestApp,
+    most: i64,
+    body: impl Fn(i64) -> (String, serde_json::Value),
+) -> Vec<String> {
+    let (mut stored, mut full) = (Vec::new(), 0);
+    for n in 0..most {
+        let (room, body) = body(n);
+        let (status, answer) = app.send(&body).await;
+        match status {
+            200 => stored.push(room),
+            503 => {
+                assert_eq!(answer["ErrorCode"], json!(50306), "{answer}");
+                full += 1;
+                if full >= 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected answer {other}: {answer}"),
+        }
+    }
+    assert!(full >= 3, "the disk filled up");
+    stored
+}
+
 /// A real small filesystem (tmpfs) in a temporary directory, unmounted when dropped.
 pub struct SmallDisk {
     dir: tempfile::TempDir,
@@ -344,23 +371,12 @@ async fn a_full_journal_disk_recovers_without_a_restart(pool: PgPool) {
     // Large callbacks until the disk is full (bounded).
     let users: Vec<String> = (0..2000).map(|i| format!("user-{i:05}")).collect();
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
-    let (mut stored, mut full) = (Vec::new(), 0);
-    for n in 0..400 {
+    let stored = journal_until_full(&app, 400, |n| {
         let room = format!("big-{n}");
-        let (status, answer) = app.send(&enter(&room, &users, 100 + n)).await;
-        match status {
-            200 => stored.push(room),
-            503 => {
-                assert_eq!(answer["ErrorCode"], json!(50306), "{answer}");
-                full += 1;
-                if full >= 3 {
-                    break;
-                }
-            }
-            other => panic!("unexpected answer {other}: {answer}"),
-        }
-    }
-    assert!(full >= 3, "the disk filled up");
+        let body = enter(&room, &users, 100 + n);
+        (room, body)
+    })
+    .await;
     assert!(!stored.is_empty());
     // PostgreSQL comes back while the disk is still full: what was journaled is applied, once.
     proxy.restore();

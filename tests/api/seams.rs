@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
-use crate::{failures::SmallDisk, helpers::*, rows::*};
+use crate::{
+    failures::{SmallDisk, journal_until_full},
+    helpers::*,
+    rows::*,
+};
 
 /// A session of its own that holds `rooms`' rows (`SELECT … FOR UPDATE` left open), as a
 /// forgotten psql session would.
@@ -48,25 +52,13 @@ async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
     // every record fills a page of its own, and removing a drain step's worth frees (and must
     // note as freed) over a thousand pages: the removal needs more new pages than an append.
     let pad = "p".repeat(2200);
-    let (mut stored, mut full) = (Vec::new(), 0);
-    for n in 0..20_000 {
+    let stored = journal_until_full(&app, 20_000, |n| {
         let room = format!("r-{n}");
         let mut body = enter(&room, &["u"], 100 + n);
         body["Pad"] = json!(pad);
-        let (status, answer) = app.send(&body).await;
-        match status {
-            200 => stored.push(room),
-            503 => {
-                assert_eq!(answer["ErrorCode"], json!(50306), "{answer}");
-                full += 1;
-                if full >= 3 {
-                    break;
-                }
-            }
-            other => panic!("unexpected answer {other}: {answer}"),
-        }
-    }
-    assert!(full >= 3, "the disk filled up");
+        (room, body)
+    })
+    .await;
     assert!(
         stored.len() > 2 * 1024,
         "more than two drain steps' worth journaled: {}",
