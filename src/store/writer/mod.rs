@@ -249,6 +249,9 @@ impl Writer {
     ) {
         {
             let mut state = self.queue.state.lock().expect("writer queue");
+            if lane == Lane::Live {
+                state.last_live = Some(std::time::Instant::now());
+            }
             let queue = match lane {
                 Lane::Live => &mut state.live,
                 Lane::Background => &mut state.background,

@@ -13,6 +13,10 @@ use crate::store::StoreError;
 /// doubling while it stays held, up to the cap.
 const HELD_BACKOFF: Duration = Duration::from_millis(500);
 const HELD_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Live callbacks count as arriving for this long after the last one: meanwhile the background
+/// lane takes only its floor of each batch, so that batches stay short and a live callback
+/// never waits long for a task.
+const LIVE_RECENT: Duration = Duration::from_millis(200);
 
 #[derive(Default)]
 pub(super) struct State {
@@ -22,6 +26,8 @@ pub(super) struct State {
     /// Groups found held elsewhere: until when their callbacks are given back, the next wait,
     /// and what PostgreSQL said.
     pub(super) held: HashMap<u64, HeldGroup>,
+    /// When a live callback was last queued.
+    pub(super) last_live: Option<Instant>,
     pub(super) closed: bool,
 }
 
@@ -60,7 +66,8 @@ pub(super) async fn next_batch(queue: &Queue, max_batch: usize, tasks: usize) ->
 
 /// Queued jobs, oldest first, whose groups no other task is writing, all of the first one's
 /// node, up to `max_batch`; their groups are marked busy. Live jobs first, but the background
-/// lane keeps a quarter of the batch when it has work. Jobs of a group held elsewhere are
+/// lane keeps an eighth of the batch when it has work; while live callbacks arrive it takes
+/// no more than that, and otherwise its share of the tasks. Jobs of a group held elsewhere are
 /// answered at once ([`StoreError::Held`]); once its wait ends, such a group is written in a
 /// batch of its own. A live job whose request stopped waiting (it timed out, so the callback
 /// went to the journal) is dropped: writing it here too would only add work when the database
@@ -72,14 +79,16 @@ fn take_batch(state: &mut State, max_batch: usize, tasks: usize, now: Instant) -
         background,
         busy,
         held,
+        last_live,
         ..
     } = state;
     live.retain(|job| !job.reply.is_closed());
     let floor = if background.is_empty() {
         0
     } else {
-        (max_batch / 4).max(1)
+        (max_batch / 8).max(1)
     };
+    let live_recent = last_live.is_some_and(|at| now.saturating_duration_since(at) < LIVE_RECENT);
     let mut pick = Pick {
         node: None,
         mine: HashSet::new(),
@@ -90,9 +99,14 @@ fn take_batch(state: &mut State, max_batch: usize, tasks: usize, now: Instant) -
         now,
     };
     pick.from(live, max_batch.saturating_sub(floor));
-    // A backlog is shared among the tasks, so that it is written in parallel transactions.
-    let share = pick.batch.len() + background.len().div_ceil(tasks.max(1));
-    pick.from(background, max_batch.min(share.max(floor)));
+    // Beside live traffic, the floor; alone, a backlog shared among the tasks, so that it is
+    // written in parallel transactions.
+    let share = if live_recent {
+        pick.batch.len() + floor
+    } else {
+        pick.batch.len() + background.len().div_ceil(tasks.max(1)).max(floor)
+    };
+    pick.from(background, max_batch.min(share));
     pick.from(live, max_batch);
     let Pick { mine, batch, .. } = pick;
     busy.extend(mine);
@@ -289,8 +303,9 @@ mod tests {
         let background: Vec<(u64, i32)> = (100..110).map(|k| (k, 0)).collect();
         let _l = queue_in(&mut state, Lane::Live, &live);
         let _b = queue_in(&mut state, Lane::Background, &background);
-        let batch = keys(&take(&mut state, 8));
-        assert_eq!(batch, [0, 1, 2, 3, 4, 5, 100, 101]);
+        state.last_live = Some(Instant::now());
+        let batch = keys(&take(&mut state, 16));
+        assert_eq!(batch, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 101]);
         // With no live traffic the background takes the whole batch...
         let mut state = State::default();
         let _b = queue_in(&mut state, Lane::Background, &background);
