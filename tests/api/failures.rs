@@ -335,38 +335,31 @@ fn mount_small_disk(dir: &std::path::Path, bytes: u64) -> bool {
     }
 }
 
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-#[sqlx::test]
-async fn a_full_journal_disk_recovers_without_a_restart(pool: PgPool) {
-    let dir = tempfile::tempdir().unwrap();
-    if !mount_small_disk(dir.path(), 4 << 20) {
-        return;
-    }
-    let _unmount = Unmount(dir.path().to_owned());
-    // Ballast to free later, as an operator frees space.
-    let ballast = dir.path().join("ballast");
-    std::fs::write(&ballast, vec![7u8; 1 << 20]).unwrap();
-    let journal = dir.path().join("journal.redb");
-    let journal = journal.to_str().unwrap();
-    let proxy = Proxy::start(server_of(&pool)).await;
+/// An application whose journal is on `disk` (unbounded by `JOURNAL_MAX_BYTES`, so the disk is
+/// the bound), reaching PostgreSQL through a proxy the test can cut.
+pub async fn journaling_on(pool: &PgPool, disk: &SmallDisk) -> (Proxy, TestApp) {
+    let journal = disk.path().join("journal.redb");
+    let proxy = Proxy::start(server_of(pool)).await;
     let app = spawn_app_with(
-        proxy.pool_for(&pool),
+        proxy.pool_for(pool),
         &[
-            ("JOURNAL_PATH", journal),
+            ("JOURNAL_PATH", journal.to_str().unwrap()),
             ("JOURNAL_MAX_BYTES", "1073741824"),
         ],
     )
     .await;
+    (proxy, app)
+}
+
+#[sqlx::test]
+async fn a_full_journal_disk_recovers_without_a_restart(pool: PgPool) {
+    let Some(disk) = SmallDisk::mount(4 << 20) else {
+        return;
+    };
+    // Ballast to free later, as an operator frees space.
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 1 << 20]).unwrap();
+    let (proxy, app) = journaling_on(&pool, &disk).await;
     proxy.cut();
     // Large callbacks until the disk is full (bounded).
     let users: Vec<String> = (0..2000).map(|i| format!("user-{i:05}")).collect();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use roomsync::journal::{Journal, Record};
 use serde_json::{Value, json};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::{helpers::*, rows::*};
 
@@ -284,23 +284,7 @@ async fn go_idle_after(app: &TestApp, head: &str, limit: Duration) -> (String, O
     let address = app.address.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (
-        String::from_utf8_lossy(&received).into_owned(),
-        closed.then(|| started.elapsed()),
-    )
+    until_closed(&mut stream, limit).await
 }
 
 #[sqlx::test]

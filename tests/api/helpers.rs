@@ -361,3 +361,28 @@ pub fn database_url(pool: &PgPool, port: u16) -> String {
         .to_owned();
     format!("{credentials}@127.0.0.1:{port}/{database}")
 }
+
+/// What the server sends until it closes the connection, and when it closed (`None`: still
+/// open after `limit`).
+pub async fn until_closed(
+    stream: &mut (impl tokio::io::AsyncReadExt + Unpin),
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        closed.then(|| started.elapsed()),
+    )
+}

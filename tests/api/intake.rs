@@ -19,31 +19,6 @@ async fn open(app: &TestApp, head: &str) -> TcpStream {
     stream
 }
 
-/// What the server sends until it closes the connection, and when it closed (`None`: still
-/// open after `limit`).
-async fn until_closed(
-    stream: &mut (impl AsyncReadExt + Unpin),
-    limit: Duration,
-) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (
-        String::from_utf8_lossy(&received).into_owned(),
-        closed.then(|| started.elapsed()),
-    )
-}
-
 /// The answer's head and JSON body, and how long it took to come.
 async fn first_answer(stream: &mut TcpStream) -> (String, Duration) {
     let started = Instant::now();

@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 
 use crate::{
-    failures::{SmallDisk, journal_until_full},
+    failures::{SmallDisk, journal_until_full, journaling_on},
     helpers::*,
     rows::*,
 };
@@ -35,17 +35,7 @@ async fn a_journal_disk_that_stays_full_never_stops_the_drain(pool: PgPool) {
     let Some(disk) = SmallDisk::mount(12 << 20) else {
         return;
     };
-    let journal = disk.path().join("journal.redb");
-    let journal = journal.to_str().unwrap();
-    let proxy = Proxy::start(server_of(&pool)).await;
-    let app = spawn_app_with(
-        proxy.pool_for(&pool),
-        &[
-            ("JOURNAL_PATH", journal),
-            ("JOURNAL_MAX_BYTES", "1073741824"),
-        ],
-    )
-    .await;
+    let (proxy, app) = journaling_on(&pool, &disk).await;
     proxy.cut();
     // Callbacks of about 2.5 KiB (an unknown field pads them: kept in the payload, no member
     // rows to write) until the disk is full (bounded): more than half a 4 KiB page each, so
