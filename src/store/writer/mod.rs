@@ -230,12 +230,6 @@ impl Writer {
         results
     }
 
-    /// One transaction for `callbacks` as a batch of their own, through this queue (tests that
-    /// need a given batch; a writer of one task keeps them together).
-    pub async fn submit_batch(&self, callbacks: Vec<Callback>) -> Vec<Result<Outcome, StoreError>> {
-        self.submit_all(callbacks).await
-    }
-
     #[allow(clippy::type_complexity)]
     fn enqueue(
         &self,
