@@ -154,7 +154,7 @@ mod healthcheck {
 
 async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let pool = startup::database_pool(config).map_err(chain)?;
-    let report = roomsync::rebuild::rebuild(&pool).await?;
+    let report = roomsync::rebuild::rebuild(&pool, config.attendance).await?;
     tracing::info!(
         replayed = report.replayed,
         skipped = report.skipped,

@@ -1,5 +1,6 @@
-//! `roomsync rebuild`: recomputes `rooms`, `room_members` and `room_seats` from `room_events`
-//! (for recovery, or after a change to the rules).
+//! `roomsync rebuild`: recomputes `rooms`, `room_members`, `room_seats` and the attendance
+//! ledger from `room_events` (for recovery, after a change to the rules, or to apply a new
+//! attendance policy to the past).
 
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
@@ -7,7 +8,7 @@ use sqlx::PgPool;
 use crate::{
     callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
     reconcile::correction::StoredCorrection,
-    store::replay_batch,
+    store::{attendance::Policy, replay_batch},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -21,14 +22,28 @@ pub struct RebuildReport {
 
 /// Replays the whole history, in EventTime order, into empty view tables, in one transaction:
 /// readers see the old view until it commits. Writers wait meanwhile (and, past their commit
-/// timeout, go to the journal, which drains afterwards).
-pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
+/// timeout, go to the journal, which drains afterwards). The ledger is folded again under
+/// `policy`, but for the sessions that ended before their room's oldest remaining event
+/// (history pruned by `EVENT_RETENTION_DAYS`): those stay as they were.
+pub async fn rebuild(pool: &PgPool, policy: Policy) -> Result<RebuildReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // EXCLUSIVE blocks writers but not readers; DELETE (not TRUNCATE) keeps the old rows
     // visible to readers until the commit.
     sqlx::raw_sql(
-        "LOCK TABLE rooms, room_members, room_seats IN EXCLUSIVE MODE;
-         DELETE FROM room_seats; DELETE FROM room_members; DELETE FROM rooms;",
+        "LOCK TABLE rooms, room_members, room_seats, room_stays, room_sessions
+             IN EXCLUSIVE MODE;
+         DELETE FROM room_seats; DELETE FROM room_members;
+         -- A session that ended before its room's oldest remaining event has no history
+         -- left to fold it from: it stays, with its stays.
+         DELETE FROM room_sessions s
+         WHERE s.ended_at IS NULL OR s.ended_at >= COALESCE((
+             SELECT min(e.event_at) FROM room_events e
+             WHERE e.sdk_app_id = s.sdk_app_id AND e.room_id = s.room_id), 'infinity');
+         DELETE FROM room_stays t
+         WHERE NOT EXISTS (SELECT 1 FROM room_sessions s
+                           WHERE s.sdk_app_id = t.sdk_app_id AND s.room_id = t.room_id
+                             AND s.session_no = t.session_no);
+         DELETE FROM rooms;",
     )
     .execute(&mut *tx)
     .await?;
@@ -81,7 +96,7 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
                 batch.push(callback);
                 report.replayed += 1;
                 if batch.len() == REPLAY_BATCH {
-                    replay(&mut tx, &mut batch).await?;
+                    replay(&mut tx, &mut batch, policy).await?;
                 }
             }
             Err(info) => {
@@ -94,7 +109,7 @@ pub async fn rebuild(pool: &PgPool) -> Result<RebuildReport, sqlx::Error> {
         }
     }
     drop(rows);
-    replay(&mut tx, &mut batch).await?;
+    replay(&mut tx, &mut batch, policy).await?;
     tx.commit().await?;
     Ok(report)
 }
@@ -105,9 +120,10 @@ const REPLAY_BATCH: usize = 256;
 async fn replay(
     conn: &mut sqlx::PgConnection,
     batch: &mut Vec<Callback>,
+    policy: Policy,
 ) -> Result<(), sqlx::Error> {
     let refs: Vec<&Callback> = batch.iter().collect();
-    replay_batch(conn, &refs).await?;
+    replay_batch(conn, &refs, policy).await?;
     batch.clear();
     Ok(())
 }

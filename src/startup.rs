@@ -104,6 +104,7 @@ impl Application {
             lock_timeout: config.database_lock_timeout,
             write_timeout: config.database_write_timeout,
             layout_refresh: config.timings.layout_refresh,
+            policy: config.attendance,
         };
         let (writer, writer_tasks) =
             Writer::spawn(pool.clone(), options, health.clone(), metrics.clone());
@@ -129,8 +130,11 @@ impl Application {
         .spawn(stopping.clone());
         let retention = store::retention::spawn(
             pool.clone(),
-            config.event_retention_days,
-            config.rejected.retention_days,
+            store::retention::Retention {
+                history_days: config.event_retention_days,
+                rejected_days: config.rejected.retention_days,
+                attendance_days: config.attendance_retention_days,
+            },
             stopping.clone(),
         );
         let reconciler = match &config.drift_repair {
@@ -277,6 +281,7 @@ pub async fn command_writer(
         lock_timeout: config.database_lock_timeout,
         write_timeout: config.database_write_timeout,
         layout_refresh: config.timings.layout_refresh,
+        policy: config.attendance,
     };
     Ok(Writer::spawn(pool.clone(), options, health, metrics))
 }

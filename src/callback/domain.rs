@@ -274,9 +274,11 @@ pub struct Seat {
 pub enum Event {
     MemberEnter(MemberChange),
     MemberLeave(MemberChange),
-    /// `ScheduleInviteeList_Account` is checked and kept in the payload; nothing reads it.
     CreateRoom {
         info: RoomInfo,
+        /// `ScheduleInviteeList_Account` (Room scheduled conferences), distinct and sorted;
+        /// `None` when the command has no such list (Live). Kept in `rooms.invitees`.
+        invitees: Option<Vec<Id>>,
     },
     DestroyRoom,
     UpdateRoomInfo {

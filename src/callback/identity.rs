@@ -102,7 +102,9 @@ fn effect_content(event: &Event) -> Option<Vec<u8>> {
                 None => out.push(0),
             }
         }
-        Event::CreateRoom { info } | Event::UpdateRoomInfo { info } => {
+        // The invitees are not in the key: callbacks stored before the ledger kept them must
+        // still be recognized (two creates that differ only in invitees are one event).
+        Event::CreateRoom { info, .. } | Event::UpdateRoomInfo { info } => {
             out = canonical_json(&Value::Object(info.fields.clone())).into_bytes();
         }
         Event::SeatInfoChanged { seats } => {

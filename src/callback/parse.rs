@@ -139,7 +139,8 @@ pub fn parse_body(
         }
         Command::LiveCreateRoom => {
             let (room, info) = body.room_info()?;
-            (Some(room), Event::CreateRoom { info })
+            let invitees = None;
+            (Some(room), Event::CreateRoom { info, invitees })
         }
         Command::LiveUpdateRoomInfo => {
             let (room, info) = body.room_info()?;
@@ -148,9 +149,11 @@ pub fn parse_body(
         Command::LiveMemberStateChanged => (Some(body.id("RoomId")?), body.member_state()?),
         Command::CreateRoom => {
             let (room, info) = body.room_info()?;
-            // Checked for the bounds like any id list; it stays in the payload.
-            body.opt_id_list("ScheduleInviteeList_Account")?;
-            (Some(room), Event::CreateRoom { info })
+            // As sent in the payload (duplicates too); the room keeps the distinct ones.
+            let mut invitees = body.opt_id_list("ScheduleInviteeList_Account")?;
+            invitees.sort();
+            invitees.dedup();
+            (Some(room), Event::CreateRoom { info, invitees: Some(invitees) })
         }
         Command::UpdateRoomInfo => {
             let (room, info) = body.room_info()?;
@@ -631,10 +634,14 @@ mod tests {
     fn fixture_create_room() {
         let cb = parse(include_str!("../../tests/fixtures/create_room.json")).unwrap();
         assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
-        let Event::CreateRoom { info } = &cb.event else {
+        let Event::CreateRoom { info, invitees } = &cb.event else {
             panic!("not a create")
         };
         assert_eq!(info.text("RoomName"), Some("tandy-test-rest"));
+        // The room keeps the distinct invitees.
+        let invitees = invitees.as_ref().unwrap();
+        let names: Vec<&str> = invitees.iter().map(Id::as_str).collect();
+        assert_eq!(names, ["user2", "user3"]);
         assert_eq!(info.integer("MaxMemberCount"), Some(300));
         // Duplicates are kept as sent, in the payload.
         let payload: Value = serde_json::from_str(&cb.payload).unwrap();
@@ -823,7 +830,7 @@ mod tests {
         assert_eq!(create.command.product(), Some(Product::Live));
         // EventTime inside RoomInfo, and extra RoomInfo fields kept.
         assert_eq!(create.event_time.millis(), 1_703_589_922_780);
-        let Event::CreateRoom { info } = &create.event else {
+        let Event::CreateRoom { info, .. } = &create.event else {
             panic!("not a create")
         };
         assert_eq!(info.fields["Category"], serde_json::json!([1, 7]));

@@ -2,11 +2,13 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use chrono::TimeDelta;
+
 mod drift_repair;
 
 pub use drift_repair::DriftRepairConfig;
 
-use crate::callback::SdkAppId;
+use crate::{callback::SdkAppId, store::attendance::Policy};
 
 /// Invalid or missing configuration; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,10 @@ pub struct Config {
     pub journal_max_bytes: u64,
     /// Prune history received longer ago than this; `None` keeps it forever.
     pub event_retention_days: Option<i32>,
+    /// The attendance ledger's merge gap and empty grace (docs/attendance.md#policies).
+    pub attendance: Policy,
+    /// Prune sessions that ended longer ago than this, with their stays; `None` keeps them.
+    pub attendance_retention_days: Option<i32>,
     /// Open HTTP connections at most, for the whole process.
     pub http_max_connections: usize,
     /// Bytes of callback bodies being received or handled at once, for the whole process
@@ -207,21 +213,16 @@ impl Config {
             journal_path: get("JOURNAL_PATH")
                 .map_or_else(|| PathBuf::from("journal/roomsync.redb"), PathBuf::from),
             journal_max_bytes: parse_or(&get, "JOURNAL_MAX_BYTES", 256 * 1024 * 1024)?,
-            event_retention_days: match get("EVENT_RETENTION_DAYS") {
-                None => None,
-                Some(raw) => Some(
-                    raw.trim()
-                        .parse::<i32>()
-                        .ok()
-                        .filter(|d| *d > 0)
-                        .ok_or_else(|| {
-                            invalid(
-                                "EVENT_RETENTION_DAYS",
-                                format!("{raw:?}: a positive number of days"),
-                            )
-                        })?,
-                ),
+            event_retention_days: days(&get, "EVENT_RETENTION_DAYS")?,
+            attendance: Policy {
+                merge_gap: TimeDelta::seconds(policy_secs(&get, "STAY_MERGE_GAP_SECS", 0)?),
+                empty_grace: TimeDelta::seconds(policy_secs(
+                    &get,
+                    "SESSION_EMPTY_GRACE_SECS",
+                    300,
+                )?),
             },
+            attendance_retention_days: days(&get, "ATTENDANCE_RETENTION_DAYS")?,
             http_max_connections: parse_or(&get, "HTTP_MAX_CONNECTIONS", 4096)?,
             http_max_inflight_body_bytes: parse_or(
                 &get,
@@ -346,6 +347,41 @@ pub const DEFAULT_REJECTED_MAX_TOTAL_BYTES: u64 = 1 << 30;
 pub const DEFAULT_EVENT_TIME_MAX_FUTURE_SECS: u64 = 300;
 
 /// The error for `var`, with why (never the value of a secret).
+/// An optional retention in days: unset keeps for ever; set, a positive number.
+fn days(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<i32>, ConfigError> {
+    let Some(raw) = get(var) else {
+        return Ok(None);
+    };
+    raw.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|d| *d > 0)
+        .map(Some)
+        .ok_or_else(|| invalid(var, format!("{raw:?}: a positive number of days")))
+}
+
+/// Longest merge gap or grace: a day. Longer would fold separate meetings into one.
+const POLICY_MAX_SECS: i64 = 86_400;
+
+/// A ledger policy in seconds, 0 to a day.
+fn policy_secs(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    default: i64,
+) -> Result<i64, ConfigError> {
+    let secs: i64 = parse_or(get, var, default)?;
+    if !(0..=POLICY_MAX_SECS).contains(&secs) {
+        return Err(invalid(
+            var,
+            format!("{secs}: from 0 to {POLICY_MAX_SECS} seconds"),
+        ));
+    }
+    Ok(secs)
+}
+
 pub(crate) fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         var,
@@ -461,6 +497,11 @@ mod tests {
                 "JOURNAL_PATH" => c.journal_path.display().to_string(),
                 "JOURNAL_MAX_BYTES" => c.journal_max_bytes.to_string(),
                 "EVENT_RETENTION_DAYS" => return c.event_retention_days.map(|d| d.to_string()),
+                "STAY_MERGE_GAP_SECS" => c.attendance.merge_gap.num_seconds().to_string(),
+                "SESSION_EMPTY_GRACE_SECS" => c.attendance.empty_grace.num_seconds().to_string(),
+                "ATTENDANCE_RETENTION_DAYS" => {
+                    return c.attendance_retention_days.map(|d| d.to_string());
+                }
                 "HTTP_MAX_CONNECTIONS" => c.http_max_connections.to_string(),
                 "REJECTED_BODY_MAX_BYTES" => c.rejected.body_max_bytes.to_string(),
                 "REJECTED_MAX_BYTES_PER_SEC" => c.rejected.max_bytes_per_sec.to_string(),
@@ -627,6 +668,24 @@ mod tests {
         for past in ["0", "60001"] {
             let err = lock(past).unwrap_err().to_string();
             assert!(err.contains("DATABASE_LOCK_TIMEOUT_MS"), "{err}");
+        }
+        // The ledger's policies: 0 to a day; retention a positive number of days.
+        for var in ["STAY_MERGE_GAP_SECS", "SESSION_EMPTY_GRACE_SECS"] {
+            let day = with(var, "86400").unwrap().attendance;
+            assert!(day.merge_gap.num_seconds() == 86_400 || day.empty_grace.num_seconds() == 86_400);
+            assert!(with(var, "0").is_ok());
+            for past in ["-1", "86401", "1.5", "soon"] {
+                let err = with(var, past).unwrap_err().to_string();
+                assert!(err.contains(var), "{err}");
+            }
+        }
+        assert_eq!(
+            with("ATTENDANCE_RETENTION_DAYS", "1").unwrap().attendance_retention_days,
+            Some(1)
+        );
+        for past in ["0", "-3", "x"] {
+            let err = with("ATTENDANCE_RETENTION_DAYS", past).unwrap_err().to_string();
+            assert!(err.contains("ATTENDANCE_RETENTION_DAYS"), "{err}");
         }
         let write = |v| with("DATABASE_WRITE_TIMEOUT_MS", v);
         assert_eq!(

@@ -45,7 +45,7 @@ pub enum MemberEvent {
 impl MemberEvent {
     /// Total order of application. Two leaves at the same time are ordered by (Type, Reason)
     /// in byte order, so the result never depends on arrival order.
-    fn order_key(&self) -> (DateTime<Utc>, i16, &str, &str) {
+    pub fn order_key(&self) -> (DateTime<Utc>, i16, &str, &str) {
         match self {
             Self::Enter { at } => (*at, RANK_ENTER, "", ""),
             Self::Leave { at, kind, reason } => (

@@ -8,6 +8,7 @@ mod apply;
 pub mod checks;
 mod health;
 pub mod layout;
+pub mod attendance;
 pub mod membership;
 mod rejected;
 pub mod retention;

@@ -1,6 +1,7 @@
-//! Retention: prunes old `room_events` (`EVENT_RETENTION_DAYS`, off by default) and old
-//! `rejected_callbacks` (`REJECTED_RETENTION_DAYS`) in small batches, in the background, so
-//! callbacks never wait on it.
+//! Retention: prunes old `room_events` (`EVENT_RETENTION_DAYS`, off by default), old
+//! `rejected_callbacks` (`REJECTED_RETENTION_DAYS`) and old sessions of the attendance ledger
+//! (`ATTENDANCE_RETENTION_DAYS`, off by default) in small batches, in the background, so
+//! callbacks never wait on it. Pruning history never touches the ledger.
 
 use std::time::Duration;
 
@@ -66,6 +67,31 @@ async fn prune_rejected_until(
     .await
 }
 
+/// Deletes sessions that ended more than `days` days ago, with their stays (a room's newest
+/// session stays); returns the sessions deleted.
+pub async fn prune_attendance(pool: &PgPool, days: i32) -> Result<u64, sqlx::Error> {
+    prune_attendance_until(pool, days, &never()).await
+}
+
+async fn prune_attendance_until(
+    pool: &PgPool,
+    days: i32,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, sqlx::Error> {
+    prune_in_batches(stop, || async {
+        let limit = i32::try_from(BATCH).expect("a small batch");
+        let deleted = sqlx::query_scalar!(
+            r#"SELECT prune_attendance($1, $2) AS "deleted!""#,
+            days,
+            limit
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    })
+    .await
+}
+
 /// A stop signal that never comes (pruning by hand runs to the end).
 fn never() -> watch::Receiver<bool> {
     watch::channel(false).1
@@ -91,16 +117,37 @@ where
     }
 }
 
+/// How long each kind of row is kept; `None`: for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub history_days: Option<i32>,
+    pub rejected_days: i32,
+    pub attendance_days: Option<i32>,
+}
+
 /// Prunes at start and then hourly, until `stop` turns true (it then stops between two
-/// statements). `history_days` `None` keeps the history.
+/// statements).
 pub fn spawn(
     pool: PgPool,
-    history_days: Option<i32>,
-    rejected_days: i32,
+    retention: Retention,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
+    let Retention {
+        history_days,
+        rejected_days,
+        attendance_days,
+    } = retention;
     tokio::spawn(async move {
         while !*stop.borrow() {
+            if let Some(days) = attendance_days {
+                match prune_attendance_until(&pool, days, &stop).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, days, "pruned old sessions"),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "session pruning failed; will retry")
+                    }
+                }
+            }
             if let Some(days) = history_days {
                 match prune_history(&pool, days, &stop).await {
                     Ok(0) => {}

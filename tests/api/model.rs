@@ -340,7 +340,7 @@ async fn deliver_all(
                 match delivery {
                     Delivery::Http(body) => app.send(body).await,
                     Delivery::Fix(correction) => {
-                        roomsync::store::write_batch(pool, None, &[&**correction])
+                        roomsync::store::write_batch(pool, None, Default::default(), &[&**correction])
                             .await
                             .expect("a correction is stored");
                         (200, ok())
@@ -881,7 +881,7 @@ async fn batches_of_any_size(pool: PgPool, known: Option<roomsync::store::Dialec
     futures_util::stream::iter(&batches)
         .map(|batch| {
             let pool = &pool;
-            async move { roomsync::store::write_batch(pool, known, batch).await }
+            async move { roomsync::store::write_batch(pool, known, Default::default(), batch).await }
         })
         .buffer_unordered(2)
         .for_each(|written| async move {
@@ -941,7 +941,7 @@ pub async fn rebuild_reproduces_the_live_view(pool: PgPool) {
         .await
         .unwrap();
     assert_ne!(view_snapshot(&pool).await, live);
-    let report = roomsync::rebuild::rebuild(&pool).await.unwrap();
+    let report = roomsync::rebuild::rebuild(&pool, Default::default()).await.unwrap();
     let with_room = count(
         &pool,
         // On Citus, callbacks without a room are stored under '' (docs/scaling.md#citus).

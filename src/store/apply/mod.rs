@@ -18,11 +18,15 @@
 //! So a batch of enters and leaves takes three statements between `BEGIN` and `COMMIT`,
 //! whatever its size.
 //!
+//! 6. [`ledger`]: the attendance ledger, from the same new events (docs/attendance.md): one
+//!    read and one write for the batch when its events go after what the ledger holds.
+//!
 //! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
 
 mod destroy;
 mod encoding;
 mod history;
+mod ledger;
 mod lock;
 mod members;
 mod notify;
@@ -36,11 +40,12 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::membership::MemberState;
+use super::{attendance::Policy, membership::MemberState};
 use crate::callback::{Callback, Command, Event, ROOM_DESTROYED};
 
 use destroy::destroy;
 use history::insert_events;
+use ledger::keep_ledger;
 use lock::lock_rooms;
 use members::{MemberRows, fold_members, named_members};
 use recompute::recompute_members;
@@ -77,6 +82,7 @@ pub async fn apply_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
     known: Option<Dialect>,
+    policy: Policy,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
     let named = named_members(callbacks);
@@ -88,6 +94,7 @@ pub async fn apply_batch(
         .map(|(callback, _)| *callback)
         .collect();
     apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
+    keep_ledger(conn, &fresh, policy).await?;
     Ok(outcomes)
 }
 
@@ -96,10 +103,12 @@ pub async fn apply_batch(
 pub async fn replay_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
+    policy: Policy,
 ) -> Result<(), sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
-    apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await
+    apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await?;
+    keep_ledger(conn, callbacks, policy).await
 }
 
 /// The database's form: plain PostgreSQL, or room tables distributed by Citus, where a few
@@ -173,13 +182,20 @@ async fn apply_effects<'a>(
                 let exit = callback.exit_type().unwrap_or(ROOM_DESTROYED);
                 destroy(conn, room, at, exit, &mut effects).await?;
             }
-            Event::CreateRoom { info, .. } | Event::UpdateRoomInfo { info } => {
-                let is_create = matches!(callback.event, Event::CreateRoom { .. });
+            Event::CreateRoom { info, invitees } => infos.push(InfoChange {
+                room,
+                at,
+                info,
+                is_create: true,
+                invitees: invitees.as_deref(),
+            }),
+            Event::UpdateRoomInfo { info } => {
                 infos.push(InfoChange {
                     room,
                     at,
                     info,
-                    is_create,
+                    is_create: false,
+                    invitees: None,
                 });
             }
             // A destroy at or after this change has already cleared the seats.
@@ -204,7 +220,15 @@ async fn apply_effects<'a>(
     change_seats(conn, &seat_lists).await?;
     for (room, users) in std::mem::take(&mut effects.late) {
         let names: Vec<String> = users.keys().cloned().collect();
-        for (user, state) in recompute_members(conn, room, &names).await? {
+        // From the start of the session the batch's earliest event of the room falls in.
+        let earliest = callbacks
+            .iter()
+            .filter(|callback| room_of(callback) == Some(room))
+            .map(|callback| callback.event_time.to_datetime())
+            .min()
+            .expect("a late member's room has an event in the batch");
+        let from = ledger::start_of(conn, room, earliest).await?.members_from;
+        for (user, state) in recompute_members(conn, room, &names, from).await? {
             let at = users[&user];
             effects.set(room, user, state, at);
         }

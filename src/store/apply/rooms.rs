@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
 use super::Room;
-use crate::callback::RoomInfo;
+use crate::callback::{Id, RoomInfo};
 
 /// A create's or an update's room info, at its EventTime.
 pub(super) struct InfoChange<'a> {
@@ -15,6 +15,8 @@ pub(super) struct InfoChange<'a> {
     pub at: DateTime<Utc>,
     pub info: &'a RoomInfo,
     pub is_create: bool,
+    /// A Room create's invitees (distinct, sorted); the newest create's are the room's.
+    pub invitees: Option<&'a [Id]>,
 }
 
 /// Merges the fields present into each room's `room_info` (per field, the newest event wins):
@@ -55,7 +57,12 @@ pub(super) async fn merge_room_info(
             .remove(&(room.app, room.id.to_owned()))
             .unwrap_or((None, json!({})));
         let mut created = None;
+        // The newest create's invitees; at one time the larger list, whatever the arrival.
+        let mut invitees: Option<(DateTime<Utc>, &[Id])> = None;
         for change in changes {
+            if let Some(list) = change.invitees {
+                invitees = invitees.max(Some((change.at, list)));
+            }
             let (merged, merged_versions) =
                 merge_fields(info, versions, change.info, change.at.timestamp_millis());
             (info, versions) = (
@@ -67,15 +74,26 @@ pub(super) async fn merge_room_info(
             }
         }
         rows.push(*room, info.unwrap_or_default(), versions, created);
+        rows.invitees
+            .push(invitees.map(|(_, list)| array_literal(list)));
+        rows.invitees_at.push(invitees.map(|(at, _)| at));
     }
     sqlx::query!(
         r#"UPDATE rooms r SET
                room_info = t.info, room_info_versions = t.versions, room_name = t.name,
                room_type = t.kind, owner_account = t.owner, max_member_count = t.max_members,
-               created_at = GREATEST(r.created_at, t.created)
+               created_at = GREATEST(r.created_at, t.created),
+               -- The newest create's list; at one time the larger list. No subquery in SET,
+               -- for Citus: the lists come as array literals.
+               invitees = CASE WHEN (t.inv_at > r.invitees_at) IS NOT FALSE
+                                    OR (t.inv_at = r.invitees_at AND t.inv::text[] > r.invitees)
+                               THEN COALESCE(t.inv::text[], r.invitees) ELSE r.invitees END,
+               invitees_at = CASE WHEN (t.inv_at > r.invitees_at) IS NOT FALSE
+                                  THEN COALESCE(t.inv_at, r.invitees_at) ELSE r.invitees_at END
            FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::text[],
-                       $7::text[], $8::int4[], $9::timestamptz[])
-                AS t(a, id, info, versions, name, kind, owner, max_members, created)
+                       $7::text[], $8::int4[], $9::timestamptz[], $10::text[],
+                       $11::timestamptz[])
+                AS t(a, id, info, versions, name, kind, owner, max_members, created, inv, inv_at)
            WHERE r.sdk_app_id = t.a AND r.room_id = t.id"#,
         &rows.apps,
         &rows.ids as &[&str],
@@ -86,6 +104,8 @@ pub(super) async fn merge_room_info(
         &rows.owners as &[Option<String>],
         &rows.max_members as &[Option<i32>],
         &rows.created as &[Option<DateTime<Utc>>],
+        &rows.invitees as &[Option<String>],
+        &rows.invitees_at as &[Option<DateTime<Utc>>],
     )
     .execute(conn)
     .await?;
@@ -104,6 +124,9 @@ struct InfoRows<'a> {
     owners: Vec<Option<String>>,
     max_members: Vec<Option<i32>>,
     created: Vec<Option<DateTime<Utc>>>,
+    /// As PostgreSQL array literals (`{"a","b"}`).
+    invitees: Vec<Option<String>>,
+    invitees_at: Vec<Option<DateTime<Utc>>>,
 }
 
 impl<'a> InfoRows<'a> {
@@ -134,6 +157,15 @@ impl<'a> InfoRows<'a> {
         self.versions.push(versions);
         self.created.push(created);
     }
+}
+
+/// A `text[]` literal of these ids: each quoted, with `"` and `\` escaped.
+fn array_literal(ids: &[Id]) -> String {
+    let quoted: Vec<String> = ids
+        .iter()
+        .map(|id| format!("\"{}\"", id.as_str().replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
 }
 
 /// Field-by-field merge. A field's version is the EventTime (ms) that set it; at equal

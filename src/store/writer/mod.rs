@@ -37,7 +37,7 @@ use transaction::{Held, write_isolating};
 pub use transaction::write_batch;
 
 use super::layout::{Group, SharedLayout};
-use super::{Health, Outcome, StoreError};
+use super::{Health, Outcome, StoreError, attendance::Policy};
 use crate::{callback::Callback, telemetry::Metrics};
 
 /// A writer task gives its connection back after this long without a batch...
@@ -63,6 +63,8 @@ pub struct WriterOptions {
     pub write_timeout: Duration,
     /// How often the tasks reread the room tables' distribution (a rebalance moves shards).
     pub layout_refresh: Duration,
+    /// The attendance ledger's policy (docs/attendance.md#policies).
+    pub policy: Policy,
 }
 
 /// Who submits: live callbacks go first; the drain and corrections take what they leave.
@@ -125,6 +127,7 @@ struct Task {
     hold: bool,
     begin: Arc<str>,
     write_timeout: Duration,
+    policy: Policy,
 }
 
 impl Writer {
@@ -161,6 +164,7 @@ impl Writer {
                 hold: options.hold,
                 begin: begin.clone(),
                 write_timeout: options.write_timeout,
+                policy: options.policy,
             };
             tasks.spawn(task.run());
         }
@@ -305,7 +309,14 @@ impl Task {
         let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
         self.metrics.batch_size.observe(batch.len() as f64);
         let known = self.layout.get().dialect();
-        let write = write_isolating(conn, known, &self.begin, &callbacks, &groups);
+        let write = write_isolating(
+            conn,
+            known,
+            self.policy,
+            &self.begin,
+            &callbacks,
+            &groups,
+        );
         let results = match tokio::time::timeout(self.write_timeout, write).await {
             Ok(results) => results,
             Err(_) => {

@@ -1,0 +1,504 @@
+//! The attendance ledger (`room_stays`, `room_sessions`), kept in the batch's transaction
+//! (docs/attendance.md). Per room, the batch's member events either go after everything the
+//! ledger has folded, and the fold goes on from its rows (one read and one write for the whole
+//! batch), or some go before, and the room's ledger is folded again from the start of the
+//! session they fall in: the work is in proportion to that session and those after it, never
+//! to the room's whole history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::{Room, encoding::member_event, encoding::member_event_of, room_of};
+use crate::{
+    callback::{Callback, Command, Event},
+    store::{
+        attendance::{Policy, RoomEvent, RoomLedger, Session, Stay, goes_after},
+        membership::MemberEvent,
+    },
+};
+
+/// Folds the batch's new member events into each room's ledger and writes what changed.
+/// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild).
+pub(super) async fn keep_ledger(
+    conn: &mut PgConnection,
+    callbacks: &[&Callback],
+    policy: Policy,
+) -> Result<(), sqlx::Error> {
+    let events = room_events(callbacks);
+    if events.is_empty() {
+        return Ok(());
+    }
+    let state = read_state(conn, &events).await?;
+    let mut write = LedgerWrite::default();
+    for (room, room_events) in events {
+        let Some(place) = state.places.get(&(room.app, room.id.to_owned())) else {
+            // Every room of the batch is locked, hence there; nothing to fold into otherwise.
+            continue;
+        };
+        let in_order = !place.backfill
+            && room_events.iter().all(|event| {
+                let (at, rank, _, _) = event.order_key();
+                goes_after(place.folded, at, rank)
+            });
+        if in_order {
+            let mut stays: Vec<Stay> = Vec::new();
+            for event in &room_events {
+                for user in &event.users {
+                    let key = (room.app, room.id.to_owned(), user.clone());
+                    if let Some(stay) = state.stays.get(&key) {
+                        stays.push(stay.clone());
+                    }
+                }
+            }
+            if let Some(open) = state.open.get(&(room.app, room.id.to_owned())) {
+                stays.extend(open.iter().cloned());
+            }
+            let mut ledger = RoomLedger::resume(policy, place.session.clone(), stays);
+            ledger.fold(room_events);
+            write.push(room, None, &ledger, place.folded);
+        } else {
+            let earliest = room_events
+                .iter()
+                .map(|event| event.order_key().0)
+                .min()
+                .expect("a room here has events");
+            let start = if place.backfill {
+                Start {
+                    first_no: 1,
+                    ledger_from: None,
+                    members_from: None,
+                }
+            } else {
+                start_of(conn, room, earliest).await?
+            };
+            let ledger = refold(conn, room, &start, policy).await?;
+            write.push(room, Some(start.first_no), &ledger, place.folded);
+            if place.backfill {
+                fill_invitees(conn, room).await?;
+            }
+        }
+    }
+    write.execute(conn).await
+}
+
+/// Where a room's history may be folded again from, for events at `earliest` or later.
+pub(super) struct Start {
+    /// The first session number the fold makes (those from it on are replaced).
+    pub first_no: i32,
+    /// The ledger's fold starts here: the start of the session `earliest` falls in, `earliest`
+    /// itself before the room's first session, `None` (the whole history) for a room whose
+    /// ledger is still to be made.
+    pub ledger_from: Option<DateTime<Utc>>,
+    /// Members may be folded from here, from their rows with `in_room` false: nobody was in
+    /// the room just before it. `None`: from the whole history.
+    pub members_from: Option<DateTime<Utc>>,
+}
+
+/// Finds where to fold a room again from for events at `earliest` or later: the start of the
+/// session they fall in, where nobody was in the room (docs/attendance.md#late-events).
+pub(super) async fn start_of(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    earliest: DateTime<Utc>,
+) -> Result<Start, sqlx::Error> {
+    // The session `earliest` falls in (the newest that started at or before it), the room's
+    // first kept session (older ones pruned by ATTENDANCE_RETENTION_DAYS), and whether the
+    // room's ledger is still to be made.
+    let row = sqlx::query!(
+        r#"SELECT
+             (SELECT session_no FROM room_sessions
+              WHERE sdk_app_id = $1 AND room_id = $2 AND started_at <= $3
+              ORDER BY session_no DESC LIMIT 1) AS no,
+             (SELECT started_at FROM room_sessions
+              WHERE sdk_app_id = $1 AND room_id = $2 AND started_at <= $3
+              ORDER BY session_no DESC LIMIT 1) AS started_at,
+             (SELECT session_no FROM room_sessions
+              WHERE sdk_app_id = $1 AND room_id = $2
+              ORDER BY session_no LIMIT 1) AS first_no,
+             (SELECT started_at FROM room_sessions
+              WHERE sdk_app_id = $1 AND room_id = $2
+              ORDER BY session_no LIMIT 1) AS first_started,
+             (SELECT ledger_backfill FROM rooms
+              WHERE sdk_app_id = $1 AND room_id = $2) AS backfill"#,
+        room.app,
+        room.id,
+        earliest,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if row.backfill.unwrap_or(false) {
+        return Ok(Start {
+            first_no: 1,
+            ledger_from: None,
+            members_from: None,
+        });
+    }
+    Ok(match (row.no, row.started_at, row.first_no, row.first_started) {
+        (Some(no), Some(started), _, _) => Start {
+            first_no: no,
+            ledger_from: Some(started),
+            members_from: Some(started),
+        },
+        // Before the first session ever: nobody was in the room before `earliest`.
+        (_, _, None, _) | (_, _, Some(1), _) => Start {
+            first_no: 1,
+            ledger_from: Some(earliest),
+            members_from: Some(earliest),
+        },
+        // Before the first kept session: the pruned ones stay pruned, and events of their
+        // time stay out of the ledger; members are folded from their whole history.
+        (_, _, Some(first), started) => Start {
+            first_no: first,
+            ledger_from: started,
+            members_from: None,
+        },
+    })
+}
+
+/// Folds a room's ledger again from `start` (see [`start_of`]).
+async fn refold(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    start: &Start,
+    policy: Policy,
+) -> Result<RoomLedger, sqlx::Error> {
+    let events = window(conn, room, start.ledger_from).await?;
+    let mut ledger = RoomLedger::empty(policy, start.first_no);
+    ledger.fold(events);
+    Ok(ledger)
+}
+
+/// The room's member events from `from` on (all of them when `None`), as the ledger sees them.
+pub(super) async fn window(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    from: Option<DateTime<Utc>>,
+) -> Result<Vec<RoomEvent>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
+           WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
+             AND callback_command = ANY($4::text[])"#,
+        room.app,
+        room.id,
+        from.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        // The commands whose history rows change members (see `encoding::member_event`).
+        &[
+            Command::MemberEnter.as_str(),
+            Command::MemberLeave.as_str(),
+            Command::LiveMemberStateChanged.as_str(),
+            Command::DestroyRoom.as_str(),
+            Command::LiveDestroyRoom.as_str(),
+            Command::Reconcile.as_str(),
+        ] as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let command = Command::from_history(&row.callback_command);
+            let event = member_event(
+                &command,
+                row.event_type.as_deref(),
+                row.reason.as_deref(),
+                row.event_at,
+            )?;
+            let users = match event {
+                MemberEvent::Destroy { .. } => Vec::new(),
+                _ => distinct(row.member_list),
+            };
+            Some(RoomEvent { event, users })
+        })
+        .collect())
+}
+
+fn distinct(mut users: Vec<String>) -> Vec<String> {
+    users.sort_unstable();
+    users.dedup();
+    users
+}
+
+/// The invitees of a room's newest create that lists them, for a room created before the
+/// ledger existed (a create that arrives later sets them itself, see `rooms.rs`).
+async fn fill_invitees(conn: &mut PgConnection, room: Room<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE rooms r SET invitees = i.list, invitees_at = i.event_at
+           FROM (SELECT event_at,
+                        ARRAY(SELECT DISTINCT x FROM jsonb_array_elements_text(
+                                  payload -> 'ScheduleInviteeList_Account') AS x
+                              ORDER BY x) AS list
+                 FROM room_events
+                 WHERE sdk_app_id = $1 AND room_id = $2 AND callback_command = $3
+                   AND jsonb_typeof(payload -> 'ScheduleInviteeList_Account') = 'array'
+                 ORDER BY event_at DESC, id DESC LIMIT 1) i
+           WHERE r.sdk_app_id = $1 AND r.room_id = $2 AND cardinality(i.list) > 0
+             AND (r.invitees_at IS NULL OR r.invitees_at < i.event_at)"#,
+        room.app,
+        room.id,
+        Command::CreateRoom.as_str(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The batch's member events, per room.
+fn room_events<'a>(callbacks: &[&'a Callback]) -> BTreeMap<Room<'a>, Vec<RoomEvent>> {
+    let mut events: BTreeMap<Room<'a>, Vec<RoomEvent>> = BTreeMap::new();
+    for callback in callbacks {
+        let (Some(room), Some(event)) = (room_of(callback), member_event_of(callback)) else {
+            continue;
+        };
+        let users = match (&callback.event, callback.member_change()) {
+            (Event::DestroyRoom, _) | (_, None) => Vec::new(),
+            (_, Some(change)) => change
+                .distinct_members()
+                .into_iter()
+                .map(|m| m.as_str().to_owned())
+                .collect(),
+        };
+        events
+            .entry(room)
+            .or_default()
+            .push(RoomEvent { event, users });
+    }
+    events
+}
+
+/// A room's place in its ledger.
+struct Place {
+    folded: Option<(DateTime<Utc>, i16)>,
+    backfill: bool,
+    session: Option<Session>,
+}
+
+/// What the ledger holds for a batch's rooms and members.
+#[derive(Default)]
+struct State {
+    places: HashMap<(i64, String), Place>,
+    /// Named members' newest stays.
+    stays: HashMap<(i64, String, String), Stay>,
+    /// Every open stay of the rooms with a destroy in the batch.
+    open: HashMap<(i64, String), Vec<Stay>>,
+}
+
+async fn read_state(
+    conn: &mut PgConnection,
+    events: &BTreeMap<Room<'_>, Vec<RoomEvent>>,
+) -> Result<State, sqlx::Error> {
+    let apps: Vec<i64> = events.keys().map(|room| room.app).collect();
+    let ids: Vec<&str> = events.keys().map(|room| room.id).collect();
+    let open: Vec<bool> = events
+        .values()
+        .map(|list| {
+            list.iter()
+                .any(|e| matches!(e.event, MemberEvent::Destroy { .. }))
+        })
+        .collect();
+    let mut named: Vec<(i64, &str, &str)> = events
+        .iter()
+        .flat_map(|(room, list)| {
+            list.iter()
+                .flat_map(move |e| e.users.iter().map(move |u| (room.app, room.id, u.as_str())))
+        })
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let user_apps: Vec<i64> = named.iter().map(|n| n.0).collect();
+    let user_rooms: Vec<&str> = named.iter().map(|n| n.1).collect();
+    let users: Vec<&str> = named.iter().map(|n| n.2).collect();
+    let rows = sqlx::query!(
+        r#"SELECT kind AS "kind!", sdk_app_id AS "sdk_app_id!", room_id AS "room_id!", user_id,
+                  ledger_at, ledger_rank, ledger_backfill, session_no, started_at, ended_at,
+                  end_cause, peak_members, peak_at, unique_members, member_ms, open_stays,
+                  joined_at, left_at, leave_type, leave_reason, merged_gaps, gap_ms
+           FROM ledger_read($1, $2, $3, $4, $5, $6)"#,
+        &apps,
+        &ids as &[&str],
+        &open,
+        &user_apps,
+        &user_rooms as &[&str],
+        &users as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut state = State::default();
+    for row in rows {
+        let stay = || -> Option<Stay> {
+            Some(Stay {
+                user: row.user_id.clone()?,
+                joined_at: row.joined_at?,
+                session_no: row.session_no?,
+                left_at: row.left_at,
+                leave_type: row.leave_type.clone(),
+                leave_reason: row.leave_reason.clone(),
+                merged_gaps: row.merged_gaps?,
+                gap_ms: row.gap_ms?,
+            })
+        };
+        match row.kind.as_str() {
+            "room" => {
+                let session = (|| {
+                    Some(Session {
+                        no: row.session_no?,
+                        started_at: row.started_at?,
+                        ended_at: row.ended_at,
+                        end_cause: row.end_cause.clone(),
+                        peak_members: row.peak_members?,
+                        peak_at: row.peak_at?,
+                        unique_members: row.unique_members?,
+                        member_ms: row.member_ms?,
+                        open_stays: row.open_stays?,
+                    })
+                })();
+                let folded = row.ledger_at.zip(row.ledger_rank);
+                let place = Place {
+                    folded,
+                    backfill: row.ledger_backfill.unwrap_or(false),
+                    session,
+                };
+                state.places.insert((row.sdk_app_id, row.room_id), place);
+            }
+            "open" => {
+                if let Some(stay) = stay() {
+                    let key = (row.sdk_app_id, row.room_id.clone());
+                    state.open.entry(key).or_default().push(stay);
+                }
+            }
+            _ => {
+                if let Some(stay) = stay() {
+                    let key = (row.sdk_app_id, row.room_id.clone(), stay.user.clone());
+                    state.stays.insert(key, stay);
+                }
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The ledger's changes of a batch, one array per column, for `ledger_write`.
+#[derive(Default)]
+struct LedgerWrite {
+    cut_apps: Vec<i64>,
+    cut_rooms: Vec<String>,
+    cut_from: Vec<i32>,
+    s_apps: Vec<i64>,
+    s_rooms: Vec<String>,
+    s_users: Vec<String>,
+    s_joined: Vec<DateTime<Utc>>,
+    s_no: Vec<i32>,
+    s_left: Vec<Option<DateTime<Utc>>>,
+    s_type: Vec<Option<String>>,
+    s_reason: Vec<Option<String>>,
+    s_gaps: Vec<i32>,
+    s_gap_ms: Vec<i64>,
+    n_apps: Vec<i64>,
+    n_rooms: Vec<String>,
+    n_no: Vec<i32>,
+    n_started: Vec<DateTime<Utc>>,
+    n_ended: Vec<Option<DateTime<Utc>>>,
+    n_cause: Vec<Option<String>>,
+    n_peak: Vec<i32>,
+    n_peak_at: Vec<DateTime<Utc>>,
+    n_unique: Vec<i32>,
+    n_member_ms: Vec<i64>,
+    n_open: Vec<i32>,
+    r_apps: Vec<i64>,
+    r_rooms: Vec<String>,
+    r_at: Vec<DateTime<Utc>>,
+    r_rank: Vec<i16>,
+}
+
+impl LedgerWrite {
+    /// A room's changes; `cut`: the first session number a refold replaces.
+    fn push(
+        &mut self,
+        room: Room<'_>,
+        cut: Option<i32>,
+        ledger: &RoomLedger,
+        before: Option<(DateTime<Utc>, i16)>,
+    ) {
+        if let Some(no) = cut {
+            self.cut_apps.push(room.app);
+            self.cut_rooms.push(room.id.to_owned());
+            self.cut_from.push(no);
+        }
+        let changes = ledger.changes();
+        for stay in changes.stays {
+            self.s_apps.push(room.app);
+            self.s_rooms.push(room.id.to_owned());
+            self.s_users.push(stay.user.clone());
+            self.s_joined.push(stay.joined_at);
+            self.s_no.push(stay.session_no);
+            self.s_left.push(stay.left_at);
+            self.s_type.push(stay.leave_type.clone());
+            self.s_reason.push(stay.leave_reason.clone());
+            self.s_gaps.push(stay.merged_gaps);
+            self.s_gap_ms.push(stay.gap_ms);
+        }
+        for session in changes.sessions {
+            self.n_apps.push(room.app);
+            self.n_rooms.push(room.id.to_owned());
+            self.n_no.push(session.no);
+            self.n_started.push(session.started_at);
+            self.n_ended.push(session.ended_at);
+            self.n_cause.push(session.end_cause.clone());
+            self.n_peak.push(session.peak_members);
+            self.n_peak_at.push(session.peak_at);
+            self.n_unique.push(session.unique_members);
+            self.n_member_ms.push(session.member_ms);
+            self.n_open.push(session.open_stays);
+        }
+        // The place only moves on (a refold's window may start after the newest event).
+        if let Some((at, rank)) = changes.folded.max(before) {
+            self.r_apps.push(room.app);
+            self.r_rooms.push(room.id.to_owned());
+            self.r_at.push(at);
+            self.r_rank.push(rank);
+        }
+    }
+
+    async fn execute(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.r_apps.is_empty() && self.cut_apps.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"SELECT ledger_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                   $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+                                   $27, $28) AS "done""#,
+            &self.cut_apps,
+            &self.cut_rooms,
+            &self.cut_from,
+            &self.s_apps,
+            &self.s_rooms,
+            &self.s_users,
+            &self.s_joined,
+            &self.s_no,
+            &self.s_left as &[Option<DateTime<Utc>>],
+            &self.s_type as &[Option<String>],
+            &self.s_reason as &[Option<String>],
+            &self.s_gaps,
+            &self.s_gap_ms,
+            &self.n_apps,
+            &self.n_rooms,
+            &self.n_no,
+            &self.n_started,
+            &self.n_ended as &[Option<DateTime<Utc>>],
+            &self.n_cause as &[Option<String>],
+            &self.n_peak,
+            &self.n_peak_at,
+            &self.n_unique,
+            &self.n_member_ms,
+            &self.n_open,
+            &self.r_apps,
+            &self.r_rooms,
+            &self.r_at,
+            &self.r_rank,
+        )
+        .fetch_one(conn)
+        .await?;
+        Ok(())
+    }
+}
