@@ -51,6 +51,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     drain: JoinHandle<()>,
     retention: JoinHandle<()>,
+    backfill: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
     journal: Journal,
 }
@@ -137,6 +138,12 @@ impl Application {
             },
             stopping.clone(),
         );
+        let backfill = store::backfill::spawn(
+            pool.clone(),
+            config.attendance,
+            config.database_lock_timeout,
+            stopping.clone(),
+        );
         let reconciler = match &config.drift_repair {
             Some(drift) if !drift.interval.is_zero() => {
                 let client = TencentClient::new(drift).map_err(StartupError::Tencent)?;
@@ -193,6 +200,7 @@ impl Application {
             shutdown,
             drain,
             retention,
+            backfill,
             reconciler,
             journal,
         })
@@ -218,6 +226,7 @@ impl Application {
         let tasks = [
             Some(&mut self.drain),
             Some(&mut self.retention),
+            Some(&mut self.backfill),
             self.reconciler.as_mut(),
         ];
         for task in tasks.into_iter().flatten() {

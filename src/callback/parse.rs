@@ -153,7 +153,13 @@ pub fn parse_body(
             let mut invitees = body.opt_id_list("ScheduleInviteeList_Account")?;
             invitees.sort();
             invitees.dedup();
-            (Some(room), Event::CreateRoom { info, invitees: Some(invitees) })
+            (
+                Some(room),
+                Event::CreateRoom {
+                    info,
+                    invitees: Some(invitees),
+                },
+            )
         }
         Command::UpdateRoomInfo => {
             let (room, info) = body.room_info()?;

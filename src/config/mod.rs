@@ -672,7 +672,9 @@ mod tests {
         // The ledger's policies: 0 to a day; retention a positive number of days.
         for var in ["STAY_MERGE_GAP_SECS", "SESSION_EMPTY_GRACE_SECS"] {
             let day = with(var, "86400").unwrap().attendance;
-            assert!(day.merge_gap.num_seconds() == 86_400 || day.empty_grace.num_seconds() == 86_400);
+            assert!(
+                day.merge_gap.num_seconds() == 86_400 || day.empty_grace.num_seconds() == 86_400
+            );
             assert!(with(var, "0").is_ok());
             for past in ["-1", "86401", "1.5", "soon"] {
                 let err = with(var, past).unwrap_err().to_string();
@@ -680,11 +682,15 @@ mod tests {
             }
         }
         assert_eq!(
-            with("ATTENDANCE_RETENTION_DAYS", "1").unwrap().attendance_retention_days,
+            with("ATTENDANCE_RETENTION_DAYS", "1")
+                .unwrap()
+                .attendance_retention_days,
             Some(1)
         );
         for past in ["0", "-3", "x"] {
-            let err = with("ATTENDANCE_RETENTION_DAYS", past).unwrap_err().to_string();
+            let err = with("ATTENDANCE_RETENTION_DAYS", past)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("ATTENDANCE_RETENTION_DAYS"), "{err}");
         }
         let write = |v| with("DATABASE_WRITE_TIMEOUT_MS", v);

@@ -101,8 +101,11 @@ pub struct RoomLedger {
     open: BTreeSet<String>,
     /// Stays made or changed, as they are now, by (member, joined_at).
     changed_stays: BTreeMap<(String, DateTime<Utc>), Stay>,
-    /// Sessions made or changed, by number (a fold may pass through several).
+    /// Sessions made or changed before the newest, as they ended, by number (a fold may pass
+    /// through several).
     changed_sessions: BTreeMap<i32, Session>,
+    /// Whether the newest session was made or changed by this fold.
+    session_changed: bool,
     /// The newest event folded: (EventTime, rank).
     folded: Option<(DateTime<Utc>, i16)>,
 }
@@ -118,6 +121,7 @@ impl RoomLedger {
             open: BTreeSet::new(),
             changed_stays: BTreeMap::new(),
             changed_sessions: BTreeMap::new(),
+            session_changed: false,
             folded: None,
         }
     }
@@ -225,12 +229,17 @@ impl RoomLedger {
             {
                 s.ended_at = None;
                 s.end_cause = None;
+                self.session_changed = true;
                 return s.no;
             }
             _ => {}
         }
         let no = self.next_no;
         self.next_no += 1;
+        // The session before can no longer change: kept as it is, if this fold changed it.
+        if let Some(previous) = self.session.take().filter(|_| self.session_changed) {
+            self.changed_sessions.insert(previous.no, previous);
+        }
         self.session = Some(Session {
             no,
             started_at: at,
@@ -263,6 +272,7 @@ impl RoomLedger {
         if let Some(session) = self.session.as_mut() {
             session.open_stays -= 1;
             session.member_ms += ms;
+            self.session_changed = true;
         }
         self.record(user);
     }
@@ -311,16 +321,18 @@ impl RoomLedger {
     }
 
     fn touch_session(&mut self) {
-        if let Some(session) = &self.session {
-            self.changed_sessions.insert(session.no, session.clone());
-        }
+        self.session_changed = true;
     }
 
     /// The stays and sessions this fold made or changed, and the newest event it folded.
     pub fn changes(&self) -> Changes<'_> {
         Changes {
             stays: self.changed_stays.values().collect(),
-            sessions: self.changed_sessions.values().collect(),
+            sessions: self
+                .changed_sessions
+                .values()
+                .chain(self.session.as_ref().filter(|_| self.session_changed))
+                .collect(),
             folded: self.folded,
         }
     }
@@ -469,11 +481,7 @@ mod tests {
     fn a_destroy_ends_the_session_and_its_stays_and_no_merge_crosses_it() {
         let (stays, sessions) = fold(
             policy(600, 600),
-            vec![
-                enter(0, &["a", "b"]),
-                destroy(5_000),
-                enter(6_000, &["a"]),
-            ],
+            vec![enter(0, &["a", "b"]), destroy(5_000), enter(6_000, &["a"])],
         );
         assert_eq!(sessions.len(), 2);
         assert_eq!(sessions[0].end_cause.as_deref(), Some(DESTROYED));
@@ -514,13 +522,58 @@ mod tests {
     fn the_peak_is_reached_at_its_earliest_time() {
         let (_, sessions) = fold(
             policy(0, 300),
-            vec![
-                enter(0, &["a", "b"]),
-                leave(10, &["a"]),
-                enter(20, &["c"]),
-            ],
+            vec![enter(0, &["a", "b"]), leave(10, &["a"]), enter(20, &["c"])],
         );
         assert_eq!((sessions[0].peak_members, sessions[0].peak_at), (2, t(0)));
+    }
+
+    #[test]
+    fn a_leave_that_leaves_others_in_the_room_changes_the_session_too() {
+        let p = policy(0, 300);
+        let mut ledger = RoomLedger::empty(p, 1);
+        ledger.fold(vec![enter(0, &["a", "b"])]);
+        let session = ledger.session.clone();
+        let stays: Vec<Stay> = ledger.stays.values().cloned().collect();
+        // Continued from the rows, as the next batch does.
+        let mut next = RoomLedger::resume(p, session, stays);
+        next.fold(vec![leave(5_000, &["a"])]);
+        let changes = next.changes();
+        assert_eq!(changes.sessions.len(), 1);
+        assert_eq!(
+            (
+                changes.sessions[0].member_ms,
+                changes.sessions[0].open_stays
+            ),
+            (5_000, 1)
+        );
+        assert_eq!(changes.stays.len(), 1);
+    }
+
+    #[test]
+    fn a_fold_through_several_sessions_returns_each_as_it_ended() {
+        let (_, sessions) = fold(
+            policy(0, 0),
+            vec![
+                enter(0, &["a"]),
+                leave(10, &["a"]),
+                enter(20, &["a", "b"]),
+                leave(30, &["a"]),
+                leave(40, &["b"]),
+                enter(50, &["c"]),
+            ],
+        );
+        let summary: Vec<_> = sessions
+            .iter()
+            .map(|s| (s.no, s.member_ms, s.open_stays, s.ended_at))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, 10, 0, Some(t(10))),
+                (2, 30, 0, Some(t(40))),
+                (3, 0, 1, None)
+            ]
+        );
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! them into one transaction.
 
 mod apply;
+pub mod attendance;
+pub mod backfill;
 pub mod checks;
 mod health;
 pub mod layout;
-pub mod attendance;
 pub mod membership;
 mod rejected;
 pub mod retention;
@@ -22,7 +23,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use apply::{Dialect, Outcome, apply_batch, replay_batch};
+pub use apply::{Dialect, Outcome, apply_batch, backfill_ledger, replay_batch};
 pub use health::{Health, State, StoreError, connect_once, ping};
 pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};

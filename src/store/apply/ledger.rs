@@ -135,26 +135,59 @@ pub(super) async fn start_of(
             members_from: None,
         });
     }
-    Ok(match (row.no, row.started_at, row.first_no, row.first_started) {
-        (Some(no), Some(started), _, _) => Start {
-            first_no: no,
-            ledger_from: Some(started),
-            members_from: Some(started),
+    Ok(
+        match (row.no, row.started_at, row.first_no, row.first_started) {
+            (Some(no), Some(started), _, _) => Start {
+                first_no: no,
+                ledger_from: Some(started),
+                members_from: Some(started),
+            },
+            // Before the first session ever: nobody was in the room before `earliest`.
+            (_, _, None, _) | (_, _, Some(1), _) => Start {
+                first_no: 1,
+                ledger_from: Some(earliest),
+                members_from: Some(earliest),
+            },
+            // Before the first kept session: the pruned ones stay pruned, and events of their
+            // time stay out of the ledger; members are folded from their whole history.
+            (_, _, Some(first), started) => Start {
+                first_no: first,
+                ledger_from: started,
+                members_from: None,
+            },
         },
-        // Before the first session ever: nobody was in the room before `earliest`.
-        (_, _, None, _) | (_, _, Some(1), _) => Start {
-            first_no: 1,
-            ledger_from: Some(earliest),
-            members_from: Some(earliest),
-        },
-        // Before the first kept session: the pruned ones stay pruned, and events of their
-        // time stay out of the ledger; members are folded from their whole history.
-        (_, _, Some(first), started) => Start {
-            first_no: first,
-            ledger_from: started,
-            members_from: None,
-        },
-    })
+    )
+}
+
+/// Makes the ledger of a room that existed before the ledger did, from its whole history, in
+/// the caller's transaction; `false` when it is made already (by a callback, or another
+/// instance). The room's row is locked first, as a batch would lock it.
+pub(super) async fn backfill(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    policy: Policy,
+) -> Result<bool, sqlx::Error> {
+    let pending = sqlx::query_scalar!(
+        r#"SELECT ledger_backfill FROM rooms WHERE sdk_app_id = $1 AND room_id = $2 FOR UPDATE"#,
+        room.app,
+        room.id,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if pending != Some(true) {
+        return Ok(false);
+    }
+    let start = Start {
+        first_no: 1,
+        ledger_from: None,
+        members_from: None,
+    };
+    let ledger = refold(conn, room, &start, policy).await?;
+    let mut write = LedgerWrite::default();
+    write.push(room, Some(1), &ledger, None);
+    write.execute(conn).await?;
+    fill_invitees(conn, room).await?;
+    Ok(true)
 }
 
 /// Folds a room's ledger again from `start` (see [`start_of`]).
@@ -182,7 +215,8 @@ pub(super) async fn window(
              AND callback_command = ANY($4::text[])"#,
         room.app,
         room.id,
-        from.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        // EventTime is positive: nothing is older than the epoch.
+        from.unwrap_or(DateTime::UNIX_EPOCH),
         // The commands whose history rows change members (see `encoding::member_event`).
         &[
             Command::MemberEnter.as_str(),
@@ -407,8 +441,8 @@ struct LedgerWrite {
     n_open: Vec<i32>,
     r_apps: Vec<i64>,
     r_rooms: Vec<String>,
-    r_at: Vec<DateTime<Utc>>,
-    r_rank: Vec<i16>,
+    r_at: Vec<Option<DateTime<Utc>>>,
+    r_rank: Vec<Option<i16>>,
 }
 
 impl LedgerWrite {
@@ -451,12 +485,14 @@ impl LedgerWrite {
             self.n_member_ms.push(session.member_ms);
             self.n_open.push(session.open_stays);
         }
-        // The place only moves on (a refold's window may start after the newest event).
-        if let Some((at, rank)) = changes.folded.max(before) {
+        // The place only moves on (a refold's window may start after the newest event); a
+        // refold always writes it, which also marks a room's ledger as made.
+        let place = changes.folded.max(before);
+        if place.is_some() || cut.is_some() {
             self.r_apps.push(room.app);
             self.r_rooms.push(room.id.to_owned());
-            self.r_at.push(at);
-            self.r_rank.push(rank);
+            self.r_at.push(place.map(|p| p.0));
+            self.r_rank.push(place.map(|p| p.1));
         }
     }
 
@@ -494,8 +530,8 @@ impl LedgerWrite {
             &self.n_open,
             &self.r_apps,
             &self.r_rooms,
-            &self.r_at,
-            &self.r_rank,
+            &self.r_at as &[Option<DateTime<Utc>>],
+            &self.r_rank as &[Option<i16>],
         )
         .fetch_one(conn)
         .await?;

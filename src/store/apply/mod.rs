@@ -111,6 +111,18 @@ pub async fn replay_batch(
     keep_ledger(conn, callbacks, policy).await
 }
 
+/// Makes the attendance ledger of a room that existed before the ledger did (a database
+/// upgraded from a version without it), in the caller's transaction; `false` when it was made
+/// already. See docs/attendance.md#upgrading.
+pub async fn backfill_ledger(
+    conn: &mut PgConnection,
+    app: i64,
+    room_id: &str,
+    policy: Policy,
+) -> Result<bool, sqlx::Error> {
+    ledger::backfill(conn, Room { app, id: room_id }, policy).await
+}
+
 /// The database's form: plain PostgreSQL, or room tables distributed by Citus, where a few
 /// statements take another form (docs/scaling.md#citus).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -78,7 +78,8 @@ pub(super) async fn recompute_members(
             Command::Reconcile.as_str(),
         ] as &[&str],
         users,
-        from.unwrap_or(DateTime::<Utc>::MIN_UTC),
+        // EventTime is positive: nothing is older than the epoch.
+        from.unwrap_or(DateTime::UNIX_EPOCH),
     )
     .fetch_all(&mut *conn)
     .await?;

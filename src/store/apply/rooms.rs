@@ -163,7 +163,12 @@ impl<'a> InfoRows<'a> {
 fn array_literal(ids: &[Id]) -> String {
     let quoted: Vec<String> = ids
         .iter()
-        .map(|id| format!("\"{}\"", id.as_str().replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|id| {
+            format!(
+                "\"{}\"",
+                id.as_str().replace('\\', "\\\\").replace('"', "\\\"")
+            )
+        })
         .collect();
     format!("{{{}}}", quoted.join(","))
 }

@@ -309,14 +309,7 @@ impl Task {
         let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
         self.metrics.batch_size.observe(batch.len() as f64);
         let known = self.layout.get().dialect();
-        let write = write_isolating(
-            conn,
-            known,
-            self.policy,
-            &self.begin,
-            &callbacks,
-            &groups,
-        );
+        let write = write_isolating(conn, known, self.policy, &self.begin, &callbacks, &groups);
         let results = match tokio::time::timeout(self.write_timeout, write).await {
             Ok(results) => results,
             Err(_) => {
