@@ -46,18 +46,35 @@ CREATE TABLE room_sessions (
 CREATE INDEX room_sessions_started ON room_sessions (started_at);
 CREATE INDEX room_sessions_ended ON room_sessions (ended_at);
 
--- The ledger's place in each room's history, and the scheduled conference's invitees (of
--- the newest create that lists them; for rooms created before this migration, filled in with
--- their ledger). ledger_backfill: the room existed before the ledger did, so its ledger is still to be made
--- from the history it already holds (true for the rows that exist now, false for new ones;
--- both are catalogue changes, no table rewrite).
-ALTER TABLE rooms
-    ADD COLUMN ledger_at       timestamptz,
-    ADD COLUMN ledger_rank     smallint,
-    ADD COLUMN ledger_backfill boolean NOT NULL DEFAULT true,
-    ADD COLUMN invitees        text[],
-    ADD COLUMN invitees_at     timestamptz;
-ALTER TABLE rooms ALTER COLUMN ledger_backfill SET DEFAULT false;
+-- Citus (docs/scaling.md#citus): the ledger lives with its room, on the room's node.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    PERFORM create_distributed_table('room_stays', 'room_id', colocate_with => 'rooms');
+    PERFORM create_distributed_table('room_sessions', 'room_id', colocate_with => 'rooms');
+END
+$$;
+
+-- The ledger's place in each room's history, and the scheduled conference's invitees (of the
+-- newest create that lists them; for rooms created before this migration, filled in with
+-- their ledger). ledger_backfill: the room existed before the ledger did, so its ledger is
+-- still to be made from the history it already holds (true for the rows that exist now, false
+-- for new ones; both are catalogue changes, no table rewrite).
+-- In a DO block: Citus sends an ALTER TABLE of a distributed table to the workers as the text
+-- of the statement that ran it, which must then be this statement alone.
+DO $$
+BEGIN
+    ALTER TABLE rooms
+        ADD COLUMN ledger_at       timestamptz,
+        ADD COLUMN ledger_rank     smallint,
+        ADD COLUMN ledger_backfill boolean NOT NULL DEFAULT true,
+        ADD COLUMN invitees        text[],
+        ADD COLUMN invitees_at     timestamptz;
+    ALTER TABLE rooms ALTER COLUMN ledger_backfill SET DEFAULT false;
+END
+$$;
 
 -- Attendance per session and member: invitees without a stay appear with stays = 0.
 CREATE VIEW room_attendance AS
@@ -221,16 +238,5 @@ BEGIN
         n := n + 1;
     END LOOP;
     RETURN n;
-END
-$$;
-
--- Citus (docs/scaling.md#citus): the ledger lives with its room, on the room's node.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
-        RETURN;
-    END IF;
-    PERFORM create_distributed_table('room_stays', 'room_id', colocate_with => 'rooms');
-    PERFORM create_distributed_table('room_sessions', 'room_id', colocate_with => 'rooms');
 END
 $$;

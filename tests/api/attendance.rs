@@ -85,6 +85,13 @@ async fn assert_in_room_is_an_open_stay(pool: &PgPool) {
 
 #[sqlx::test]
 async fn a_leave_redelivered_after_the_rejoin_does_not_mark_the_student_absent(pool: PgPool) {
+    a_leave_redelivered_after_the_rejoin_does_not_mark_the_student_absent_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_leave_redelivered_after_the_rejoin_does_not_mark_the_student_absent_scenario(
+    pool: PgPool,
+) {
     let app = spawn_app(pool.clone()).await;
     let left = leave("class", &["student"], "Leave", T0 + 60_000);
     send_all(
@@ -115,6 +122,11 @@ async fn a_leave_redelivered_after_the_rejoin_does_not_mark_the_student_absent(p
 
 #[sqlx::test]
 async fn reconnects_count_one_person_and_with_a_merge_gap_one_stay(pool: PgPool) {
+    reconnects_count_one_person_and_with_a_merge_gap_one_stay_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn reconnects_count_one_person_and_with_a_merge_gap_one_stay_scenario(pool: PgPool) {
     // Without a merge gap: three stays, one person.
     let app = spawn_app(pool.clone()).await;
     let flaky = [
@@ -156,6 +168,14 @@ async fn reconnects_count_one_person_and_with_a_merge_gap_one_stay(pool: PgPool)
 
 #[sqlx::test]
 async fn a_leave_that_arrives_after_the_new_join_merges_and_no_counter_goes_negative(pool: PgPool) {
+    a_leave_that_arrives_after_the_new_join_merges_and_no_counter_goes_negative_scenario(pool)
+        .await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_leave_that_arrives_after_the_new_join_merges_and_no_counter_goes_negative_scenario(
+    pool: PgPool,
+) {
     let app = spawn_app_with(pool.clone(), &[("STAY_MERGE_GAP_SECS", "5")]).await;
     // A one-second reconnect whose leave arrives last; and a leave with no join at all.
     send_all(
@@ -183,6 +203,11 @@ async fn a_leave_that_arrives_after_the_new_join_merges_and_no_counter_goes_nega
 
 #[sqlx::test]
 async fn a_rejoin_after_the_meeting_ended_starts_a_new_session(pool: PgPool) {
+    a_rejoin_after_the_meeting_ended_starts_a_new_session_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_rejoin_after_the_meeting_ended_starts_a_new_session_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     send_all(
         &app,
@@ -225,6 +250,13 @@ async fn a_rejoin_after_the_meeting_ended_starts_a_new_session(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_live_heartbeat_interrupt_and_recover_within_the_gap_is_one_stay(pool: PgPool) {
+    a_live_heartbeat_interrupt_and_recover_within_the_gap_is_one_stay_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn a_live_heartbeat_interrupt_and_recover_within_the_gap_is_one_stay_scenario(
+    pool: PgPool,
+) {
     let app = spawn_app_with(pool.clone(), &[("STAY_MERGE_GAP_SECS", "60")]).await;
     let state = |kind: &str, cause: &str, at: i64| {
         json!({"CallbackCommand": "Live.CallbackAfterMemberStateChanged", "RoomId": "live",
@@ -252,6 +284,13 @@ async fn a_live_heartbeat_interrupt_and_recover_within_the_gap_is_one_stay(pool:
 
 #[sqlx::test]
 async fn an_enter_within_the_grace_re_opens_the_session_even_when_it_arrives_late(pool: PgPool) {
+    an_enter_within_the_grace_re_opens_the_session_even_when_it_arrives_late_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn an_enter_within_the_grace_re_opens_the_session_even_when_it_arrives_late_scenario(
+    pool: PgPool,
+) {
     let app = spawn_app_with(pool.clone(), &[("SESSION_EMPTY_GRACE_SECS", "60")]).await;
     send_all(
         &app,
@@ -287,6 +326,11 @@ async fn an_enter_within_the_grace_re_opens_the_session_even_when_it_arrives_lat
 
 #[sqlx::test]
 async fn an_enter_and_a_leave_at_one_millisecond_count_the_enter_first(pool: PgPool) {
+    an_enter_and_a_leave_at_one_millisecond_count_the_enter_first_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn an_enter_and_a_leave_at_one_millisecond_count_the_enter_first_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     // The leave arrives first; the fold still applies the enter first at equal times.
     send_all(
@@ -305,6 +349,11 @@ async fn an_enter_and_a_leave_at_one_millisecond_count_the_enter_first(pool: PgP
 
 #[sqlx::test]
 async fn drift_repair_corrections_end_and_open_stays(pool: PgPool) {
+    drift_repair_corrections_end_and_open_stays_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn drift_repair_corrections_end_and_open_stays_scenario(pool: PgPool) {
     use roomsync::callback::{Callback, Event, EventTime, Id, MemberChange, SdkAppId};
     let app = spawn_app(pool.clone()).await;
     send_all(&app, &[enter("d", &["ghost"], T0)]).await;
@@ -351,6 +400,11 @@ async fn drift_repair_corrections_end_and_open_stays(pool: PgPool) {
 
 #[sqlx::test]
 async fn invitees_are_listed_and_those_who_never_came_have_no_stays(pool: PgPool) {
+    invitees_are_listed_and_those_who_never_came_have_no_stays_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn invitees_are_listed_and_those_who_never_came_have_no_stays_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     let mut scheduled = create("conf", "weekly", T0);
     scheduled["ScheduleInviteeList_Account"] = json!(["amy", "bob", "bob", "o\"dd\\one"]);
@@ -384,6 +438,16 @@ async fn invitees_are_listed_and_those_who_never_came_have_no_stays(pool: PgPool
 
 #[sqlx::test]
 async fn history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest(
+    pool: PgPool,
+) {
+    history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest_scenario(
+        pool,
+    )
+    .await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest_scenario(
     pool: PgPool,
 ) {
     let app = spawn_app(pool.clone()).await;
@@ -430,6 +494,11 @@ async fn history_retention_never_touches_the_ledger_and_attendance_retention_kee
 
 #[sqlx::test]
 async fn rebuild_under_another_policy_applies_it_to_the_past(pool: PgPool) {
+    rebuild_under_another_policy_applies_it_to_the_past_scenario(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn rebuild_under_another_policy_applies_it_to_the_past_scenario(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
     send_all(
         &app,

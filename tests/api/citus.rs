@@ -12,14 +12,18 @@ use std::time::Duration;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{batches, drift, helpers::*, lifecycle, live, model, operations, rows::*};
+use crate::{
+    attendance as ledger, batches, drift, helpers::*, lifecycle, live, model, operations, rows::*,
+};
 use roomsync::store::Layout;
 
-const ROOM_TABLES: [&str; 5] = [
+const ROOM_TABLES: [&str; 7] = [
     "room_checks",
     "room_events",
     "room_members",
     "room_seats",
+    "room_sessions",
+    "room_stays",
     "rooms",
 ];
 
@@ -114,6 +118,26 @@ on_citus! {
     drift_rebuild => drift::rebuild_after_corrections_equals_the_live_view_scenario;
     retention_in_batches => operations::pruning_works_in_batches_scenario;
     drift_live_rooms => drift::live_rooms_are_repaired_through_the_live_api_scenario;
+    ledger_redelivered_leave =>
+        ledger::a_leave_redelivered_after_the_rejoin_does_not_mark_the_student_absent_scenario;
+    ledger_reconnects =>
+        ledger::reconnects_count_one_person_and_with_a_merge_gap_one_stay_scenario;
+    ledger_late_leave_merges =>
+        ledger::a_leave_that_arrives_after_the_new_join_merges_and_no_counter_goes_negative_scenario;
+    ledger_rejoin_after_end =>
+        ledger::a_rejoin_after_the_meeting_ended_starts_a_new_session_scenario;
+    ledger_live_heartbeat =>
+        ledger::a_live_heartbeat_interrupt_and_recover_within_the_gap_is_one_stay_scenario;
+    ledger_grace =>
+        ledger::an_enter_within_the_grace_re_opens_the_session_even_when_it_arrives_late_scenario;
+    ledger_one_millisecond =>
+        ledger::an_enter_and_a_leave_at_one_millisecond_count_the_enter_first_scenario;
+    ledger_drift_repair => ledger::drift_repair_corrections_end_and_open_stays_scenario;
+    ledger_invitees =>
+        ledger::invitees_are_listed_and_those_who_never_came_have_no_stays_scenario;
+    ledger_retention =>
+        ledger::history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest_scenario;
+    ledger_rebuild_policy => ledger::rebuild_under_another_policy_applies_it_to_the_past_scenario;
 }
 
 /// roomsync's own migrations distributed the room tables by room, co-located, on a cluster with
@@ -157,8 +181,8 @@ async fn the_layout_routes_rooms_as_citus_does() {
 
 async fn empty(pool: &PgPool) {
     sqlx::raw_sql(
-        "TRUNCATE room_checks, room_events, room_members, room_seats, rooms, rejected_callbacks,
-             reconcile_budget",
+        "TRUNCATE room_checks, room_events, room_members, room_seats, room_stays, room_sessions,
+             rooms, rejected_callbacks, reconcile_budget",
     )
     .execute(pool)
     .await

@@ -74,26 +74,18 @@ pub(super) async fn merge_room_info(
             }
         }
         rows.push(*room, info.unwrap_or_default(), versions, created);
-        rows.invitees
-            .push(invitees.map(|(_, list)| array_literal(list)));
-        rows.invitees_at.push(invitees.map(|(at, _)| at));
+        if let Some(invitees) = invitees {
+            rows.invitees.push((*room, invitees));
+        }
     }
     sqlx::query!(
         r#"UPDATE rooms r SET
                room_info = t.info, room_info_versions = t.versions, room_name = t.name,
                room_type = t.kind, owner_account = t.owner, max_member_count = t.max_members,
-               created_at = GREATEST(r.created_at, t.created),
-               -- The newest create's list; at one time the larger list. No subquery in SET,
-               -- for Citus: the lists come as array literals.
-               invitees = CASE WHEN (t.inv_at > r.invitees_at) IS NOT FALSE
-                                    OR (t.inv_at = r.invitees_at AND t.inv::text[] > r.invitees)
-                               THEN COALESCE(t.inv::text[], r.invitees) ELSE r.invitees END,
-               invitees_at = CASE WHEN (t.inv_at > r.invitees_at) IS NOT FALSE
-                                  THEN COALESCE(t.inv_at, r.invitees_at) ELSE r.invitees_at END
+               created_at = GREATEST(r.created_at, t.created)
            FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::text[],
-                       $7::text[], $8::int4[], $9::timestamptz[], $10::text[],
-                       $11::timestamptz[])
-                AS t(a, id, info, versions, name, kind, owner, max_members, created, inv, inv_at)
+                       $7::text[], $8::int4[], $9::timestamptz[])
+                AS t(a, id, info, versions, name, kind, owner, max_members, created)
            WHERE r.sdk_app_id = t.a AND r.room_id = t.id"#,
         &rows.apps,
         &rows.ids as &[&str],
@@ -104,11 +96,25 @@ pub(super) async fn merge_room_info(
         &rows.owners as &[Option<String>],
         &rows.max_members as &[Option<i32>],
         &rows.created as &[Option<DateTime<Utc>>],
-        &rows.invitees as &[Option<String>],
-        &rows.invitees_at as &[Option<DateTime<Utc>>],
     )
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // Creates with invitees are rare: one statement per room that has one, routed to it.
+    for (room, (at, list)) in &rows.invitees {
+        let list: Vec<&str> = list.iter().map(Id::as_str).collect();
+        sqlx::query!(
+            r#"UPDATE rooms SET invitees = $3, invitees_at = $4
+               WHERE sdk_app_id = $1 AND room_id = $2
+                 AND (invitees_at IS NULL OR invitees_at < $4
+                      OR (invitees_at = $4 AND invitees COLLATE "C" < $3::text[] COLLATE "C"))"#,
+            room.app,
+            room.id,
+            &list as &[&str],
+            at,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -124,9 +130,8 @@ struct InfoRows<'a> {
     owners: Vec<Option<String>>,
     max_members: Vec<Option<i32>>,
     created: Vec<Option<DateTime<Utc>>>,
-    /// As PostgreSQL array literals (`{"a","b"}`).
-    invitees: Vec<Option<String>>,
-    invitees_at: Vec<Option<DateTime<Utc>>>,
+    /// The newest create's invitees of each room that has one (its time, the list).
+    invitees: Vec<(Room<'a>, (DateTime<Utc>, &'a [Id]))>,
 }
 
 impl<'a> InfoRows<'a> {
@@ -157,20 +162,6 @@ impl<'a> InfoRows<'a> {
         self.versions.push(versions);
         self.created.push(created);
     }
-}
-
-/// A `text[]` literal of these ids: each quoted, with `"` and `\` escaped.
-fn array_literal(ids: &[Id]) -> String {
-    let quoted: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            format!(
-                "\"{}\"",
-                id.as_str().replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        })
-        .collect();
-    format!("{{{}}}", quoted.join(","))
 }
 
 /// Field-by-field merge. A field's version is the EventTime (ms) that set it; at equal
