@@ -31,7 +31,9 @@ fn parse(body: &Value) -> Callback {
 async fn write_one_batch(pool: &PgPool, bodies: &[Value]) -> Vec<Outcome> {
     let callbacks: Vec<Callback> = bodies.iter().map(parse).collect();
     let refs: Vec<&Callback> = callbacks.iter().collect();
-    write_batch(pool, None, Default::default(), &refs).await.unwrap()
+    write_batch(pool, None, Default::default(), &refs)
+        .await
+        .unwrap()
 }
 
 type Row = (

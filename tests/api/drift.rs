@@ -298,7 +298,9 @@ pub async fn rebuild_after_corrections_equals_the_live_view_scenario(pool: PgPoo
     );
     app.stop().await;
     let live = view_snapshot(&pool).await;
-    let report = roomsync::rebuild::rebuild(&pool, Default::default()).await.unwrap();
+    let report = roomsync::rebuild::rebuild(&pool, Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.skipped, 0);
     assert_eq!(view_snapshot(&pool).await, live);
     fake.stop().await;
@@ -323,7 +325,9 @@ async fn rebuild_skips_a_damaged_correction(pool: PgPool) {
     .await
     .unwrap();
     let live = view_snapshot(&pool).await;
-    let report = roomsync::rebuild::rebuild(&pool, Default::default()).await.unwrap();
+    let report = roomsync::rebuild::rebuild(&pool, Default::default())
+        .await
+        .unwrap();
     assert_eq!(report.skipped, 1);
     assert_eq!(report.replayed, 1);
     assert_eq!(view_snapshot(&pool).await, live);
