@@ -1,6 +1,8 @@
 //! HTTP integration tests: the real application on port 0 against a fresh PostgreSQL
 //! database per test (`#[sqlx::test]`). One binary, one link step.
 
+mod attendance;
+mod attendance_model;
 mod batches;
 mod callback;
 mod citus;

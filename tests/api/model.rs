@@ -340,9 +340,14 @@ async fn deliver_all(
                 match delivery {
                     Delivery::Http(body) => app.send(body).await,
                     Delivery::Fix(correction) => {
-                        roomsync::store::write_batch(pool, None, Default::default(), &[&**correction])
-                            .await
-                            .expect("a correction is stored");
+                        roomsync::store::write_batch(
+                            pool,
+                            None,
+                            Default::default(),
+                            &[&**correction],
+                        )
+                        .await
+                        .expect("a correction is stored");
                         (200, ok())
                     }
                 }
@@ -941,7 +946,9 @@ pub async fn rebuild_reproduces_the_live_view(pool: PgPool) {
         .await
         .unwrap();
     assert_ne!(view_snapshot(&pool).await, live);
-    let report = roomsync::rebuild::rebuild(&pool, Default::default()).await.unwrap();
+    let report = roomsync::rebuild::rebuild(&pool, Default::default())
+        .await
+        .unwrap();
     let with_room = count(
         &pool,
         // On Citus, callbacks without a room are stored under '' (docs/scaling.md#citus).

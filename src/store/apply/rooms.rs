@@ -118,6 +118,9 @@ pub(super) async fn merge_room_info(
     Ok(())
 }
 
+/// A create's invitees: its time, the list.
+type Invitees<'a> = (DateTime<Utc>, &'a [Id]);
+
 /// The merged room info of each room, one array per column.
 #[derive(Default)]
 struct InfoRows<'a> {
@@ -130,8 +133,8 @@ struct InfoRows<'a> {
     owners: Vec<Option<String>>,
     max_members: Vec<Option<i32>>,
     created: Vec<Option<DateTime<Utc>>>,
-    /// The newest create's invitees of each room that has one (its time, the list).
-    invitees: Vec<(Room<'a>, (DateTime<Utc>, &'a [Id]))>,
+    /// The newest create's invitees of each room that has one.
+    invitees: Vec<(Room<'a>, Invitees<'a>)>,
 }
 
 impl<'a> InfoRows<'a> {
