@@ -22,7 +22,9 @@ WITH ev AS (
     LEFT JOIN LATERAL (
         SELECT true AS seen FROM room_events e
         WHERE u.lk IS NOT NULL AND e.sdk_app_id = u.a AND e.room_id = u.r
-          AND e.dedup_key = u.lk AND e.payload = u.p::jsonb
+          -- The first-version key covers EventTime: with it, whichever index the plan takes
+          -- finds the one row (with the room alone, a stale plan walked its whole history).
+          AND e.event_at = u.at AND e.dedup_key = u.lk AND e.payload = u.p::jsonb
         LIMIT 1
     ) AS old ON true
     WHERE old.seen IS NULL
