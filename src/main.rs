@@ -24,7 +24,8 @@ enum Command {
     Migrate,
     /// Exit 0 if the server on LISTEN_ADDR answers /healthz (for container health checks).
     Healthcheck,
-    /// Recompute rooms, room_members and room_seats from the room_events history, then exit.
+    /// Recompute rooms, room_members, room_seats and the attendance ledger (room_stays,
+    /// room_sessions, under the configured policy) from the room_events history, then exit.
     Rebuild,
     /// Inspect the local journal (JOURNAL_PATH): list parked and unreadable records, export
     /// one, make parked records due now, or remove one this version cannot decode. Listing and

@@ -1173,6 +1173,11 @@ async fn the_ledger_equals_the_sequential_oracle_zero_policy(pool: PgPool) {
 
 #[sqlx::test]
 async fn the_ledger_equals_the_sequential_oracle_with_merges_and_a_short_grace(pool: PgPool) {
+    with_merges_and_a_short_grace(pool).await;
+}
+
+/// Also run on a Citus cluster (citus.rs).
+pub async fn with_merges_and_a_short_grace(pool: PgPool) {
     two_instances_keep_the_ledger(
         pool,
         Settings {

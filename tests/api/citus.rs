@@ -13,7 +13,8 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
-    attendance as ledger, batches, drift, helpers::*, lifecycle, live, model, operations, rows::*,
+    attendance as ledger, attendance_model, batches, drift, helpers::*, lifecycle, live, model,
+    operations, rows::*,
 };
 use roomsync::store::Layout;
 
@@ -138,6 +139,7 @@ on_citus! {
     ledger_retention =>
         ledger::history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest_scenario;
     ledger_rebuild_policy => ledger::rebuild_under_another_policy_applies_it_to_the_past_scenario;
+    ledger_model_two_instances => attendance_model::with_merges_and_a_short_grace;
 }
 
 /// roomsync's own migrations distributed the room tables by room, co-located, on a cluster with

@@ -343,7 +343,7 @@ fn help_describes_each_command() {
         ),
         (
             "rebuild",
-            &["Recompute rooms, room_members and room_seats from the room_events history"],
+            &["Recompute rooms, room_members, room_seats and the attendance ledger"],
         ),
         (
             "journal",

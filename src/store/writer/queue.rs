@@ -66,7 +66,7 @@ pub(super) async fn next_batch(queue: &Queue, max_batch: usize, tasks: usize) ->
 
 /// Queued jobs, oldest first, whose groups no other task is writing, all of the first one's
 /// node, up to `max_batch`; their groups are marked busy. Live jobs first, but the background
-/// lane keeps an eighth of the batch when it has work; while live callbacks arrive it takes
+/// lane keeps a quarter of the batch when it has work; while live callbacks arrive it takes
 /// no more than that, and otherwise its share of the tasks. Jobs of a group held elsewhere are
 /// answered at once ([`StoreError::Held`]); once its wait ends, such a group is written in a
 /// batch of its own. A live job whose request stopped waiting (it timed out, so the callback
@@ -86,7 +86,7 @@ fn take_batch(state: &mut State, max_batch: usize, tasks: usize, now: Instant) -
     let floor = if background.is_empty() {
         0
     } else {
-        (max_batch / 8).max(1)
+        (max_batch / 4).max(1)
     };
     let live_recent = last_live.is_some_and(|at| now.saturating_duration_since(at) < LIVE_RECENT);
     let mut pick = Pick {
@@ -305,7 +305,7 @@ mod tests {
         let _b = queue_in(&mut state, Lane::Background, &background);
         state.last_live = Some(Instant::now());
         let batch = keys(&take(&mut state, 16));
-        assert_eq!(batch, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 101]);
+        assert_eq!(batch, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 101, 102, 103]);
         // With no live traffic the background takes the whole batch...
         let mut state = State::default();
         let _b = queue_in(&mut state, Lane::Background, &background);
