@@ -7,14 +7,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Room, encoding::member_event};
-use crate::{
-    callback::{Command, event_types},
-    store::membership::{self, MemberEvent, MemberState},
-};
+use super::{Room, ledger::window};
+use crate::store::membership::{self, MemberEvent, MemberState};
 
 /// Recomputes members from the room's history (late or reordered events): one read of the
-/// room's events from `from` on that name any of them, then the fold per member in memory, so
+/// room's member events from `from` on, then the fold per member in memory, so
 /// a late event of 10,000 members costs one statement, not 10,000 round trips. The caller
 /// writes them.
 ///
@@ -57,54 +54,20 @@ pub(super) async fn recompute_members(
             start.insert(row.user_id, state);
         }
     }
-    let rows = sqlx::query!(
-        r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
-           WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $8
-             AND (callback_command = ANY($3::text[])
-                  OR (callback_command = $4 AND event_type = $5)
-                  OR (callback_command = ANY($6::text[]) AND member_list && $7::text[]))"#,
-        room.app,
-        room.id,
-        &[
-            Command::DestroyRoom.as_str(),
-            Command::LiveDestroyRoom.as_str()
-        ] as &[&str],
-        Command::Reconcile.as_str(),
-        event_types::DESTROY,
-        &[
-            Command::MemberEnter.as_str(),
-            Command::MemberLeave.as_str(),
-            Command::LiveMemberStateChanged.as_str(),
-            Command::Reconcile.as_str(),
-        ] as &[&str],
-        users,
-        // EventTime is positive: nothing is older than the epoch.
-        from.unwrap_or(DateTime::UNIX_EPOCH),
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    // The room's member events from `from` on, as the ledger reads them (one mapping).
     let mut destroys = Vec::new();
     let mut events: HashMap<&str, Vec<MemberEvent>> =
         users.iter().map(|u| (u.as_str(), Vec::new())).collect();
-    for row in &rows {
-        let command = Command::from_history(&row.callback_command);
-        let event = member_event(
-            &command,
-            row.event_type.as_deref(),
-            row.reason.as_deref(),
-            row.event_at,
-        );
-        match event {
-            Some(destroy @ MemberEvent::Destroy { .. }) => destroys.push(destroy),
-            // A list may name a member twice; the fold treats a repeated event as one anyway.
-            Some(event) => {
-                for member in &row.member_list {
+    for room_event in window(conn, room, from).await? {
+        match room_event.event {
+            destroy @ MemberEvent::Destroy { .. } => destroys.push(destroy),
+            event => {
+                for member in &room_event.users {
                     if let Some(list) = events.get_mut(member.as_str()) {
                         list.push(event.clone());
                     }
                 }
             }
-            None => {}
         }
     }
     Ok(users
