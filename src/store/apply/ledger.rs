@@ -343,12 +343,8 @@ async fn read_state(
     let user_apps: Vec<i64> = named.iter().map(|n| n.0).collect();
     let user_rooms: Vec<&str> = named.iter().map(|n| n.1).collect();
     let users: Vec<&str> = named.iter().map(|n| n.2).collect();
-    let rows = sqlx::query!(
-        r#"SELECT kind AS "kind!", sdk_app_id AS "sdk_app_id!", room_id AS "room_id!", user_id,
-                  ledger_at, ledger_rank, ledger_backfill, session_no, started_at, ended_at,
-                  end_cause, peak_members, peak_at, unique_members, member_ms, open_stays,
-                  joined_at, left_at, leave_type, leave_reason, merged_gaps, gap_ms
-           FROM ledger_read($1, $2, $3, $4, $5, $6)"#,
+    let rows = sqlx::query_file!(
+        "src/store/apply/sql/ledger_read.sql",
         &apps,
         &ids as &[&str],
         &open,
@@ -500,10 +496,8 @@ impl LedgerWrite {
         if self.r_apps.is_empty() && self.cut_apps.is_empty() {
             return Ok(());
         }
-        sqlx::query!(
-            r#"SELECT ledger_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                   $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-                                   $27, $28) AS "done""#,
+        sqlx::query_file!(
+            "src/store/apply/sql/ledger_write.sql",
             &self.cut_apps,
             &self.cut_rooms,
             &self.cut_from,

@@ -1,0 +1,6 @@
+-- The attendance ledger's changes of a batch (migration 20261204000001_attendance.sql): the
+-- rooms folded again lose their sessions from a number on ($1..$3), then the changed stays
+-- ($4..$13) and sessions ($14..$24) are written and each room's place moves on ($25..$28).
+-- Bound by ledger.rs; also run by bench/run's pgbench references (bench/pgbench-script).
+SELECT ledger_write($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) AS "done"
