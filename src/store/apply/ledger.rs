@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Room, encoding::member_event, encoding::member_event_of, room_of};
+use super::{Dialect, Room, encoding::member_event, encoding::member_event_of, room_of};
 use crate::{
     callback::{Callback, Command, Event},
     store::{
@@ -23,6 +23,7 @@ use crate::{
 /// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild).
 pub(super) async fn keep_ledger(
     conn: &mut PgConnection,
+    dialect: Dialect,
     callbacks: &[&Callback],
     policy: Policy,
 ) -> Result<(), sqlx::Error> {
@@ -30,7 +31,7 @@ pub(super) async fn keep_ledger(
     if events.is_empty() {
         return Ok(());
     }
-    let state = read_state(conn, &events).await?;
+    let state = read_state(conn, &events, dialect).await?;
     let mut write = LedgerWrite::default();
     for (room, room_events) in events {
         let Some(place) = state.places.get(&(room.app, room.id.to_owned())) else {
@@ -80,7 +81,7 @@ pub(super) async fn keep_ledger(
             }
         }
     }
-    write.execute(conn).await
+    write.execute(conn, dialect).await
 }
 
 /// Where a room's history may be folded again from, for events at `earliest` or later.
@@ -185,7 +186,8 @@ pub(super) async fn backfill(
     let ledger = refold(conn, room, &start, policy).await?;
     let mut write = LedgerWrite::default();
     write.push(room, Some(1), &ledger, None);
-    write.execute(conn).await?;
+    // A refold is written row by row whatever the database's form.
+    write.execute(conn, Dialect::Postgres).await?;
     fill_invitees(conn, room).await?;
     Ok(true)
 }
@@ -318,9 +320,36 @@ struct State {
     open: HashMap<(i64, String), Vec<Stay>>,
 }
 
+/// A row of `ledger_read`, as both forms return it.
+struct StateRow {
+    kind: String,
+    sdk_app_id: i64,
+    room_id: String,
+    user_id: Option<String>,
+    ledger_at: Option<DateTime<Utc>>,
+    ledger_rank: Option<i16>,
+    ledger_backfill: Option<bool>,
+    session_no: Option<i32>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    end_cause: Option<String>,
+    peak_members: Option<i32>,
+    peak_at: Option<DateTime<Utc>>,
+    unique_members: Option<i32>,
+    member_ms: Option<i64>,
+    open_stays: Option<i32>,
+    joined_at: Option<DateTime<Utc>>,
+    left_at: Option<DateTime<Utc>>,
+    leave_type: Option<String>,
+    leave_reason: Option<String>,
+    merged_gaps: Option<i32>,
+    gap_ms: Option<i64>,
+}
+
 async fn read_state(
     conn: &mut PgConnection,
     events: &BTreeMap<Room<'_>, Vec<RoomEvent>>,
+    dialect: Dialect,
 ) -> Result<State, sqlx::Error> {
     let apps: Vec<i64> = events.keys().map(|room| room.app).collect();
     let ids: Vec<&str> = events.keys().map(|room| room.id).collect();
@@ -343,17 +372,52 @@ async fn read_state(
     let user_apps: Vec<i64> = named.iter().map(|n| n.0).collect();
     let user_rooms: Vec<&str> = named.iter().map(|n| n.1).collect();
     let users: Vec<&str> = named.iter().map(|n| n.2).collect();
-    let rows = sqlx::query_file!(
-        "src/store/apply/sql/ledger_read.sql",
-        &apps,
-        &ids as &[&str],
-        &open,
-        &user_apps,
-        &user_rooms as &[&str],
-        &users as &[&str],
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    // One statement, in the database's form: the same parameters, the same rows.
+    macro_rules! ledger_read {
+        ($file:literal) => {
+            sqlx::query_file!(
+                $file,
+                &apps,
+                &ids as &[&str],
+                &open,
+                &user_apps,
+                &user_rooms as &[&str],
+                &users as &[&str],
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|row| StateRow {
+                kind: row.kind,
+                sdk_app_id: row.sdk_app_id,
+                room_id: row.room_id,
+                user_id: row.user_id,
+                ledger_at: row.ledger_at,
+                ledger_rank: row.ledger_rank,
+                ledger_backfill: row.ledger_backfill,
+                session_no: row.session_no,
+                started_at: row.started_at,
+                ended_at: row.ended_at,
+                end_cause: row.end_cause,
+                peak_members: row.peak_members,
+                peak_at: row.peak_at,
+                unique_members: row.unique_members,
+                member_ms: row.member_ms,
+                open_stays: row.open_stays,
+                joined_at: row.joined_at,
+                left_at: row.left_at,
+                leave_type: row.leave_type,
+                leave_reason: row.leave_reason,
+                merged_gaps: row.merged_gaps,
+                gap_ms: row.gap_ms,
+            })
+            .collect::<Vec<StateRow>>()
+        };
+    }
+    let rows = match dialect {
+        Dialect::Postgres => ledger_read!("src/store/apply/sql/ledger_read.sql"),
+        Dialect::Citus => ledger_read!("src/store/apply/sql/ledger_read_citus.sql"),
+    };
     let mut state = State::default();
     for row in rows {
         let stay = || -> Option<Stay> {
@@ -492,12 +556,48 @@ impl LedgerWrite {
         }
     }
 
-    async fn execute(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// Writes the changes: one statement, set-based on plain PostgreSQL when no room is folded
+    /// again, else row by row (`ledger_write`, one routed statement a row on Citus).
+    async fn execute(self, conn: &mut PgConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
         if self.r_apps.is_empty() && self.cut_apps.is_empty() {
             return Ok(());
         }
+        if self.cut_apps.is_empty() && dialect == Dialect::Postgres {
+            // Nothing folded again: the set-based upserts, one statement.
+            sqlx::query_file!(
+                "src/store/apply/sql/ledger_write.sql",
+                &self.s_apps,
+                &self.s_rooms,
+                &self.s_users,
+                &self.s_joined,
+                &self.s_no,
+                &self.s_left as &[Option<DateTime<Utc>>],
+                &self.s_type as &[Option<String>],
+                &self.s_reason as &[Option<String>],
+                &self.s_gaps,
+                &self.s_gap_ms,
+                &self.n_apps,
+                &self.n_rooms,
+                &self.n_no,
+                &self.n_started,
+                &self.n_ended as &[Option<DateTime<Utc>>],
+                &self.n_cause as &[Option<String>],
+                &self.n_peak,
+                &self.n_peak_at,
+                &self.n_unique,
+                &self.n_member_ms,
+                &self.n_open,
+                &self.r_apps,
+                &self.r_rooms,
+                &self.r_at as &[Option<DateTime<Utc>>],
+                &self.r_rank as &[Option<i16>],
+            )
+            .execute(conn)
+            .await?;
+            return Ok(());
+        }
         sqlx::query_file!(
-            "src/store/apply/sql/ledger_write.sql",
+            "src/store/apply/sql/ledger_write_rows.sql",
             &self.cut_apps,
             &self.cut_rooms,
             &self.cut_from,

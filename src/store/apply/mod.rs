@@ -94,7 +94,7 @@ pub async fn apply_batch(
         .map(|(callback, _)| *callback)
         .collect();
     apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
-    keep_ledger(conn, &fresh, policy).await?;
+    keep_ledger(conn, dialect, &fresh, policy).await?;
     Ok(outcomes)
 }
 
@@ -108,7 +108,7 @@ pub async fn replay_batch(
     let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
     apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await?;
-    keep_ledger(conn, callbacks, policy).await
+    keep_ledger(conn, dialect, callbacks, policy).await
 }
 
 /// Makes the attendance ledger of a room that existed before the ledger did (a database
