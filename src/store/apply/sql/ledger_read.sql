@@ -22,8 +22,10 @@ SELECT 'open', s.sdk_app_id, s.room_id, s.user_id, NULL, NULL, NULL, s.session_n
        NULL, NULL, NULL, NULL, NULL, NULL, s.joined_at, s.left_at, s.leave_type, s.leave_reason,
        s.merged_gaps, s.gap_ms
 FROM UNNEST($1::int8[], $2::text[], $3::bool[]) AS t(a, r, o)
-JOIN room_stays s ON s.sdk_app_id = t.a AND s.room_id = t.r AND s.left_at IS NULL
-WHERE t.o
+CROSS JOIN LATERAL (
+    SELECT * FROM room_stays s
+    WHERE t.o AND s.sdk_app_id = t.a AND s.room_id = t.r AND s.left_at IS NULL
+) AS s
 UNION ALL
 SELECT 'stay', s.sdk_app_id, s.room_id, s.user_id, NULL, NULL, NULL, s.session_no, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL, NULL, s.joined_at, s.left_at, s.leave_type, s.leave_reason,
