@@ -1,7 +1,7 @@
 //! The attendance ledger of rooms that existed before it (docs/attendance.md#upgrading): made
 //! from their history in the background, one room per short transaction, so that callbacks
-//! never wait for the whole backfill. A callback for such a room makes its ledger itself, in
-//! its own transaction, first.
+//! never wait for it. A callback for such a room meanwhile changes its view and history only;
+//! the pass folds it with the rest of the room's history.
 
 use std::time::Duration;
 

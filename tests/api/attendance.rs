@@ -527,7 +527,7 @@ pub async fn rebuild_under_another_policy_applies_it_to_the_past_scenario(pool: 
 
 /// A database upgraded from the version before the ledger: the migration adds the tables
 /// empty, and the ledger is made from the history already there, room by room in the
-/// background (or by the first callback for a room, in its own transaction).
+/// background; a callback for such a room meanwhile is folded by that pass with the rest.
 #[sqlx::test]
 async fn an_upgraded_database_gets_its_ledger_from_its_history(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
@@ -562,7 +562,7 @@ async fn an_upgraded_database_gets_its_ledger_from_its_history(pool: PgPool) {
     let waiting: i64 = count(&pool, "SELECT count(*) FROM rooms WHERE ledger_backfill").await;
     assert_eq!(waiting, 20);
 
-    // A late callback for one room makes that room's ledger in its own transaction.
+    // A late callback for one room before its ledger is made: the pass folds it with the rest.
     let late = leave("up3", &["b"], "Kicked", T0 + 7_000);
     let app = spawn_app(pool.clone()).await;
     send_all(&app, &[late]).await;

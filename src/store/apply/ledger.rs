@@ -38,11 +38,15 @@ pub(super) async fn keep_ledger(
             // Every room of the batch is locked, hence there; nothing to fold into otherwise.
             continue;
         };
-        let in_order = !place.backfill
-            && room_events.iter().all(|event| {
-                let (at, rank, _, _) = event.order_key();
-                goes_after(place.folded, at, rank)
-            });
+        // A room older than the ledger: the background pass folds its whole history, these
+        // events included (they are in history now), so a callback never pays for it.
+        if place.backfill {
+            continue;
+        }
+        let in_order = room_events.iter().all(|event| {
+            let (at, rank, _, _) = event.order_key();
+            goes_after(place.folded, at, rank)
+        });
         if in_order {
             let mut stays: Vec<Stay> = Vec::new();
             for event in &room_events {
@@ -65,20 +69,9 @@ pub(super) async fn keep_ledger(
                 .map(|event| event.order_key().0)
                 .min()
                 .expect("a room here has events");
-            let start = if place.backfill {
-                Start {
-                    first_no: 1,
-                    ledger_from: None,
-                    members_from: None,
-                }
-            } else {
-                start_of(conn, room, earliest).await?
-            };
+            let start = start_of(conn, room, earliest).await?;
             let ledger = refold(conn, room, &start, policy).await?;
             write.push(room, Some(start.first_no), &ledger, place.folded);
-            if place.backfill {
-                fill_invitees(conn, room).await?;
-            }
         }
     }
     write.execute(conn, dialect).await
