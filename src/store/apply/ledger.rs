@@ -71,10 +71,74 @@ pub(super) async fn keep_ledger(
                 .expect("a room here has events");
             let start = start_of(conn, room, earliest).await?;
             let ledger = refold(conn, room, &start, policy).await?;
-            write.push(room, Some(start.first_no), &ledger, place.folded);
+            match dialect {
+                // Only what the late event changed is written: a long session's other stays
+                // stay as they are.
+                Dialect::Postgres => {
+                    let old = old_rows(conn, room, start.first_no).await?;
+                    write.push_diff(room, &ledger, old, place.folded);
+                }
+                Dialect::Citus => {
+                    write.push(room, Some(start.first_no), &ledger, place.folded);
+                }
+            }
         }
     }
     write.execute(conn, dialect).await
+}
+
+/// A room's stays and sessions from session `from_no` on, as they are before a refold.
+async fn old_rows(
+    conn: &mut PgConnection,
+    room: Room<'_>,
+    from_no: i32,
+) -> Result<(Vec<Stay>, Vec<Session>), sqlx::Error> {
+    let stays = sqlx::query!(
+        r#"SELECT user_id, joined_at, session_no, left_at, leave_type, leave_reason,
+                  merged_gaps, gap_ms
+           FROM room_stays WHERE sdk_app_id = $1 AND room_id = $2 AND session_no >= $3"#,
+        room.app,
+        room.id,
+        from_no,
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| Stay {
+        user: row.user_id,
+        joined_at: row.joined_at,
+        session_no: row.session_no,
+        left_at: row.left_at,
+        leave_type: row.leave_type,
+        leave_reason: row.leave_reason,
+        merged_gaps: row.merged_gaps,
+        gap_ms: row.gap_ms,
+    })
+    .collect();
+    let sessions = sqlx::query!(
+        r#"SELECT session_no, started_at, ended_at, end_cause, peak_members, peak_at,
+                  unique_members, member_ms, open_stays
+           FROM room_sessions WHERE sdk_app_id = $1 AND room_id = $2 AND session_no >= $3"#,
+        room.app,
+        room.id,
+        from_no,
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| Session {
+        no: row.session_no,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        end_cause: row.end_cause,
+        peak_members: row.peak_members,
+        peak_at: row.peak_at,
+        unique_members: row.unique_members,
+        member_ms: row.member_ms,
+        open_stays: row.open_stays,
+    })
+    .collect();
+    Ok((stays, sessions))
 }
 
 /// Where a room's history may be folded again from, for events at `earliest` or later.
@@ -496,6 +560,14 @@ struct LedgerWrite {
     r_rooms: Vec<String>,
     r_at: Vec<Option<DateTime<Utc>>>,
     r_rank: Vec<Option<i16>>,
+    /// Rows a refold no longer has: stays by key, sessions by number.
+    d_apps: Vec<i64>,
+    d_rooms: Vec<String>,
+    d_users: Vec<String>,
+    d_joined: Vec<DateTime<Utc>>,
+    e_apps: Vec<i64>,
+    e_rooms: Vec<String>,
+    e_no: Vec<i32>,
 }
 
 impl LedgerWrite {
@@ -513,7 +585,20 @@ impl LedgerWrite {
             self.cut_from.push(no);
         }
         let changes = ledger.changes();
-        for stay in changes.stays {
+        self.push_rows(room, &changes.stays, &changes.sessions);
+        // The place only moves on (a refold's window may start after the newest event); a
+        // refold always writes it, which also marks a room's ledger as made.
+        let place = changes.folded.max(before);
+        if place.is_some() || cut.is_some() {
+            self.r_apps.push(room.app);
+            self.r_rooms.push(room.id.to_owned());
+            self.r_at.push(place.map(|p| p.0));
+            self.r_rank.push(place.map(|p| p.1));
+        }
+    }
+
+    fn push_rows(&mut self, room: Room<'_>, stays: &[&Stay], sessions: &[&Session]) {
+        for stay in stays {
             self.s_apps.push(room.app);
             self.s_rooms.push(room.id.to_owned());
             self.s_users.push(stay.user.clone());
@@ -525,7 +610,7 @@ impl LedgerWrite {
             self.s_gaps.push(stay.merged_gaps);
             self.s_gap_ms.push(stay.gap_ms);
         }
-        for session in changes.sessions {
+        for session in sessions {
             self.n_apps.push(room.app);
             self.n_rooms.push(room.id.to_owned());
             self.n_no.push(session.no);
@@ -538,20 +623,84 @@ impl LedgerWrite {
             self.n_member_ms.push(session.member_ms);
             self.n_open.push(session.open_stays);
         }
-        // The place only moves on (a refold's window may start after the newest event); a
-        // refold always writes it, which also marks a room's ledger as made.
-        let place = changes.folded.max(before);
-        if place.is_some() || cut.is_some() {
-            self.r_apps.push(room.app);
-            self.r_rooms.push(room.id.to_owned());
-            self.r_at.push(place.map(|p| p.0));
-            self.r_rank.push(place.map(|p| p.1));
-        }
     }
 
-    /// Writes the changes: one statement, set-based on plain PostgreSQL when no room is folded
-    /// again, else row by row (`ledger_write`, one routed statement a row on Citus).
+    /// A refold's changes against the rows it replaces: the stays and sessions that differ
+    /// (upserted), those it no longer has (deleted), and the room's place.
+    fn push_diff(
+        &mut self,
+        room: Room<'_>,
+        ledger: &RoomLedger,
+        old: (Vec<Stay>, Vec<Session>),
+        before: Option<(DateTime<Utc>, i16)>,
+    ) {
+        let (old_stays, old_sessions) = old;
+        let mut old_stays: HashMap<(String, DateTime<Utc>), Stay> = old_stays
+            .into_iter()
+            .map(|stay| ((stay.user.clone(), stay.joined_at), stay))
+            .collect();
+        let mut old_sessions: HashMap<i32, Session> =
+            old_sessions.into_iter().map(|s| (s.no, s)).collect();
+        let changes = ledger.changes();
+        let mut stays = Vec::new();
+        for stay in changes.stays {
+            let old = old_stays.remove(&(stay.user.clone(), stay.joined_at));
+            if old.as_ref() != Some(stay) {
+                stays.push(stay);
+            }
+        }
+        let mut sessions = Vec::new();
+        for session in changes.sessions {
+            if old_sessions.remove(&session.no).as_ref() != Some(session) {
+                sessions.push(session);
+            }
+        }
+        for (user, joined) in old_stays.into_keys() {
+            self.d_apps.push(room.app);
+            self.d_rooms.push(room.id.to_owned());
+            self.d_users.push(user);
+            self.d_joined.push(joined);
+        }
+        for no in old_sessions.into_keys() {
+            self.e_apps.push(room.app);
+            self.e_rooms.push(room.id.to_owned());
+            self.e_no.push(no);
+        }
+        self.push_rows(room, &stays, &sessions);
+        let place = changes.folded.max(before);
+        self.r_apps.push(room.app);
+        self.r_rooms.push(room.id.to_owned());
+        self.r_at.push(place.map(|p| p.0));
+        self.r_rank.push(place.map(|p| p.1));
+    }
+
+    /// Writes the changes: a refold's rows it no longer has deleted, then one statement,
+    /// set-based on plain PostgreSQL when no room is cut, else row by row (`ledger_write`, one
+    /// routed statement a row on Citus).
     async fn execute(self, conn: &mut PgConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
+        if !self.d_apps.is_empty() || !self.e_apps.is_empty() {
+            // Disjoint from what is upserted next: a refold's rows it no longer has.
+            sqlx::query!(
+                r#"WITH stays AS (
+                       DELETE FROM room_stays s
+                       USING UNNEST($1::int8[], $2::text[], $3::text[], $4::timestamptz[])
+                             AS d(a, r, u, j)
+                       WHERE s.sdk_app_id = d.a AND s.room_id = d.r AND s.user_id = d.u
+                         AND s.joined_at = d.j)
+                   DELETE FROM room_sessions s
+                   USING UNNEST($5::int8[], $6::text[], $7::int4[]) AS d(a, r, n)
+                   WHERE s.sdk_app_id = d.a AND s.room_id = d.r AND s.session_no = d.n"#,
+                &self.d_apps,
+                &self.d_rooms,
+                &self.d_users,
+                &self.d_joined,
+                &self.e_apps,
+                &self.e_rooms,
+                &self.e_no,
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
         if self.r_apps.is_empty() && self.cut_apps.is_empty() {
             return Ok(());
         }
