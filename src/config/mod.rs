@@ -523,7 +523,7 @@ mod tests {
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            34,
+            37,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {

@@ -137,6 +137,7 @@ async fn a_body_holds_only_what_it_sent_and_must_keep_a_rate(pool: PgPool) {
     trickle.abort();
     assert!(answer.contains("40009"), "{answer}");
     let closed = closed.expect("cut before 4 s");
-    assert!(closed < Duration::from_millis(2000), "cut after {closed:?}");
+    // Well before the 5 s bound (a loaded machine has taken 2.0 s: the margin is for it).
+    assert!(closed < Duration::from_millis(3000), "cut after {closed:?}");
     app.stop().await;
 }
