@@ -10,7 +10,12 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Dialect, Room, encoding::member_event, encoding::member_event_of, room_of};
+use super::{
+    Dialect, Room,
+    encoding::member_event_of,
+    late::{Start, Windows, starts_of},
+    room_of,
+};
 use crate::{
     callback::{Callback, Command, Event},
     store::{
@@ -20,12 +25,14 @@ use crate::{
 };
 
 /// Folds the batch's new member events into each room's ledger and writes what changed.
-/// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild).
-pub(super) async fn keep_ledger(
+/// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild);
+/// `windows`: the late rooms' events the members' recompute read already (shared).
+pub(super) async fn keep_ledger<'a>(
     conn: &mut PgConnection,
     dialect: Dialect,
-    callbacks: &[&Callback],
+    callbacks: &[&'a Callback],
     policy: Policy,
+    windows: &mut Windows<'a>,
 ) -> Result<(), sqlx::Error> {
     let events = room_events(callbacks);
     if events.is_empty() {
@@ -33,6 +40,9 @@ pub(super) async fn keep_ledger(
     }
     let state = read_state(conn, &events, dialect).await?;
     let mut write = LedgerWrite::default();
+    // Rooms with an event before the ledger's place: each folded again below, all at once.
+    let mut late: Vec<(Room<'a>, DateTime<Utc>)> = Vec::new();
+    let mut late_places = Vec::new();
     for (room, room_events) in events {
         let Some(place) = state.places.get(&(room.app, room.id.to_owned())) else {
             // Every room of the batch is locked, hence there; nothing to fold into otherwise.
@@ -47,174 +57,127 @@ pub(super) async fn keep_ledger(
             let (at, rank, _, _) = event.order_key();
             goes_after(place.folded, at, rank)
         });
-        if in_order {
-            let mut stays: Vec<Stay> = Vec::new();
-            for event in &room_events {
-                for user in &event.users {
-                    let key = (room.app, room.id.to_owned(), user.clone());
-                    if let Some(stay) = state.stays.get(&key) {
-                        stays.push(stay.clone());
-                    }
-                }
-            }
-            if let Some(open) = state.open.get(&(room.app, room.id.to_owned())) {
-                stays.extend(open.iter().cloned());
-            }
-            let mut ledger = RoomLedger::resume(policy, place.session.clone(), stays);
-            ledger.fold(room_events);
-            write.push(room, None, &ledger, place.folded);
-        } else {
+        if !in_order {
             let earliest = room_events
                 .iter()
                 .map(|event| event.order_key().0)
                 .min()
                 .expect("a room here has events");
-            let start = start_of(conn, room, earliest).await?;
-            let ledger = refold(conn, room, &start, policy).await?;
+            late.push((room, earliest));
+            late_places.push(place.folded);
+            continue;
+        }
+        let mut stays: Vec<Stay> = Vec::new();
+        for event in &room_events {
+            for user in &event.users {
+                let key = (room.app, room.id.to_owned(), user.clone());
+                if let Some(stay) = state.stays.get(&key) {
+                    stays.push(stay.clone());
+                }
+            }
+        }
+        if let Some(open) = state.open.get(&(room.app, room.id.to_owned())) {
+            stays.extend(open.iter().cloned());
+        }
+        let mut ledger = RoomLedger::resume(policy, place.session.clone(), stays);
+        ledger.fold(room_events);
+        write.push(room, None, &ledger, place.folded);
+    }
+    if !late.is_empty() {
+        let starts = starts_of(conn, dialect, &late).await?;
+        let from: Vec<_> = late
+            .iter()
+            .zip(&starts)
+            .map(|((room, _), start)| (*room, start.ledger_from))
+            .collect();
+        windows.read(conn, dialect, &from).await?;
+        let cut: Vec<_> = late
+            .iter()
+            .zip(&starts)
+            .map(|((room, _), start)| (*room, start.first_no))
+            .collect();
+        let mut old = match dialect {
+            Dialect::Postgres => old_rows(conn, &cut).await?,
+            Dialect::Citus => HashMap::new(),
+        };
+        for (((room, _), start), folded) in late.into_iter().zip(&starts).zip(late_places) {
+            let ledger = refold(windows, room, start, policy);
             match dialect {
                 // Only what the late event changed is written: a long session's other stays
                 // stay as they are.
                 Dialect::Postgres => {
-                    let old = old_rows(conn, room, start.first_no).await?;
-                    write.push_diff(room, &ledger, old, place.folded);
+                    let rows = old.remove(&room).unwrap_or_default();
+                    write.push_diff(room, &ledger, rows, folded);
                 }
-                Dialect::Citus => {
-                    write.push(room, Some(start.first_no), &ledger, place.folded);
-                }
+                Dialect::Citus => write.push(room, Some(start.first_no), &ledger, folded),
             }
         }
     }
     write.execute(conn, dialect).await
 }
 
-/// A room's stays and sessions from session `from_no` on, as they are before a refold.
-async fn old_rows(
+/// Rooms' stays and sessions from a session number on, as they are before a refold: two
+/// statements for every room.
+async fn old_rows<'a>(
     conn: &mut PgConnection,
-    room: Room<'_>,
-    from_no: i32,
-) -> Result<(Vec<Stay>, Vec<Session>), sqlx::Error> {
+    rooms: &[(Room<'a>, i32)],
+) -> Result<HashMap<Room<'a>, (Vec<Stay>, Vec<Session>)>, sqlx::Error> {
+    let apps: Vec<i64> = rooms.iter().map(|(room, _)| room.app).collect();
+    let ids: Vec<&str> = rooms.iter().map(|(room, _)| room.id).collect();
+    let from: Vec<i32> = rooms.iter().map(|(_, no)| *no).collect();
+    let mut old: HashMap<Room<'a>, (Vec<Stay>, Vec<Session>)> = HashMap::new();
+    let index = |i: i64| usize::try_from(i - 1).expect("an ordinality is positive");
     let stays = sqlx::query!(
-        r#"SELECT user_id, joined_at, session_no, left_at, leave_type, leave_reason,
-                  merged_gaps, gap_ms
-           FROM room_stays WHERE sdk_app_id = $1 AND room_id = $2 AND session_no >= $3"#,
-        room.app,
-        room.id,
-        from_no,
+        r#"SELECT t.i AS "i!", s.user_id, s.joined_at, s.session_no, s.left_at, s.leave_type,
+                  s.leave_reason, s.merged_gaps, s.gap_ms
+           FROM UNNEST($1::int8[], $2::text[], $3::int4[]) WITH ORDINALITY AS t(a, r, n, i)
+           JOIN room_stays s ON s.sdk_app_id = t.a AND s.room_id = t.r AND s.session_no >= t.n"#,
+        &apps,
+        &ids as &[&str],
+        &from,
     )
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| Stay {
-        user: row.user_id,
-        joined_at: row.joined_at,
-        session_no: row.session_no,
-        left_at: row.left_at,
-        leave_type: row.leave_type,
-        leave_reason: row.leave_reason,
-        merged_gaps: row.merged_gaps,
-        gap_ms: row.gap_ms,
-    })
-    .collect();
-    let sessions = sqlx::query!(
-        r#"SELECT session_no, started_at, ended_at, end_cause, peak_members, peak_at,
-                  unique_members, member_ms, open_stays
-           FROM room_sessions WHERE sdk_app_id = $1 AND room_id = $2 AND session_no >= $3"#,
-        room.app,
-        room.id,
-        from_no,
-    )
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|row| Session {
-        no: row.session_no,
-        started_at: row.started_at,
-        ended_at: row.ended_at,
-        end_cause: row.end_cause,
-        peak_members: row.peak_members,
-        peak_at: row.peak_at,
-        unique_members: row.unique_members,
-        member_ms: row.member_ms,
-        open_stays: row.open_stays,
-    })
-    .collect();
-    Ok((stays, sessions))
-}
-
-/// Where a room's history may be folded again from, for events at `earliest` or later.
-pub(super) struct Start {
-    /// The first session number the fold makes (those from it on are replaced).
-    pub first_no: i32,
-    /// The ledger's fold starts here: the start of the session `earliest` falls in, `earliest`
-    /// itself before the room's first session, `None` (the whole history) for a room whose
-    /// ledger is still to be made.
-    pub ledger_from: Option<DateTime<Utc>>,
-    /// Members may be folded from here, from their rows with `in_room` false: nobody was in
-    /// the room just before it. `None`: from the whole history.
-    pub members_from: Option<DateTime<Utc>>,
-}
-
-/// Finds where to fold a room again from for events at `earliest` or later: the start of the
-/// session they fall in, where nobody was in the room (docs/attendance.md#late-events).
-pub(super) async fn start_of(
-    conn: &mut PgConnection,
-    room: Room<'_>,
-    earliest: DateTime<Utc>,
-) -> Result<Start, sqlx::Error> {
-    // The session `earliest` falls in (the newest that started at or before it), the room's
-    // first kept session (older ones pruned by ATTENDANCE_RETENTION_DAYS), and whether the
-    // room's ledger is still to be made.
-    let row = sqlx::query!(
-        r#"SELECT
-             (SELECT session_no FROM room_sessions
-              WHERE sdk_app_id = $1 AND room_id = $2 AND started_at <= $3
-              ORDER BY session_no DESC LIMIT 1) AS no,
-             (SELECT started_at FROM room_sessions
-              WHERE sdk_app_id = $1 AND room_id = $2 AND started_at <= $3
-              ORDER BY session_no DESC LIMIT 1) AS started_at,
-             (SELECT session_no FROM room_sessions
-              WHERE sdk_app_id = $1 AND room_id = $2
-              ORDER BY session_no LIMIT 1) AS first_no,
-             (SELECT started_at FROM room_sessions
-              WHERE sdk_app_id = $1 AND room_id = $2
-              ORDER BY session_no LIMIT 1) AS first_started,
-             (SELECT ledger_backfill FROM rooms
-              WHERE sdk_app_id = $1 AND room_id = $2) AS backfill"#,
-        room.app,
-        room.id,
-        earliest,
-    )
-    .fetch_one(&mut *conn)
     .await?;
-    if row.backfill.unwrap_or(false) {
-        return Ok(Start {
-            first_no: 1,
-            ledger_from: None,
-            members_from: None,
+    for row in stays {
+        let room = rooms[index(row.i)].0;
+        old.entry(room).or_default().0.push(Stay {
+            user: row.user_id,
+            joined_at: row.joined_at,
+            session_no: row.session_no,
+            left_at: row.left_at,
+            leave_type: row.leave_type,
+            leave_reason: row.leave_reason,
+            merged_gaps: row.merged_gaps,
+            gap_ms: row.gap_ms,
         });
     }
-    Ok(
-        match (row.no, row.started_at, row.first_no, row.first_started) {
-            (Some(no), Some(started), _, _) => Start {
-                first_no: no,
-                ledger_from: Some(started),
-                members_from: Some(started),
-            },
-            // Before the first session ever: nobody was in the room before `earliest`.
-            (_, _, None, _) | (_, _, Some(1), _) => Start {
-                first_no: 1,
-                ledger_from: Some(earliest),
-                members_from: Some(earliest),
-            },
-            // Before the first kept session: the pruned ones stay pruned, and events of their
-            // time stay out of the ledger; members are folded from their whole history.
-            (_, _, Some(first), started) => Start {
-                first_no: first,
-                ledger_from: started,
-                members_from: None,
-            },
-        },
+    let sessions = sqlx::query!(
+        r#"SELECT t.i AS "i!", s.session_no, s.started_at, s.ended_at, s.end_cause,
+                  s.peak_members, s.peak_at, s.unique_members, s.member_ms, s.open_stays
+           FROM UNNEST($1::int8[], $2::text[], $3::int4[]) WITH ORDINALITY AS t(a, r, n, i)
+           JOIN room_sessions s ON s.sdk_app_id = t.a AND s.room_id = t.r
+                               AND s.session_no >= t.n"#,
+        &apps,
+        &ids as &[&str],
+        &from,
     )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in sessions {
+        let room = rooms[index(row.i)].0;
+        old.entry(room).or_default().1.push(Session {
+            no: row.session_no,
+            started_at: row.started_at,
+            ended_at: row.ended_at,
+            end_cause: row.end_cause,
+            peak_members: row.peak_members,
+            peak_at: row.peak_at,
+            unique_members: row.unique_members,
+            member_ms: row.member_ms,
+            open_stays: row.open_stays,
+        });
+    }
+    Ok(old)
 }
 
 /// Makes the ledger of a room that existed before the ledger did, from its whole history, in
@@ -235,12 +198,12 @@ pub(super) async fn backfill(
     if pending != Some(true) {
         return Ok(false);
     }
-    let start = Start {
-        first_no: 1,
-        ledger_from: None,
-        members_from: None,
-    };
-    let ledger = refold(conn, room, &start, policy).await?;
+    let mut windows = Windows::default();
+    // One room: its routed form serves both forms of the database.
+    windows
+        .read(conn, Dialect::Citus, &[(room, Start::WHOLE.ledger_from)])
+        .await?;
+    let ledger = refold(&windows, room, &Start::WHOLE, policy);
     let mut write = LedgerWrite::default();
     write.push(room, Some(1), &ledger, None);
     // A refold is written row by row whatever the database's form.
@@ -249,68 +212,11 @@ pub(super) async fn backfill(
     Ok(true)
 }
 
-/// Folds a room's ledger again from `start` (see [`start_of`]).
-async fn refold(
-    conn: &mut PgConnection,
-    room: Room<'_>,
-    start: &Start,
-    policy: Policy,
-) -> Result<RoomLedger, sqlx::Error> {
-    let events = window(conn, room, start.ledger_from).await?;
+/// Folds a room's ledger again from `start`, from the room's window read before.
+fn refold(windows: &Windows<'_>, room: Room<'_>, start: &Start, policy: Policy) -> RoomLedger {
     let mut ledger = RoomLedger::empty(policy, start.first_no);
-    ledger.fold(events);
-    Ok(ledger)
-}
-
-/// The room's member events from `from` on (all of them when `None`), as the ledger sees them.
-pub(super) async fn window(
-    conn: &mut PgConnection,
-    room: Room<'_>,
-    from: Option<DateTime<Utc>>,
-) -> Result<Vec<RoomEvent>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"SELECT callback_command, event_at, event_type, reason, member_list FROM room_events
-           WHERE sdk_app_id = $1 AND room_id = $2 AND event_at >= $3
-             AND callback_command = ANY($4::text[])"#,
-        room.app,
-        room.id,
-        // EventTime is positive: nothing is older than the epoch.
-        from.unwrap_or(DateTime::UNIX_EPOCH),
-        // The commands whose history rows change members (see `encoding::member_event`).
-        &[
-            Command::MemberEnter.as_str(),
-            Command::MemberLeave.as_str(),
-            Command::LiveMemberStateChanged.as_str(),
-            Command::DestroyRoom.as_str(),
-            Command::LiveDestroyRoom.as_str(),
-            Command::Reconcile.as_str(),
-        ] as &[&str],
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| {
-            let command = Command::from_history(&row.callback_command);
-            let event = member_event(
-                &command,
-                row.event_type.as_deref(),
-                row.reason.as_deref(),
-                row.event_at,
-            )?;
-            let users = match event {
-                MemberEvent::Destroy { .. } => Vec::new(),
-                _ => distinct(row.member_list),
-            };
-            Some(RoomEvent { event, users })
-        })
-        .collect())
-}
-
-fn distinct(mut users: Vec<String>) -> Vec<String> {
-    users.sort_unstable();
-    users.dedup();
-    users
+    ledger.fold(windows.events(room, start.ledger_from).cloned().collect());
+    ledger
 }
 
 /// The invitees of a room's newest create that lists them, for a room created before the

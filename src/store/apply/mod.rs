@@ -26,6 +26,7 @@
 mod destroy;
 mod encoding;
 mod history;
+mod late;
 mod ledger;
 mod lock;
 mod members;
@@ -45,6 +46,7 @@ use crate::callback::{Callback, Command, Event, ROOM_DESTROYED};
 
 use destroy::destroy;
 use history::insert_events;
+use late::{Windows, starts_of};
 use ledger::keep_ledger;
 use lock::lock_rooms;
 use members::{MemberRows, fold_members, named_members};
@@ -93,8 +95,8 @@ pub async fn apply_batch(
         .filter(|(_, outcome)| matches!(outcome, Outcome::Stored { .. }))
         .map(|(callback, _)| *callback)
         .collect();
-    apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
-    keep_ledger(conn, dialect, &fresh, policy).await?;
+    let mut windows = apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
+    keep_ledger(conn, dialect, &fresh, policy, &mut windows).await?;
     Ok(outcomes)
 }
 
@@ -107,8 +109,8 @@ pub async fn replay_batch(
 ) -> Result<(), sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
-    apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await?;
-    keep_ledger(conn, dialect, callbacks, policy).await
+    let mut windows = apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await?;
+    keep_ledger(conn, dialect, callbacks, policy, &mut windows).await
 }
 
 /// Makes the attendance ledger of a room that existed before the ledger did (a database
@@ -173,6 +175,7 @@ impl<'a> Effects<'a> {
     }
 }
 
+/// Applies the effects on the view; gives back the late rooms' windows it read, for the ledger.
 async fn apply_effects<'a>(
     conn: &mut PgConnection,
     dialect: Dialect,
@@ -180,7 +183,7 @@ async fn apply_effects<'a>(
     rows: MemberRows,
     destroys: &Destroys<'a>,
     notify: Notify,
-) -> Result<(), sqlx::Error> {
+) -> Result<Windows<'a>, sqlx::Error> {
     let mut effects = Effects::default();
     fold_members(callbacks, rows, destroys, &mut effects);
     let (mut infos, mut seat_lists) = (Vec::new(), Vec::new());
@@ -230,20 +233,37 @@ async fn apply_effects<'a>(
     }
     merge_room_info(conn, &infos).await?;
     change_seats(conn, &seat_lists).await?;
-    for (room, users) in std::mem::take(&mut effects.late) {
+    // Late members: each room from the start of the session its earliest event of the batch
+    // falls in; the reads for every such room at once.
+    let late = std::mem::take(&mut effects.late);
+    let earliest: Vec<(Room<'a>, DateTime<Utc>)> = late
+        .keys()
+        .map(|room| {
+            let at = callbacks
+                .iter()
+                .filter(|callback| room_of(callback) == Some(*room))
+                .map(|callback| callback.event_time.to_datetime())
+                .min()
+                .expect("a late member's room has an event in the batch");
+            (*room, at)
+        })
+        .collect();
+    let starts = starts_of(conn, dialect, &earliest).await?;
+    let from: Vec<_> = late
+        .keys()
+        .copied()
+        .zip(starts.iter().map(|s| s.members_from))
+        .collect();
+    let mut windows = Windows::default();
+    windows.read(conn, dialect, &from).await?;
+    for ((room, users), (_, from)) in late.into_iter().zip(from) {
         let names: Vec<String> = users.keys().cloned().collect();
-        // From the start of the session the batch's earliest event of the room falls in.
-        let earliest = callbacks
-            .iter()
-            .filter(|callback| room_of(callback) == Some(room))
-            .map(|callback| callback.event_time.to_datetime())
-            .min()
-            .expect("a late member's room has an event in the batch");
-        let from = ledger::start_of(conn, room, earliest).await?.members_from;
-        for (user, state) in recompute_members(conn, room, &names, from).await? {
+        let events = windows.events(room, from);
+        for (user, state) in recompute_members(conn, room, &names, from, events).await? {
             let at = users[&user];
             effects.set(room, user, state, at);
         }
     }
-    write_members(conn, dialect, &effects, notify).await
+    write_members(conn, dialect, &effects, notify).await?;
+    Ok(windows)
 }

@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Room, ledger::window};
-use crate::store::membership::{self, MemberEvent, MemberState};
+use super::Room;
+use crate::store::{
+    attendance::RoomEvent,
+    membership::{self, MemberEvent, MemberState},
+};
 
 /// Recomputes members from the room's history (late or reordered events): one read of the
 /// room's member events from `from` on, then the fold per member in memory, so
@@ -24,6 +27,7 @@ pub(super) async fn recompute_members(
     room: Room<'_>,
     users: &[String],
     from: Option<DateTime<Utc>>,
+    window: impl Iterator<Item = &RoomEvent>,
 ) -> Result<Vec<(String, MemberState)>, sqlx::Error> {
     if users.is_empty() {
         return Ok(Vec::new());
@@ -58,9 +62,9 @@ pub(super) async fn recompute_members(
     let mut destroys = Vec::new();
     let mut events: HashMap<&str, Vec<MemberEvent>> =
         users.iter().map(|u| (u.as_str(), Vec::new())).collect();
-    for room_event in window(conn, room, from).await? {
-        match room_event.event {
-            destroy @ MemberEvent::Destroy { .. } => destroys.push(destroy),
+    for room_event in window {
+        match &room_event.event {
+            destroy @ MemberEvent::Destroy { .. } => destroys.push(destroy.clone()),
             event => {
                 for member in &room_event.users {
                     if let Some(list) = events.get_mut(member.as_str()) {
