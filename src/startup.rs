@@ -14,7 +14,7 @@ use tracing_actix_web::TracingLogger;
 use crate::{
     config::Config,
     http::{self, AppContext},
-    ingest::{Drain, Ingest},
+    ingest::{Backlog, Drain, Ingest},
     journal::{Journal, JournalError, Reader},
     reconcile::Reconciler,
     store::{self, ReachError, Writer, WriterOptions},
@@ -110,12 +110,14 @@ impl Application {
         let (writer, writer_tasks) =
             Writer::spawn(pool.clone(), options, health.clone(), metrics.clone());
         let rejected = Arc::new(store::RejectedStore::new(pool.clone(), config.rejected));
+        let backlog = Backlog::default();
         let ingest = Ingest::new(
             writer.clone(),
             journal.clone(),
             health.clone(),
             rejected.clone(),
             metrics.clone(),
+            backlog.clone(),
         );
         // Background tasks stop at a safe point when this turns true (not by abort).
         let (shutdown, stopping) = watch::channel(false);
@@ -127,6 +129,7 @@ impl Application {
             rejected,
             metrics: metrics.clone(),
             timings: config.timings,
+            backlog,
         }
         .spawn(stopping.clone());
         let retention = store::retention::spawn(

@@ -9,7 +9,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::UNPARSABLE_CODE;
+use super::{Backlog, UNPARSABLE_CODE};
 use crate::{
     callback::{Callback, CallbackQuery, parse_stored},
     config::Timings,
@@ -31,6 +31,8 @@ pub struct Drain {
     pub rejected: Arc<RejectedStore>,
     pub metrics: Arc<Metrics>,
     pub timings: Timings,
+    /// Rooms with journaled callbacks still to apply (shared with the router).
+    pub backlog: Backlog,
 }
 
 /// What a step did.
@@ -180,6 +182,11 @@ impl Drain {
         }
         let started = std::time::Instant::now();
         let submitted = parsed.len();
+        // Each record's room, to take it out of the backlog once applied or parked.
+        let rooms: Vec<Option<(i64, String)>> = parsed
+            .iter()
+            .map(|callback| callback.locked_room().map(|(app, id)| (app, id.to_owned())))
+            .collect();
         let results = self.writer.submit_all(parsed).await;
         tracing::debug!(
             records = submitted,
@@ -188,10 +195,17 @@ impl Drain {
         );
         let mut parks = Vec::new();
         let mut stopped: Option<StoreError> = None;
-        for (key, result) in keys.into_iter().zip(results) {
+        let mut taken = Vec::new();
+        for ((key, result), room) in keys.into_iter().zip(results).zip(&rooms) {
             match result {
-                Ok(_) => done.push(key),
-                Err(error) if error.is_about_the_records() => parks.push((key, error.detail())),
+                Ok(_) => {
+                    done.push(key);
+                    taken.extend(room.as_ref());
+                }
+                Err(error) if error.is_about_the_records() => {
+                    parks.push((key, error.detail()));
+                    taken.extend(room.as_ref());
+                }
                 // Down, the schema missing, no connection in time, the writer stopping: not
                 // this record's doing. It stays pending; the next step starts from the oldest.
                 Err(error) => {
@@ -199,6 +213,8 @@ impl Drain {
                 }
             }
         }
+        self.backlog
+            .remove(taken.iter().map(|(app, id)| (*app, id.as_str())));
         // Counted once committed, so an empty journal implies the count is complete.
         self.metrics.journal_drained.inc_by(done.len() as u64);
         self.reader.ack(done);

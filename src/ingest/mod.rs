@@ -16,8 +16,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+mod backlog;
 mod drain;
 
+pub use backlog::Backlog;
 pub use drain::Drain;
 
 use crate::{
@@ -55,6 +57,7 @@ pub struct Ingest {
     health: Health,
     metrics: Arc<Metrics>,
     rejected: Arc<RejectedStore>,
+    backlog: Backlog,
 }
 
 impl Ingest {
@@ -64,6 +67,7 @@ impl Ingest {
         health: Health,
         rejected: Arc<RejectedStore>,
         metrics: Arc<Metrics>,
+        backlog: Backlog,
     ) -> Self {
         Self {
             writer,
@@ -71,6 +75,7 @@ impl Ingest {
             health,
             metrics,
             rejected,
+            backlog,
         }
     }
 
@@ -100,7 +105,11 @@ impl Ingest {
         received_at: DateTime<Utc>,
     ) -> Result<Accepted, IngestError> {
         let sdk_app_id = callback.sdk_app_id.get();
-        if self.health.is_up() {
+        let room = callback.locked_room().map(|(app, id)| (app, id.to_owned()));
+        let room = room.as_ref().map(|(app, id)| (*app, id.as_str()));
+        // A room with callbacks still in the journal: this one joins them (see `Backlog`).
+        let behind = room.is_some_and(|room| self.backlog.holds(room));
+        if self.health.is_up() && !behind {
             let command = callback.command.clone();
             let error = match self.writer.submit(callback).await {
                 Ok(Outcome::Stored { id }) => return Ok(Accepted::Stored { id }),
@@ -145,6 +154,9 @@ impl Ingest {
             .append(vec![record])
             .await
             .map_err(IngestError::Journal)?;
+        if let Some(room) = room {
+            self.backlog.add(room);
+        }
         self.metrics.journal_appended.inc();
         self.metrics.journal_depth.set(self.journal.depth() as i64);
         Ok(Accepted::Journaled)

@@ -406,3 +406,62 @@ async fn a_full_journal_disk_recovers_without_a_restart(pool: PgPool) {
     assert_eq!(roster(&pool, "after").await, vec!["u1"]);
     app.stop().await;
 }
+
+/// A room with a callback in the journal still to apply: its next callbacks join it there (at
+/// once, in arrival order) rather than overtake it, and the other rooms' callbacks still go to
+/// PostgreSQL (docs/durability.md#draining-beside-live-traffic).
+#[sqlx::test]
+async fn a_room_with_journaled_callbacks_keeps_its_order_and_holds_up_no_other(pool: PgPool) {
+    // The first enter of room `slow` takes 3 s in PostgreSQL: past the commit timeout.
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.room_id = 'slow' AND 'u1' = ANY(NEW.member_list) THEN
+                   PERFORM pg_sleep(3);
+               END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER slow_once BEFORE INSERT ON room_events
+               FOR EACH ROW EXECUTE FUNCTION slow_once();"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = spawn_app(pool.clone()).await;
+    app.deliver(&enter("slow", &["u1"], 100)).await;
+    assert_eq!(metric(&app, "roomsync_store_slow_total").await, 1.0);
+    assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 1.0);
+
+    // Room `slow` now has a journaled enter (PostgreSQL is still on it): the leave joins it
+    // at once, without trying the database and waiting the commit timeout again.
+    let started = Instant::now();
+    app.deliver(&leave("slow", &["u1"], "Leave", 200)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(500), "joined the journal at once: {took:?}");
+    assert_eq!(metric(&app, "roomsync_store_slow_total").await, 1.0, "not tried");
+    assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 2.0);
+
+    // Another room is not held up: straight to PostgreSQL.
+    app.deliver(&enter("free", &["u3"], 300)).await;
+    assert_eq!(roster(&pool, "free").await, vec!["u3"], "stored before the answer");
+    assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 2.0);
+
+    let drained = eventually(Duration::from_secs(20), || async {
+        journal_depth(&app).await == 0
+    })
+    .await;
+    assert!(drained, "the journal drains");
+    let u1 = member(&pool, "slow", "u1").await.unwrap();
+    assert!(!u1.in_room, "the enter then the leave");
+    assert_eq!((u1.entered_at, u1.left_at), (Some(ms(100)), Some(ms(200))));
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM room_events WHERE room_id = 'slow'").await,
+        2,
+        "each once"
+    );
+    // Both applied: the room is free again, and its next callback goes to PostgreSQL.
+    app.deliver(&enter("slow", &["u4"], 400)).await;
+    assert_eq!(roster(&pool, "slow").await, vec!["u4"]);
+    assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 2.0);
+    app.stop().await;
+}
