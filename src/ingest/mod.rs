@@ -9,6 +9,9 @@
 //! | slow, held, or not taken now | journal, 200 | parked, tried again with backoff |
 //! | its data refused (22, 23) | 503 `50304`, kept in `rejected_callbacks` | parked, as above |
 //!
+//! Up, a callback for a room that still has callbacks in the journal joins them there
+//! ([`Backlog`]): each room's callbacks reach PostgreSQL in arrival order.
+//!
 //! An acknowledged callback leaves the journal only once PostgreSQL has committed it, or, if it
 //! no longer parses at all, once it is kept in `rejected_callbacks` (`50307`).
 
