@@ -437,13 +437,24 @@ async fn a_room_with_journaled_callbacks_keeps_its_order_and_holds_up_no_other(p
     let started = Instant::now();
     app.deliver(&leave("slow", &["u1"], "Leave", 200)).await;
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(500), "joined the journal at once: {took:?}");
-    assert_eq!(metric(&app, "roomsync_store_slow_total").await, 1.0, "not tried");
+    assert!(
+        took < Duration::from_millis(500),
+        "joined the journal at once: {took:?}"
+    );
+    assert_eq!(
+        metric(&app, "roomsync_store_slow_total").await,
+        1.0,
+        "not tried"
+    );
     assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 2.0);
 
     // Another room is not held up: straight to PostgreSQL.
     app.deliver(&enter("free", &["u3"], 300)).await;
-    assert_eq!(roster(&pool, "free").await, vec!["u3"], "stored before the answer");
+    assert_eq!(
+        roster(&pool, "free").await,
+        vec!["u3"],
+        "stored before the answer"
+    );
     assert_eq!(metric(&app, "roomsync_journal_appended_total").await, 2.0);
 
     let drained = eventually(Duration::from_secs(20), || async {
@@ -455,7 +466,11 @@ async fn a_room_with_journaled_callbacks_keeps_its_order_and_holds_up_no_other(p
     assert!(!u1.in_room, "the enter then the leave");
     assert_eq!((u1.entered_at, u1.left_at), (Some(ms(100)), Some(ms(200))));
     assert_eq!(
-        count(&pool, "SELECT count(*) FROM room_events WHERE room_id = 'slow'").await,
+        count(
+            &pool,
+            "SELECT count(*) FROM room_events WHERE room_id = 'slow'"
+        )
+        .await,
         2,
         "each once"
     );
