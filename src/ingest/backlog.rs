@@ -22,34 +22,39 @@ pub struct Backlog {
     rooms: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
-/// The key of a room: `Callback::locked_room`.
-fn key((app, room): (i64, &str)) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (app, room).hash(&mut hasher);
-    hasher.finish()
+/// A room as the backlog counts it: a hash of `Callback::locked_room`, made once per callback
+/// (nothing allocated on the callback path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomKey(u64);
+
+impl RoomKey {
+    pub fn of((app, room): (i64, &str)) -> Self {
+        let mut hasher = DefaultHasher::new();
+        (app, room).hash(&mut hasher);
+        Self(hasher.finish())
+    }
 }
 
 impl Backlog {
     /// Whether the room has journaled callbacks still to apply.
-    pub fn holds(&self, room: (i64, &str)) -> bool {
-        self.rooms.lock().expect("backlog").contains_key(&key(room))
+    pub fn holds(&self, room: RoomKey) -> bool {
+        self.rooms.lock().expect("backlog").contains_key(&room.0)
     }
 
     /// A callback of the room went to the journal.
-    pub fn add(&self, room: (i64, &str)) {
+    pub fn add(&self, room: RoomKey) {
         *self
             .rooms
             .lock()
             .expect("backlog")
-            .entry(key(room))
+            .entry(room.0)
             .or_default() += 1;
     }
 
     /// Journaled callbacks of these rooms were applied or parked.
-    pub fn remove<'a>(&self, rooms: impl IntoIterator<Item = (i64, &'a str)>) {
+    pub fn remove(&self, rooms: impl IntoIterator<Item = RoomKey>) {
         let mut held = self.rooms.lock().expect("backlog");
-        for room in rooms {
-            let key = key(room);
+        for RoomKey(key) in rooms {
             if let Some(count) = held.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
@@ -59,7 +64,7 @@ impl Backlog {
         }
     }
 
-    /// Rooms counted (for tests and the gauge).
+    /// Rooms counted.
     pub fn rooms(&self) -> usize {
         self.rooms.lock().expect("backlog").len()
     }
@@ -71,18 +76,19 @@ mod tests {
 
     #[test]
     fn a_room_is_held_until_each_of_its_records_is_taken_away() {
+        let key = |app, room| RoomKey::of((app, room));
         let backlog = Backlog::default();
-        backlog.add((1, "a"));
-        backlog.add((1, "a"));
-        backlog.add((2, "a"));
-        assert!(backlog.holds((1, "a")) && backlog.holds((2, "a")));
-        assert!(!backlog.holds((1, "b")), "another room is free");
-        backlog.remove([(1, "a")]);
-        assert!(backlog.holds((1, "a")), "one record of room a is left");
-        backlog.remove([(1, "a"), (2, "a")]);
+        backlog.add(key(1, "a"));
+        backlog.add(key(1, "a"));
+        backlog.add(key(2, "a"));
+        assert!(backlog.holds(key(1, "a")) && backlog.holds(key(2, "a")));
+        assert!(!backlog.holds(key(1, "b")), "another room is free");
+        backlog.remove([key(1, "a")]);
+        assert!(backlog.holds(key(1, "a")), "one record of room a is left");
+        backlog.remove([key(1, "a"), key(2, "a")]);
         assert_eq!(backlog.rooms(), 0);
         // A record journaled before a restart was never counted: nothing to take away.
-        backlog.remove([(3, "c")]);
-        assert!(!backlog.holds((3, "c")));
+        backlog.remove([key(3, "c")]);
+        assert!(!backlog.holds(key(3, "c")));
     }
 }

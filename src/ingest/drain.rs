@@ -9,7 +9,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Backlog, UNPARSABLE_CODE};
+use super::{Backlog, RoomKey, UNPARSABLE_CODE};
 use crate::{
     callback::{Callback, CallbackQuery, parse_stored},
     config::Timings,
@@ -183,9 +183,9 @@ impl Drain {
         let started = std::time::Instant::now();
         let submitted = parsed.len();
         // Each record's room, to take it out of the backlog once applied or parked.
-        let rooms: Vec<Option<(i64, String)>> = parsed
+        let rooms: Vec<Option<RoomKey>> = parsed
             .iter()
-            .map(|callback| callback.locked_room().map(|(app, id)| (app, id.to_owned())))
+            .map(|callback| callback.locked_room().map(RoomKey::of))
             .collect();
         let results = self.writer.submit_all(parsed).await;
         tracing::debug!(
@@ -196,15 +196,15 @@ impl Drain {
         let mut parks = Vec::new();
         let mut stopped: Option<StoreError> = None;
         let mut taken = Vec::new();
-        for ((key, result), room) in keys.into_iter().zip(results).zip(&rooms) {
+        for ((key, result), room) in keys.into_iter().zip(results).zip(rooms) {
             match result {
                 Ok(_) => {
                     done.push(key);
-                    taken.extend(room.as_ref());
+                    taken.extend(room);
                 }
                 Err(error) if error.is_about_the_records() => {
                     parks.push((key, error.detail()));
-                    taken.extend(room.as_ref());
+                    taken.extend(room);
                 }
                 // Down, the schema missing, no connection in time, the writer stopping: not
                 // this record's doing. It stays pending; the next step starts from the oldest.
@@ -213,8 +213,7 @@ impl Drain {
                 }
             }
         }
-        self.backlog
-            .remove(taken.iter().map(|(app, id)| (*app, id.as_str())));
+        self.backlog.remove(taken);
         // Counted once committed, so an empty journal implies the count is complete.
         self.metrics.journal_drained.inc_by(done.len() as u64);
         self.reader.ack(done);

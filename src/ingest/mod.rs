@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 mod backlog;
 mod drain;
 
-pub use backlog::Backlog;
+pub use backlog::{Backlog, RoomKey};
 pub use drain::Drain;
 
 use crate::{
@@ -108,10 +108,10 @@ impl Ingest {
         received_at: DateTime<Utc>,
     ) -> Result<Accepted, IngestError> {
         let sdk_app_id = callback.sdk_app_id.get();
-        let room = callback.locked_room().map(|(app, id)| (app, id.to_owned()));
-        let room = room.as_ref().map(|(app, id)| (*app, id.as_str()));
-        // A room with callbacks still in the journal: this one joins them (see `Backlog`).
-        let behind = room.is_some_and(|room| self.backlog.holds(room));
+        let room = callback.locked_room().map(RoomKey::of);
+        // A room with callbacks still in the journal: this one joins them (see `Backlog`). An
+        // empty journal (the usual case) holds none: no lock taken.
+        let behind = self.journal.depth() > 0 && room.is_some_and(|room| self.backlog.holds(room));
         if self.health.is_up() && !behind {
             let command = callback.command.clone();
             let error = match self.writer.submit(callback).await {
