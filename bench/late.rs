@@ -197,7 +197,7 @@ async fn write(
     batch: &mut Vec<Callback>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let refs: Vec<&Callback> = batch.iter().collect();
-    write_batch(pool, None, policy, &refs).await?;
+    write_batch(pool, None, policy.into(), &refs).await?;
     batch.clear();
     Ok(())
 }
@@ -209,7 +209,7 @@ async fn time(
 ) -> Result<Duration, Box<dyn std::error::Error>> {
     let callback = callback(body);
     let started = Instant::now();
-    write_batch(pool, None, policy, &[&callback]).await?;
+    write_batch(pool, None, policy.into(), &[&callback]).await?;
     Ok(started.elapsed())
 }
 

@@ -25,6 +25,22 @@ pub const FUTURE_EVENT_TIME: u32 = 40010;
 /// A string of the body holds a lone surrogate escape, which PostgreSQL cannot store.
 pub const LONE_SURROGATE: u32 = 40011;
 
+/// Read API: `after` is not a non-negative integer.
+pub const AFTER_INVALID: u32 = 40020;
+/// Read API: `limit` is not an integer from 1 to its maximum.
+pub const LIMIT_INVALID: u32 = 40021;
+/// Read API: `wait` is not an integer from 0 to 30.
+pub const WAIT_INVALID: u32 = 40022;
+/// Read API: `after` is past the newest change.
+pub const AFTER_AHEAD: u32 = 40023;
+/// Read API: the room id or app id of the path is not one roomsync could hold.
+pub const ROOM_INVALID: u32 = 40024;
+
+/// Read API: no `Authorization: Bearer` header.
+pub const TOKEN_MISSING: u32 = 40120;
+/// Read API: the bearer token is not `API_TOKEN`.
+pub const TOKEN_WRONG: u32 = 40121;
+
 /// `Sign` or `RequestTime` missing while a token is set.
 pub const SIGNATURE_MISSING: u32 = 40101;
 /// `RequestTime` is not a number.
@@ -38,6 +54,12 @@ pub const SIGNATURE_MISMATCH: u32 = 40104;
 pub const APP_ID_MISSING: u32 = 40301;
 /// `SdkAppid` is not one of `SDK_APP_ID`.
 pub const APP_ID_UNKNOWN: u32 = 40302;
+
+/// Read API: the app is not one of `SDK_APP_ID`.
+pub const APP_NOT_SERVED: u32 = 40401;
+
+/// Read API: the position is older than the oldest change kept (`CHANGES_RETENTION_HOURS`).
+pub const CHANGES_GONE: u32 = 41001;
 
 /// The body is larger than `MAX_BODY_BYTES`.
 pub const TOO_LARGE: u32 = 41301;
@@ -63,6 +85,10 @@ pub const STORE_BUSY: u32 = 50308;
 pub const STORE_FAILED: u32 = 50309;
 /// Too many callback bodies in flight at once (`HTTP_MAX_INFLIGHT_BODY_BYTES`).
 pub const BODIES_IN_FLIGHT: u32 = 50310;
+/// Read API: `FEED_MAX_WAITERS` readers wait already.
+pub const FEED_BUSY: u32 = 50311;
+/// Read API: PostgreSQL could not answer.
+pub const FEED_UNAVAILABLE: u32 = 50312;
 
 #[cfg(test)]
 mod tests {
@@ -76,7 +102,7 @@ mod tests {
             .filter_map(|line| line.strip_prefix("pub const "))
             .map(|rest| rest.rsplit(' ').next().unwrap().trim_end_matches(';'))
             .collect();
-        assert_eq!(codes.len(), 28);
+        assert_eq!(codes.len(), 39);
         let mut unique = codes.clone();
         unique.sort();
         unique.dedup();

@@ -4,6 +4,7 @@
 pub mod callback;
 pub mod codes;
 pub mod config;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod journal;

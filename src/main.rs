@@ -155,15 +155,16 @@ mod healthcheck {
 
 async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let pool = startup::database_pool(config).map_err(chain)?;
-    let report = roomsync::rebuild::rebuild(&pool, config.attendance).await?;
+    let report = roomsync::rebuild::rebuild(&pool, config.rules()).await?;
     tracing::info!(
         replayed = report.replayed,
         skipped = report.skipped,
+        changed_members = report.changed_members,
         "view rebuilt from history"
     );
     println!(
-        "rebuilt from {} history rows ({} skipped)",
-        report.replayed, report.skipped
+        "rebuilt from {} history rows ({} skipped); {} members changed",
+        report.replayed, report.skipped, report.changed_members
     );
     Ok(())
 }

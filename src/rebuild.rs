@@ -2,13 +2,16 @@
 //! ledger from `room_events` (for recovery, after a change to the rules, or to apply a new
 //! attendance policy to the past).
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
     callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
     reconcile::correction::StoredCorrection,
-    store::{attendance::Policy, replay_batch},
+    store::{Rules, attendance::Policy, record_rebuild_diff, replay_batch},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -18,15 +21,23 @@ pub struct RebuildReport {
     /// History rows that no longer parse (logged, left out): a callback the rules now refuse,
     /// or a correction whose row is damaged (its payload not JSON, an unknown kind).
     pub skipped: u64,
+    /// Members whose `in_room` the rebuild changed (each a `room_changes` row, docs/feed.md).
+    pub changed_members: u64,
 }
 
 /// Replays the whole history, in EventTime order, into empty view tables, in one transaction:
 /// readers see the old view until it commits. Writers wait meanwhile (and, past their commit
 /// timeout, go to the journal, which drains afterwards). The ledger is folded again under
 /// `policy`, but for the sessions that ended before their room's oldest remaining event
-/// (history pruned by `EVENT_RETENTION_DAYS`): those stay as they were.
-pub async fn rebuild(pool: &PgPool, policy: Policy) -> Result<RebuildReport, sqlx::Error> {
+/// (history pruned by `EVENT_RETENTION_DAYS`): those stay as they were. What the rebuild
+/// changed in who is in each room goes to the change feed, with cause `rebuild`.
+pub async fn rebuild(pool: &PgPool, rules: Rules) -> Result<RebuildReport, sqlx::Error> {
+    let policy = rules.attendance;
     let mut tx = pool.begin().await?;
+    sqlx::query!("LOCK TABLE rooms, room_members IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let before = present(&mut tx).await?;
     // EXCLUSIVE blocks writers but not readers; DELETE (not TRUNCATE) keeps the old rows
     // visible to readers until the commit.
     sqlx::raw_sql(
@@ -110,8 +121,39 @@ pub async fn rebuild(pool: &PgPool, policy: Policy) -> Result<RebuildReport, sql
     }
     drop(rows);
     replay(&mut tx, &mut batch, policy).await?;
+    let mut after = present(&mut tx).await?;
+    let now = Utc::now();
+    let mut changed: Vec<(i64, String, String, bool, DateTime<Utc>)> = before
+        .into_keys()
+        .filter_map(|key| match after.remove(&key) {
+            Some(_) => None,
+            None => Some((key.0, key.1, key.2, false, now)),
+        })
+        .collect();
+    changed.extend(
+        after
+            .into_iter()
+            .map(|((app, room, user), at)| (app, room, user, true, at)),
+    );
+    report.changed_members = changed.len() as u64;
+    record_rebuild_diff(&mut tx, &changed, rules.notify).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// Who is in each room, with the time of the member's newest event.
+async fn present(
+    conn: &mut PgConnection,
+) -> Result<HashMap<(i64, String, String), DateTime<Utc>>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT sdk_app_id, room_id, user_id, last_event_at FROM room_members WHERE in_room"
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.sdk_app_id, r.room_id, r.user_id), r.last_event_at))
+        .collect())
 }
 
 /// History rows per replayed batch: the live writer's order of magnitude.

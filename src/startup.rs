@@ -53,6 +53,7 @@ pub struct Application {
     retention: JoinHandle<()>,
     backfill: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
+    feed: Option<JoinHandle<()>>,
     journal: Journal,
 }
 
@@ -96,7 +97,9 @@ impl Application {
                 tracing::warn!(%cause, journal_depth = journal.depth(), "database not ready at start; callbacks go to the local journal");
             }
         }
+        let committed = Arc::new(tokio::sync::Notify::new());
         let options = WriterOptions {
+            committed: committed.clone(),
             max_batch: config.batch_max_events,
             tasks: config.batch_writers,
             timeout: config.commit_timeout,
@@ -105,7 +108,7 @@ impl Application {
             lock_timeout: config.database_lock_timeout,
             write_timeout: config.database_write_timeout,
             layout_refresh: config.timings.layout_refresh,
-            policy: config.attendance,
+            rules: config.rules(),
         };
         let (writer, writer_tasks) =
             Writer::spawn(pool.clone(), options, health.clone(), metrics.clone());
@@ -138,6 +141,7 @@ impl Application {
                 history_days: config.event_retention_days,
                 rejected_days: config.rejected.retention_days,
                 attendance_days: config.attendance_retention_days,
+                changes_hours: config.changes_retention_hours,
             },
             stopping.clone(),
         );
@@ -147,6 +151,17 @@ impl Application {
             config.database_lock_timeout,
             stopping.clone(),
         );
+        // The feed's reader serves the read API: only when it is enabled.
+        let feed = config.api_token.as_ref().map(|_| {
+            crate::feed::Hub::spawn(
+                pool.clone(),
+                config.notify_mode,
+                committed,
+                config.feed_max_waiters,
+                stopping.clone(),
+            )
+        });
+        let (feed, feed_task) = feed.unzip();
         let reconciler = match &config.drift_repair {
             Some(drift) if !drift.interval.is_zero() => {
                 let client = TencentClient::new(drift).map_err(StartupError::Tencent)?;
@@ -171,6 +186,7 @@ impl Application {
             ingest,
             health,
             metrics,
+            feed,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -205,6 +221,7 @@ impl Application {
             retention,
             backfill,
             reconciler,
+            feed: feed_task,
             journal,
         })
     }
@@ -231,6 +248,7 @@ impl Application {
             Some(&mut self.retention),
             Some(&mut self.backfill),
             self.reconciler.as_mut(),
+            self.feed.as_mut(),
         ];
         for task in tasks.into_iter().flatten() {
             if tokio::time::timeout(Duration::from_secs(10), &mut *task)
@@ -286,6 +304,7 @@ pub async fn command_writer(
     let health = store::Health::new(pool, false, metrics.clone());
     health.reach(pool).await?;
     let options = WriterOptions {
+        committed: Arc::default(),
         max_batch: config.batch_max_events,
         tasks: 1,
         timeout: config.commit_timeout,
@@ -293,7 +312,7 @@ pub async fn command_writer(
         lock_timeout: config.database_lock_timeout,
         write_timeout: config.database_write_timeout,
         layout_refresh: config.timings.layout_refresh,
-        policy: config.attendance,
+        rules: config.rules(),
     };
     Ok(Writer::spawn(pool.clone(), options, health, metrics))
 }

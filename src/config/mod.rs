@@ -8,7 +8,10 @@ mod drift_repair;
 
 pub use drift_repair::DriftRepairConfig;
 
-use crate::{callback::SdkAppId, store::attendance::Policy};
+use crate::{
+    callback::SdkAppId,
+    store::{NotifyMode, Rules, attendance::Policy},
+};
 
 /// Invalid or missing configuration; the message names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,14 @@ pub struct Config {
     pub rejected: RejectedLimits,
     /// Drift repair (docs/drift-repair.md); `None` without `TENCENT_SECRET_KEY`.
     pub drift_repair: Option<DriftRepairConfig>,
+    /// How transactions announce changes (docs/sql.md#listen).
+    pub notify_mode: NotifyMode,
+    /// The bearer token of the read API (docs/feed.md); `None`: its routes answer 404.
+    pub api_token: Option<Secret>,
+    /// Changes older than this are deleted from the feed.
+    pub changes_retention_hours: i32,
+    /// Readers waiting on `/v1/changes` at once, at most; past it, 503.
+    pub feed_max_waiters: usize,
 }
 
 /// How often the background tasks look again. Fixed in production; a test may shorten them.
@@ -134,6 +145,14 @@ pub struct RejectedLimits {
 }
 
 impl Config {
+    /// How the view is kept: the attendance policy and `NOTIFY_MODE`.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            attendance: self.attendance,
+            notify: self.notify_mode,
+        }
+    }
+
     /// Reads the process environment (after `.env`, which `main` loads first).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -244,7 +263,34 @@ impl Config {
                 retention_days: parse_or(&get, "REJECTED_RETENTION_DAYS", 30)?,
             },
             drift_repair,
+            notify_mode: match get("NOTIFY_MODE").as_deref().map(str::trim) {
+                None | Some("members") => NotifyMode::Members,
+                Some("wakeup") => NotifyMode::Wakeup,
+                Some("off") => NotifyMode::Off,
+                Some(other) => {
+                    return Err(invalid(
+                        "NOTIFY_MODE",
+                        format!("{other:?}: one of members, wakeup, off"),
+                    ));
+                }
+            },
+            api_token: get("API_TOKEN").map(Secret::new),
+            changes_retention_hours: parse_or(&get, "CHANGES_RETENTION_HOURS", 168)?,
+            feed_max_waiters: parse_or(&get, "FEED_MAX_WAITERS", 1000)?,
         };
+        if config
+            .api_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(invalid("API_TOKEN", "must be at least 16 characters"));
+        }
+        if !(1..=87_600).contains(&config.changes_retention_hours) {
+            return Err(invalid(
+                "CHANGES_RETENTION_HOURS",
+                "must be in 1..=87600 (ten years)",
+            ));
+        }
         if config.max_body_bytes == 0 {
             return Err(invalid("MAX_BODY_BYTES", "must be positive"));
         }
@@ -293,6 +339,7 @@ impl Config {
             ("HTTP_WORKERS", config.http_workers),
             ("BATCH_MAX_EVENTS", config.batch_max_events),
             ("BATCH_WRITERS", config.batch_writers),
+            ("FEED_MAX_WAITERS", config.feed_max_waiters),
             (
                 "DATABASE_ACQUIRE_TIMEOUT_MS",
                 config.database_acquire_timeout.as_millis() as usize,
@@ -517,13 +564,20 @@ mod tests {
                 "RECONCILE_INTERVAL_SECS" => d.interval.as_secs().to_string(),
                 "RECONCILE_GRACE_SECS" => d.grace.as_secs().to_string(),
                 "RECONCILE_MAX_RPS" => d.max_rps.to_string(),
+                "NOTIFY_MODE" => {
+                    assert_eq!(c.notify_mode, NotifyMode::Members);
+                    "members".into()
+                }
+                "API_TOKEN" => return c.api_token.as_ref().map(|_| "set".into()),
+                "CHANGES_RETENTION_HOURS" => c.changes_retention_hours.to_string(),
+                "FEED_MAX_WAITERS" => c.feed_max_waiters.to_string(),
                 other => panic!("{other} is documented but this test does not know it"),
             })
         };
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            37,
+            41,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {

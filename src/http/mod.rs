@@ -1,5 +1,6 @@
 //! The HTTP layer (docs/http.md): routes, the callback receiver, and the error mapping.
 
+mod api;
 mod callback;
 mod error;
 mod health;
@@ -15,6 +16,7 @@ use actix_web::{
 };
 use sqlx::PgPool;
 
+pub use api::ApiError;
 pub use error::CallbackError;
 
 use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
@@ -64,13 +66,16 @@ pub struct AppContext {
     /// The database's verdict; `/readyz` answers from it.
     pub health: crate::store::Health,
     pub metrics: Arc<Metrics>,
+    /// The change feed's reader; `None` without `API_TOKEN`.
+    pub feed: Option<crate::feed::Hub>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/callback").route(web::post().to(callback::receive)))
         .service(web::resource("/healthz").route(web::get().to(health::healthz)))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(metrics)));
+        .service(web::resource("/metrics").route(web::get().to(metrics)))
+        .configure(api::routes);
 }
 
 async fn metrics(ctx: web::Data<AppContext>) -> HttpResponse {

@@ -7,6 +7,7 @@
 mod apply;
 pub mod attendance;
 pub mod backfill;
+pub mod changes;
 pub mod checks;
 mod health;
 pub mod layout;
@@ -23,7 +24,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-pub use apply::{Dialect, Outcome, apply_batch, backfill_ledger, replay_batch};
+pub use apply::{
+    ChangeKind, Dialect, NotifyMode, Outcome, Rules, apply_batch, backfill_ledger,
+    record_rebuild_diff, replay_batch,
+};
 pub use health::{Health, State, StoreError, connect_once, ping};
 pub use layout::{Layout, SharedLayout};
 pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};

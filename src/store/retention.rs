@@ -92,6 +92,36 @@ async fn prune_attendance_until(
     .await
 }
 
+/// Deletes feed changes written more than `hours` hours ago, oldest first; returns the rows
+/// deleted. The newest change always stays, so a consumer at the head is never told it is
+/// too old.
+pub async fn prune_changes(pool: &PgPool, hours: i32) -> Result<u64, sqlx::Error> {
+    prune_changes_until(pool, hours, &never()).await
+}
+
+async fn prune_changes_until(
+    pool: &PgPool,
+    hours: i32,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, sqlx::Error> {
+    prune_in_batches(stop, || async {
+        // Oldest first: what is kept is always a suffix of the feed (docs/feed.md#retention).
+        sqlx::query!(
+            r#"DELETE FROM room_changes WHERE seq IN (
+                   SELECT seq FROM room_changes
+                   WHERE recorded_at < now() - make_interval(hours => $1)
+                     AND seq < (SELECT last_seq FROM room_changes_head)
+                   ORDER BY seq LIMIT $2)"#,
+            hours,
+            BATCH,
+        )
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected())
+    })
+    .await
+}
+
 /// A stop signal that never comes (pruning by hand runs to the end).
 fn never() -> watch::Receiver<bool> {
     watch::channel(false).1
@@ -123,6 +153,7 @@ pub struct Retention {
     pub history_days: Option<i32>,
     pub rejected_days: i32,
     pub attendance_days: Option<i32>,
+    pub changes_hours: i32,
 }
 
 /// Prunes at start and then hourly, until `stop` turns true (it then stops between two
@@ -136,6 +167,7 @@ pub fn spawn(
         history_days,
         rejected_days,
         attendance_days,
+        changes_hours,
     } = retention;
     tokio::spawn(async move {
         while !*stop.borrow() {
@@ -156,6 +188,13 @@ pub fn spawn(
                         tracing::warn!(error = %error, "history pruning failed; will retry")
                     }
                 }
+            }
+            match prune_changes_until(&pool, changes_hours, &stop).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, hours = changes_hours, "pruned old feed changes")
+                }
+                Err(error) => tracing::warn!(error = %error, "feed pruning failed; will retry"),
             }
             match prune_rejected_until(&pool, rejected_days, &stop).await {
                 Ok(0) => {}

@@ -515,7 +515,9 @@ pub async fn rebuild_under_another_policy_applies_it_to_the_past_scenario(pool: 
         merge_gap: chrono::TimeDelta::seconds(5),
         ..Default::default()
     };
-    roomsync::rebuild::rebuild(&pool, policy).await.unwrap();
+    roomsync::rebuild::rebuild(&pool, policy.into())
+        .await
+        .unwrap();
     let rows = stays(&pool, "x").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].gap_ms, 3_000);

@@ -345,7 +345,7 @@ async fn deliver_all(
                         roomsync::store::write_batch(
                             pool,
                             None,
-                            settings.policy(),
+                            settings.policy().into(),
                             &[&**correction],
                         )
                         .await
@@ -1245,7 +1245,7 @@ pub async fn in_order_batches_keep_the_ledger(pool: PgPool, settings: Settings) 
     while !rest.is_empty() {
         let (batch, tail) = rest.split_at(rng.random_range(1..=8).min(rest.len()));
         let batch: Vec<&roomsync::callback::Callback> = batch.iter().collect();
-        roomsync::store::write_batch(&pool, None, settings.policy(), &batch)
+        roomsync::store::write_batch(&pool, None, settings.policy().into(), &batch)
             .await
             .expect("a batch is stored");
         rest = tail;
@@ -1316,7 +1316,7 @@ pub async fn two_instances_keep_the_ledger(
 
     let mut kept = (settings, ledger_snapshot(&pool).await);
     for &again in rebuilds {
-        roomsync::rebuild::rebuild(&pool, again.policy())
+        roomsync::rebuild::rebuild(&pool, again.policy().into())
             .await
             .expect("rebuild");
         let rebuilt = ledger_snapshot(&pool).await;

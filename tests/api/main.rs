@@ -12,6 +12,7 @@ mod durability;
 mod edges;
 mod failures;
 mod fake_tencent;
+mod feed;
 mod hardening;
 mod helpers;
 mod intake;

@@ -20,16 +20,20 @@ pub(super) async fn destroy<'a>(
 ) -> Result<(), sqlx::Error> {
     // Members whose newest event is an enter before this destroy, and who are in the room or
     // were ended by a later destroy: this one ends them (docs/semantics.md#destroy).
-    let ended = sqlx::query_scalar!(
-        r#"UPDATE room_members SET in_room = false, left_at = $3, leave_type = $4
-           WHERE sdk_app_id = $1 AND room_id = $2
-             AND last_event_rank = $7 AND last_event_at <= $3
-             AND (in_room
-                  OR (leave_type IN ($5, $6)
-                      AND (left_at > $3
+    // The old row beside the new one: the feed needs who was in before.
+    let ended = sqlx::query!(
+        r#"UPDATE room_members m SET in_room = false, left_at = $3, leave_type = $4
+           FROM room_members o
+           WHERE m.sdk_app_id = $1 AND m.room_id = $2
+             AND o.sdk_app_id = m.sdk_app_id AND o.room_id = m.room_id
+             AND o.user_id = m.user_id
+             AND m.last_event_rank = $7 AND m.last_event_at <= $3
+             AND (m.in_room
+                  OR (m.leave_type IN ($5, $6)
+                      AND (m.left_at > $3
                            -- At one time a destroy callback goes before a correction.
-                           OR (left_at = $3 AND leave_type = $6 AND $4 = $5))))
-           RETURNING user_id"#,
+                           OR (m.left_at = $3 AND m.leave_type = $6 AND $4 = $5))))
+           RETURNING m.user_id, o.in_room AS was_in"#,
         room.app,
         room.id,
         at,
@@ -40,8 +44,9 @@ pub(super) async fn destroy<'a>(
     )
     .fetch_all(&mut *conn)
     .await?;
-    for user in ended {
-        effects.notices.insert((room, user), (at, false));
+    for row in ended {
+        effects.seen(room, &row.user_id, row.was_in);
+        effects.notices.insert((room, row.user_id), (at, false));
     }
     // Members who entered again after this destroy: it may be the latest exit before that
     // enter, which only their history tells. An exit by a later destroy can be superseded too
@@ -59,6 +64,7 @@ pub(super) async fn destroy<'a>(
     .fetch_all(&mut *conn)
     .await?;
     for user in later {
+        effects.seen(room, &user, true);
         effects.late(room, &user, at);
     }
     // Seats end with the room; changes older than this destroy stay out (see apply_effects).

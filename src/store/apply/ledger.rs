@@ -13,6 +13,7 @@ use sqlx::PgConnection;
 use super::{
     Dialect, Room,
     encoding::member_event_of,
+    feed::{Feed, Kind},
     late::{Start, Windows, starts_of},
     room_of,
 };
@@ -33,6 +34,7 @@ pub(super) async fn keep_ledger<'a>(
     callbacks: &[&'a Callback],
     policy: Policy,
     windows: &mut Windows<'a>,
+    feed: &mut Feed<'a>,
 ) -> Result<(), sqlx::Error> {
     let events = room_events(callbacks);
     if events.is_empty() {
@@ -81,6 +83,10 @@ pub(super) async fn keep_ledger<'a>(
         }
         let mut ledger = RoomLedger::resume(policy, place.session.clone(), stays);
         ledger.fold(room_events);
+        for session in ledger.changes().sessions {
+            let was = place.session.as_ref().filter(|old| old.no == session.no);
+            feed_session(feed, room, was, session);
+        }
         write.push(room, None, &ledger, place.folded);
     }
     if !late.is_empty() {
@@ -100,20 +106,44 @@ pub(super) async fn keep_ledger<'a>(
             Dialect::Postgres => old_rows(conn, &cut).await?,
             Dialect::Citus => HashMap::new(),
         };
-        for (((room, _), start), folded) in late.into_iter().zip(&starts).zip(late_places) {
+        for (((room, at), start), folded) in late.into_iter().zip(&starts).zip(late_places) {
             let ledger = refold(windows, room, start, policy);
             match dialect {
                 // Only what the late event changed is written: a long session's other stays
                 // stay as they are.
                 Dialect::Postgres => {
                     let rows = old.remove(&room).unwrap_or_default();
-                    write.push_diff(room, &ledger, rows, folded);
+                    write.push_diff(room, &ledger, rows, folded, (at, feed));
                 }
-                Dialect::Citus => write.push(room, Some(start.first_no), &ledger, folded),
+                // The old rows are not read on Citus: every member of the refolded sessions
+                // is named (docs/feed.md#kinds).
+                Dialect::Citus => {
+                    let users: Vec<String> = ledger
+                        .changes()
+                        .stays
+                        .iter()
+                        .map(|s| s.user.clone())
+                        .collect();
+                    feed.add(room, at, Kind::StaysRevised, &users);
+                    write.push(room, Some(start.first_no), &ledger, folded);
+                }
             }
         }
     }
     write.execute(conn, dialect).await
+}
+
+/// A session's start and end as the feed tells them: `was`, the same session as the ledger
+/// held it before the batch (`None`: the batch started it).
+fn feed_session<'a>(feed: &mut Feed<'a>, room: Room<'a>, was: Option<&Session>, now: &Session) {
+    if was.is_none() {
+        feed.add(room, now.started_at, Kind::SessionStarted, &[]);
+    }
+    if let Some(ended) = now.ended_at
+        && was.is_none_or(|old| old.ended_at.is_none())
+    {
+        feed.add(room, ended, Kind::SessionEnded, &[]);
+    }
 }
 
 /// Rooms' stays and sessions from a session number on, as they are before a refold: two
@@ -533,12 +563,13 @@ impl LedgerWrite {
 
     /// A refold's changes against the rows it replaces: the stays and sessions that differ
     /// (upserted), those it no longer has (deleted), and the room's place.
-    fn push_diff(
+    fn push_diff<'a>(
         &mut self,
-        room: Room<'_>,
+        room: Room<'a>,
         ledger: &RoomLedger,
         old: (Vec<Stay>, Vec<Session>),
         before: Option<(DateTime<Utc>, i16)>,
+        (at, feed): (DateTime<Utc>, &mut Feed<'a>),
     ) {
         let (old_stays, old_sessions) = old;
         let mut old_stays: HashMap<(String, DateTime<Utc>), Stay> = old_stays
@@ -557,9 +588,16 @@ impl LedgerWrite {
         }
         let mut sessions = Vec::new();
         for session in changes.sessions {
-            if old_sessions.remove(&session.no).as_ref() != Some(session) {
+            let was = old_sessions.remove(&session.no);
+            if was.as_ref() != Some(session) {
+                feed_session(feed, room, was.as_ref(), session);
                 sessions.push(session);
             }
+        }
+        let mut revised: Vec<String> = stays.iter().map(|stay| stay.user.clone()).collect();
+        revised.extend(old_stays.keys().map(|(user, _)| user.clone()));
+        if !revised.is_empty() {
+            feed.add(room, at, Kind::StaysRevised, &revised);
         }
         for (user, joined) in old_stays.into_keys() {
             self.d_apps.push(room.app);

@@ -62,6 +62,7 @@ pub(super) fn fold_members<'a>(
         let at = newest(&events);
         let last_destroy = destroys.get(&room).copied().flatten();
         let row = rows.remove(&(room.app, room.id.to_owned(), user.to_owned()));
+        effects.seen(room, user, row.as_ref().is_some_and(|row| row.in_room));
         let in_order = !destroyed_now.contains(&room)
             && events.iter().all(|event| match event {
                 MemberEvent::Enter { at } => last_destroy.is_none_or(|d| d < *at),

@@ -20,11 +20,14 @@
 //!
 //! 6. [`ledger`]: the attendance ledger, from the same new events (docs/attendance.md): one
 //!    read and one write for the batch when its events go after what the ledger holds.
+//! 7. [`feed`]: the change feed's rows (docs/feed.md), gathered by the steps above, written
+//!    by the transaction's last statement.
 //!
 //! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
 
 mod destroy;
 mod encoding;
+mod feed;
 mod history;
 mod late;
 mod ledger;
@@ -44,7 +47,10 @@ use sqlx::PgConnection;
 use super::{attendance::Policy, membership::MemberState};
 use crate::callback::{Callback, Command, Event, ROOM_DESTROYED};
 
+pub use feed::{Kind as ChangeKind, NotifyMode};
+
 use destroy::destroy;
+use feed::{Cause, Feed};
 use history::insert_events;
 use late::{Windows, starts_of};
 use ledger::keep_ledger;
@@ -76,32 +82,65 @@ fn room_of(callback: &Callback) -> Option<Room<'_>> {
     callback.locked_room().map(|(app, id)| Room { app, id })
 }
 
+/// How the view is kept: the attendance policy, and how changes are announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub attendance: Policy,
+    pub notify: NotifyMode,
+}
+
+impl From<Policy> for Rules {
+    fn from(attendance: Policy) -> Self {
+        Self {
+            attendance,
+            notify: NotifyMode::default(),
+        }
+    }
+}
+
 /// Stores a batch of callbacks in history and applies the effects of the new ones, each
-/// exactly once. Outcomes are in the order given.
+/// exactly once, with their change feed rows. Outcomes are in the order given.
 /// `known`: the database's form when the caller knows it (it saves a round trip and, on Citus,
 /// a two-phase commit); otherwise the first statement tells.
+/// The feed's last statement holds the feed's head until the transaction ends: the caller
+/// commits right after.
 pub async fn apply_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
     known: Option<Dialect>,
-    policy: Policy,
+    rules: Rules,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
     let named = named_members(callbacks);
     let (outcomes, rows) = insert_events(conn, dialect, callbacks, &named).await?;
-    let fresh: Vec<&Callback> = callbacks
+    let fresh: Vec<(&Callback, Option<i64>)> = callbacks
         .iter()
         .zip(&outcomes)
-        .filter(|(_, outcome)| matches!(outcome, Outcome::Stored { .. }))
-        .map(|(callback, _)| *callback)
+        .filter_map(|(callback, outcome)| match outcome {
+            Outcome::Stored { id } => Some((*callback, Some(*id))),
+            Outcome::Duplicate => None,
+        })
         .collect();
-    let mut windows = apply_effects(conn, dialect, &fresh, rows, &destroys, Notify::Yes).await?;
-    keep_ledger(conn, dialect, &fresh, policy, &mut windows).await?;
+    let mut feed = Feed::of(&fresh);
+    let fresh: Vec<&Callback> = fresh.into_iter().map(|(callback, _)| callback).collect();
+    let notify = Notify::from(rules.notify);
+    let mut windows =
+        apply_effects(conn, dialect, &fresh, rows, &destroys, notify, &mut feed).await?;
+    keep_ledger(
+        conn,
+        dialect,
+        &fresh,
+        rules.attendance,
+        &mut windows,
+        &mut feed,
+    )
+    .await?;
+    feed.record(conn, rules.notify).await?;
     Ok(outcomes)
 }
 
 /// Applies stored callbacks' effects again, through the same statements, without history
-/// rows or notifications (`roomsync rebuild`).
+/// rows, notifications or feed rows (`roomsync rebuild`, which records its diff at the end).
 pub async fn replay_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
@@ -109,8 +148,46 @@ pub async fn replay_batch(
 ) -> Result<(), sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
-    let mut windows = apply_effects(conn, dialect, callbacks, rows, &destroys, Notify::No).await?;
-    keep_ledger(conn, dialect, callbacks, policy, &mut windows).await
+    let mut feed = Feed::default();
+    let mut windows = apply_effects(
+        conn,
+        dialect,
+        callbacks,
+        rows,
+        &destroys,
+        Notify::No,
+        &mut feed,
+    )
+    .await?;
+    keep_ledger(conn, dialect, callbacks, policy, &mut windows, &mut feed).await
+}
+
+/// Records what a rebuild changed in the members' view, as `member.entered`/`member.left`
+/// with cause `rebuild`: `changed`, per room, who is in now and who is out now, at the time
+/// of the member's newest event. The rebuild's transaction commits next.
+pub async fn record_rebuild_diff(
+    conn: &mut PgConnection,
+    changed: &[(i64, String, String, bool, DateTime<Utc>)],
+    notify: NotifyMode,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut feed = Feed::caused_by(Cause::Rebuild);
+    for (app, room_id, user, in_room, at) in changed {
+        let kind = if *in_room {
+            ChangeKind::MemberEntered
+        } else {
+            ChangeKind::MemberLeft
+        };
+        feed.add(
+            Room {
+                app: *app,
+                id: room_id,
+            },
+            *at,
+            kind,
+            std::slice::from_ref(user),
+        );
+    }
+    feed.record(conn, notify).await
 }
 
 /// Makes the attendance ledger of a room that existed before the ledger did (a database
@@ -139,11 +216,21 @@ impl Dialect {
     }
 }
 
-/// Whether membership changes are announced with NOTIFY.
+/// Whether membership changes are announced with `NOTIFY room_members`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Notify {
     Yes,
     No,
+}
+
+impl From<NotifyMode> for Notify {
+    fn from(mode: NotifyMode) -> Self {
+        if mode == NotifyMode::Members {
+            Self::Yes
+        } else {
+            Self::No
+        }
+    }
 }
 
 /// The newest destroy of each locked room (in this batch or before): a hint that an enter
@@ -159,6 +246,8 @@ struct Effects<'a> {
     notices: BTreeMap<(Room<'a>, String), (DateTime<Utc>, bool)>,
     /// Members to recompute from the room's history, and the EventTime that asks for it.
     late: BTreeMap<Room<'a>, BTreeMap<String, DateTime<Utc>>>,
+    /// Each member's `in_room` before the batch, for the feed.
+    before: HashMap<(Room<'a>, String), bool>,
 }
 
 impl<'a> Effects<'a> {
@@ -166,6 +255,12 @@ impl<'a> Effects<'a> {
         self.notices
             .insert((room, user.clone()), (at, state.in_room));
         self.states.insert((room, user), state);
+    }
+
+    /// Notes a member's `in_room` as the database held it before the batch (the first note
+    /// of a member is the one kept).
+    fn seen(&mut self, room: Room<'a>, user: &str, in_room: bool) {
+        self.before.entry((room, user.to_owned())).or_insert(in_room);
     }
 
     fn late(&mut self, room: Room<'a>, user: &str, at: DateTime<Utc>) {
@@ -183,6 +278,7 @@ async fn apply_effects<'a>(
     rows: MemberRows,
     destroys: &Destroys<'a>,
     notify: Notify,
+    feed: &mut Feed<'a>,
 ) -> Result<Windows<'a>, sqlx::Error> {
     let mut effects = Effects::default();
     fold_members(callbacks, rows, destroys, &mut effects);
@@ -221,6 +317,7 @@ async fn apply_effects<'a>(
                     .flatten()
                     .is_none_or(|d| d < at) =>
             {
+                feed.add(room, at, ChangeKind::SeatsChanged, &[]);
                 seat_lists.push(SeatChange {
                     room,
                     at,
@@ -265,5 +362,6 @@ async fn apply_effects<'a>(
         }
     }
     write_members(conn, dialect, &effects, notify).await?;
+    feed.members(&effects);
     Ok(windows)
 }

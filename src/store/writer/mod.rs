@@ -37,7 +37,7 @@ use transaction::{Held, write_isolating};
 pub use transaction::write_batch;
 
 use super::layout::{Group, SharedLayout};
-use super::{Health, Outcome, StoreError, attendance::Policy};
+use super::{Health, Outcome, Rules, StoreError};
 use crate::{callback::Callback, telemetry::Metrics};
 
 /// A writer task gives its connection back after this long without a batch...
@@ -63,8 +63,10 @@ pub struct WriterOptions {
     pub write_timeout: Duration,
     /// How often the tasks reread the room tables' distribution (a rebalance moves shards).
     pub layout_refresh: Duration,
-    /// The attendance ledger's policy (docs/attendance.md#policies).
-    pub policy: Policy,
+    /// The attendance ledger's policy (docs/attendance.md#policies) and `NOTIFY_MODE`.
+    pub rules: Rules,
+    /// Notified after each commit that stored something: the feed's reader looks at once.
+    pub committed: Arc<Notify>,
 }
 
 /// Who submits: live callbacks go first; the drain and corrections take what they leave.
@@ -127,7 +129,8 @@ struct Task {
     hold: bool,
     begin: Arc<str>,
     write_timeout: Duration,
-    policy: Policy,
+    rules: Rules,
+    committed: Arc<Notify>,
 }
 
 impl Writer {
@@ -164,7 +167,8 @@ impl Writer {
                 hold: options.hold,
                 begin: begin.clone(),
                 write_timeout: options.write_timeout,
-                policy: options.policy,
+                rules: options.rules,
+                committed: options.committed.clone(),
             };
             tasks.spawn(task.run());
         }
@@ -309,7 +313,7 @@ impl Task {
         let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
         self.metrics.batch_size.observe(batch.len() as f64);
         let known = self.layout.get().dialect();
-        let write = write_isolating(conn, known, self.policy, &self.begin, &callbacks, &groups);
+        let write = write_isolating(conn, known, self.rules, &self.begin, &callbacks, &groups);
         let results = match tokio::time::timeout(self.write_timeout, write).await {
             Ok(results) => results,
             Err(_) => {
@@ -318,6 +322,12 @@ impl Task {
                 vec![Err(StoreError::Timeout); batch.len()]
             }
         };
+        if results
+            .iter()
+            .any(|r| matches!(r, Ok(Outcome::Stored { .. })))
+        {
+            self.committed.notify_one();
+        }
         let mut held = Vec::new();
         for (job, result) in batch.into_iter().zip(results) {
             let result = match result {

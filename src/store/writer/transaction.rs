@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, pool::PoolConnection};
 
 use crate::{
     callback::Callback,
-    store::{Dialect, Outcome, StoreError, apply_batch, attendance::Policy},
+    store::{Dialect, Outcome, Rules, StoreError, apply_batch},
 };
 
 /// Writes callbacks (sorted by group, `groups[i]` the group of `callbacks[i]`) in as few
@@ -25,7 +25,7 @@ use crate::{
 pub(super) async fn write_isolating(
     conn: &mut Held,
     known: Option<Dialect>,
-    policy: Policy,
+    rules: Rules,
     begin: &str,
     callbacks: &[&Callback],
     groups: &[u64],
@@ -38,7 +38,7 @@ pub(super) async fn write_isolating(
         if range.is_empty() {
             continue;
         }
-        match write_batch_as(conn, known, policy, begin, &callbacks[range.clone()]).await {
+        match write_batch_as(conn, known, rules, begin, &callbacks[range.clone()]).await {
             Ok(outcomes) => {
                 for (slot, outcome) in results[range].iter_mut().zip(outcomes) {
                     *slot = Some(Ok(outcome));
@@ -110,10 +110,10 @@ fn split(range: &Range<usize>, groups: &[u64], error: &StoreError) -> Option<usi
 pub async fn write_batch(
     pool: &PgPool,
     known: Option<Dialect>,
-    policy: Policy,
+    rules: Rules,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, StoreError> {
-    write_batch_as(&mut Held::new(pool), known, policy, "BEGIN", callbacks).await
+    write_batch_as(&mut Held::new(pool), known, rules, "BEGIN", callbacks).await
 }
 
 /// One transaction on `conn`, begun with `begin`, in the database's form when the caller knows
@@ -121,7 +121,7 @@ pub async fn write_batch(
 async fn write_batch_as(
     conn: &mut Held,
     known: Option<Dialect>,
-    policy: Policy,
+    rules: Rules,
     begin: &str,
     callbacks: &[&Callback],
 ) -> Result<Vec<Outcome>, StoreError> {
@@ -131,7 +131,7 @@ async fn write_batch_as(
     let applied = async {
         let begin = AssertSqlSafe(begin.to_owned());
         let mut tx = sqlx::Connection::begin_with(conn.get().await?, begin).await?;
-        let applied = apply_batch(&mut tx, &sorted, known, policy).await?;
+        let applied = apply_batch(&mut tx, &sorted, known, rules).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(applied)
     }
