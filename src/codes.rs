@@ -31,8 +31,6 @@ pub const AFTER_INVALID: u32 = 40020;
 pub const LIMIT_INVALID: u32 = 40021;
 /// Read API: `wait` is not an integer from 0 to 30.
 pub const WAIT_INVALID: u32 = 40022;
-/// Read API: `after` is past the newest change.
-pub const AFTER_AHEAD: u32 = 40023;
 /// Read API: the room id or app id of the path is not one roomsync could hold.
 pub const ROOM_INVALID: u32 = 40024;
 
@@ -57,6 +55,10 @@ pub const APP_ID_UNKNOWN: u32 = 40302;
 
 /// Read API: the app is not one of `SDK_APP_ID`.
 pub const APP_NOT_SERVED: u32 = 40401;
+
+/// Read API: `after` is past the newest change (a position of another database, or one
+/// restored from an older backup).
+pub const AFTER_AHEAD: u32 = 40901;
 
 /// Read API: the position is older than the oldest change kept (`CHANGES_RETENTION_HOURS`).
 pub const CHANGES_GONE: u32 = 41001;

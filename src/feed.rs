@@ -37,12 +37,14 @@ enum Window {
 }
 
 /// The newest changes and the position they end at.
-#[derive(Default)]
 struct Recent {
     /// Changes with consecutive `seq`, ending at `last`.
     changes: VecDeque<Change>,
     /// The newest `seq` read.
     last: i64,
+    /// When the oldest kept change was last read (retention deletes in the background,
+    /// perhaps in another process): the window never serves what the table no longer has.
+    oldest_read: Option<tokio::time::Instant>,
 }
 
 #[derive(Clone)]
@@ -97,6 +99,7 @@ impl Hub {
             window: Arc::new(Mutex::new(Recent {
                 changes: VecDeque::new(),
                 last,
+                oldest_read: None,
             })),
             head: rx,
             waiters: Arc::new(Semaphore::new(max_waiters)),
@@ -143,6 +146,20 @@ impl Hub {
             let newest = head(&self.pool).await?;
             self.window.lock().expect("not poisoned").last = newest;
             tx.send_replace(newest);
+        }
+        let due = self
+            .window
+            .lock()
+            .expect("not poisoned")
+            .oldest_read
+            .is_none_or(|at| at.elapsed() >= TICK);
+        if due {
+            let oldest = changes::oldest(&self.pool).await?;
+            let mut window = self.window.lock().expect("not poisoned");
+            while window.changes.front().is_some_and(|c| c.seq < oldest) {
+                window.changes.pop_front();
+            }
+            window.oldest_read = Some(tokio::time::Instant::now());
         }
         loop {
             let last = self.window.lock().expect("not poisoned").last;

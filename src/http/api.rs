@@ -48,7 +48,7 @@ pub enum ApiError {
     Wait,
     #[error("`{0}` is not a query parameter of this route")]
     Unknown(String),
-    #[error("position {after} is past the newest change {head}")]
+    #[error("position {after} is past the newest change {head}: take a new snapshot")]
     Ahead { after: i64, head: i64 },
     #[error("the room's app id or id is not one roomsync could hold")]
     Room,
@@ -112,6 +112,7 @@ impl ResponseError for ApiError {
             Self::Disabled | Self::App => StatusCode::NOT_FOUND,
             Self::TokenMissing | Self::TokenWrong => StatusCode::UNAUTHORIZED,
             Self::Gone { .. } => StatusCode::GONE,
+            Self::Ahead { .. } => StatusCode::CONFLICT,
             Self::Busy | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }

@@ -13,8 +13,8 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
-    attendance as ledger, attendance_model, batches, drift, helpers::*, lifecycle, live, model,
-    operations, rows::*,
+    attendance as ledger, attendance_model, batches, drift, feed, helpers::*, lifecycle, live,
+    model, operations, rows::*,
 };
 use roomsync::store::Layout;
 
@@ -140,6 +140,9 @@ on_citus! {
         ledger::history_retention_never_touches_the_ledger_and_attendance_retention_keeps_the_newest_scenario;
     ledger_rebuild_policy => ledger::rebuild_under_another_policy_applies_it_to_the_past_scenario;
     ledger_model_two_instances => attendance_model::with_merges_and_a_short_grace;
+    feed_every_change => feed::every_change_of_the_view_is_told_once_in_order_scenario;
+    feed_under_load => feed::two_instances_under_load_the_feed_equals_the_view_scenario;
+    feed_rebuild => feed::a_rebuild_that_changes_the_view_tells_it_scenario;
 }
 
 /// roomsync's own migrations distributed the room tables by room, co-located, on a cluster with
@@ -184,7 +187,8 @@ async fn the_layout_routes_rooms_as_citus_does() {
 async fn empty(pool: &PgPool) {
     sqlx::raw_sql(
         "TRUNCATE room_checks, room_events, room_members, room_seats, room_stays, room_sessions,
-             rooms, rejected_callbacks, reconcile_budget",
+             rooms, rejected_callbacks, reconcile_budget, room_changes, room_change_counts;
+         UPDATE room_changes_head SET last_seq = 0",
     )
     .execute(pool)
     .await

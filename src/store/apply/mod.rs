@@ -260,7 +260,9 @@ impl<'a> Effects<'a> {
     /// Notes a member's `in_room` as the database held it before the batch (the first note
     /// of a member is the one kept).
     fn seen(&mut self, room: Room<'a>, user: &str, in_room: bool) {
-        self.before.entry((room, user.to_owned())).or_insert(in_room);
+        self.before
+            .entry((room, user.to_owned()))
+            .or_insert(in_room);
     }
 
     fn late(&mut self, room: Room<'a>, user: &str, at: DateTime<Utc>) {
