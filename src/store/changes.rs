@@ -18,6 +18,7 @@ pub struct Change {
     pub event_at: DateTime<Utc>,
     pub event_id: Option<i64>,
     pub cause: String,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// Why the feed could not be read.
@@ -43,7 +44,8 @@ pub async fn changes_after(
         Change,
         r#"SELECT seq AS "seq!", sdk_app_id AS "sdk_app_id!", room_id AS "room_id!",
                   room_seq AS "room_seq!", kind AS "kind!", user_ids AS "user_ids!",
-                  event_at AS "event_at!", event_id, cause AS "cause!"
+                  event_at AS "event_at!", event_id, cause AS "cause!",
+                  recorded_at AS "recorded_at!"
            FROM room_changes_after($1, $2)"#,
         after,
         limit,

@@ -192,8 +192,8 @@ impl<'a> Feed<'a> {
             ids.push(id);
             causes.push(cause.as_str());
         }
-        sqlx::query_scalar!(
-            r#"SELECT room_changes_record($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
+        sqlx::query_file_scalar!(
+            "src/store/apply/sql/record_changes.sql",
             &apps,
             &rooms as &[&str],
             &kinds as &[&str],

@@ -1,0 +1,188 @@
+//! Feed readers for the "change feed" benchmark (`bench/run --feed-readers N`, BENCHMARKS.md):
+//! N readers follow `GET /v1/changes` with long polls from the head, on loopback only, for a
+//! bounded time, while the load generator sends callbacks. Each reader checks that it sees
+//! every `seq` once and in order; the lag of a page is the time from its newest change's
+//! `recorded_at` (written just before that transaction's commit) to the page's arrival.
+//!
+//! Output: one JSON summary line on stdout (lag percentiles over every page of every reader,
+//! and of reader 0 alone), progress on stderr.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+/// One long poll at most this long; a run ends at most this long after its duration.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(about = "Follows roomsync's change feed with N readers (loopback only)")]
+struct Args {
+    /// roomsync base URL; only 127.0.0.1, ::1 or localhost are accepted.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API_TOKEN of the server.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Readers following the feed at once (at most 2,000).
+    #[arg(long, default_value_t = 1)]
+    readers: usize,
+    /// Seconds to follow (at most 600).
+    #[arg(long, default_value_t = 20)]
+    secs: u64,
+    /// `limit` of each request.
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+}
+
+#[derive(Default)]
+struct Seen {
+    pages: u64,
+    changes: u64,
+    /// Out of order or missing positions.
+    gaps: u64,
+    errors: u64,
+    /// Lag of each non-empty page, ms.
+    lags: Vec<f64>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let host = reqwest::Url::parse(&args.url)?
+        .host_str()
+        .unwrap_or_default()
+        .to_owned();
+    if !matches!(host.as_str(), "127.0.0.1" | "[::1]" | "::1" | "localhost") {
+        return Err(format!("{host}: loopback only").into());
+    }
+    if args.readers == 0 || args.readers > 2000 || args.secs == 0 || args.secs > 600 {
+        return Err("--readers 1..=2000, --secs 1..=600".into());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT + Duration::from_secs(30))
+        .pool_max_idle_per_host(args.readers)
+        .build()?;
+    // The head: a roster's cursor.
+    let head: Value = client
+        .get(format!(
+            "{}/v1/rooms/1400000001/feedreader-head/members",
+            args.url
+        ))
+        .bearer_auth(&args.token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let start = head["cursor"].as_i64().ok_or("no cursor")?;
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let mut readers = JoinSet::new();
+    for _ in 0..args.readers {
+        let (client, url, token, limit) = (
+            client.clone(),
+            args.url.clone(),
+            args.token.clone(),
+            args.limit,
+        );
+        readers.spawn(async move {
+            let mut seen = Seen::default();
+            let mut after = start;
+            while Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+                let wait = left.clamp(1, REQUEST_TIMEOUT.as_secs());
+                let request = client
+                    .get(format!(
+                        "{url}/v1/changes?after={after}&limit={limit}&wait={wait}"
+                    ))
+                    .bearer_auth(&token)
+                    .send();
+                let body: Value = match request.await {
+                    Ok(r) if r.status().is_success() => match r.json().await {
+                        Ok(body) => body,
+                        Err(_) => {
+                            seen.errors += 1;
+                            continue;
+                        }
+                    },
+                    _ => {
+                        seen.errors += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let arrived = Utc::now();
+                let changes = body["changes"].as_array().cloned().unwrap_or_default();
+                seen.pages += 1;
+                for change in &changes {
+                    let seq = change["seq"].as_i64().unwrap_or(-1);
+                    if seq != after + 1 {
+                        seen.gaps += 1;
+                    }
+                    after = seq;
+                    seen.changes += 1;
+                }
+                if let Some(newest) = changes.last()
+                    && let Some(at) = newest["recorded_at"]
+                        .as_str()
+                        .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                {
+                    seen.lags
+                        .push((arrived - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Seen::default();
+    let mut first: Option<Vec<f64>> = None;
+    while let Some(seen) = readers.join_next().await {
+        let seen = seen?;
+        all.pages += seen.pages;
+        all.changes += seen.changes;
+        all.gaps += seen.gaps;
+        all.errors += seen.errors;
+        if first.is_none() {
+            first = Some(seen.lags.clone());
+        }
+        all.lags.extend(seen.lags);
+    }
+    all.lags.sort_by(f64::total_cmp);
+    let mut one = first.unwrap_or_default();
+    one.sort_by(f64::total_cmp);
+    let summary = json!({
+        "readers": args.readers,
+        "secs": args.secs,
+        "pages": all.pages,
+        "changes": all.changes,
+        "changes_per_reader": all.changes / args.readers as u64,
+        "gaps": all.gaps,
+        "errors": all.errors,
+        "lag_p50_ms": percentile(&all.lags, 50.0),
+        "lag_p99_ms": percentile(&all.lags, 99.0),
+        "lag_max_ms": all.lags.last().copied().unwrap_or(0.0),
+        "reader0_lag_p99_ms": percentile(&one, 99.0),
+    });
+    eprintln!(
+        "feedreader: {} readers, {} changes each, {} gaps, {} errors; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.readers,
+        summary["changes_per_reader"],
+        all.gaps,
+        all.errors,
+        summary["lag_p50_ms"].as_f64().unwrap_or(0.0),
+        summary["lag_p99_ms"].as_f64().unwrap_or(0.0),
+        summary["lag_max_ms"].as_f64().unwrap_or(0.0),
+    );
+    println!("{summary}");
+    Ok(())
+}
