@@ -134,6 +134,21 @@ pub mod event_types {
 }
 
 impl Command {
+    /// The canonical names of every command roomsync handles (the console's setup check; #33's
+    /// `tencent check`).
+    pub const HANDLED: [&'static str; 10] = [
+        "Room.CallbackAfterCreateRoom",
+        "Room.CallbackAfterDestroyRoom",
+        "Room.CallbackAfterUpdateRoomInfo",
+        "Room.CallbackAfterMemberEnter",
+        "Room.CallbackAfterMemberLeave",
+        "Mic.CallbackAfterSeatInfoChanged",
+        "Live.CallbackAfterCreateRoom",
+        "Live.CallbackAfterDestroyRoom",
+        "Live.CallbackAfterUpdateRoomInfo",
+        "Live.CallbackAfterMemberStateChanged",
+    ];
+
     pub fn parse(raw: &str) -> Self {
         match raw {
             "Room.CallbackAfterMemberEnter" => Self::MemberEnter,
@@ -478,6 +493,15 @@ pub(super) fn event_type<'a>(command: &Command, event: &'a Event) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_handled_command_is_known_under_its_canonical_name() {
+        for name in Command::HANDLED {
+            let command = Command::parse(name);
+            assert!(!matches!(command, Command::Other(_)), "{name}");
+            assert_eq!(command.as_str(), name);
+        }
+    }
 
     #[test]
     fn id_bounds() {

@@ -2,6 +2,7 @@
 
 mod api;
 mod callback;
+mod console;
 mod error;
 mod health;
 
@@ -75,7 +76,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/healthz").route(web::get().to(health::healthz)))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)))
         .service(web::resource("/metrics").route(web::get().to(metrics)))
-        .configure(api::routes);
+        .configure(api::routes)
+        .configure(console::routes);
 }
 
 async fn metrics(ctx: web::Data<AppContext>) -> HttpResponse {

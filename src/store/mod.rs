@@ -9,6 +9,7 @@ pub mod attendance;
 pub mod backfill;
 pub mod changes;
 pub mod checks;
+pub mod console;
 mod health;
 pub mod layout;
 pub mod membership;

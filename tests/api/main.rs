@@ -7,6 +7,7 @@ mod batches;
 mod callback;
 mod citus;
 mod connection;
+mod console;
 mod drift;
 mod durability;
 mod edges;

@@ -1,0 +1,412 @@
+//! The console (docs/console.md): a read-only page served by roomsync itself, enabled by
+//! `API_TOKEN`. The token is entered once in a form; the session is then a signed cookie with
+//! an expiry (`HttpOnly`, `SameSite=Strict`, `Secure` over TLS). Its assets are in the binary,
+//! under a Content-Security-Policy that allows only this origin, and the page writes every value
+//! as text. Live updates come from the process's one feed reader as server-sent events.
+
+use std::time::Duration;
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    cookie::{Cookie, SameSite, time},
+    http::header,
+    web,
+};
+use chrono::Utc;
+use futures_util::stream;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppContext;
+use crate::{
+    callback::{Id, SdkAppId},
+    feed::ReadError,
+    store::{
+        changes::{self, FeedError},
+        console,
+    },
+    telemetry::RECONCILE_ERROR_CODES,
+};
+
+/// The session cookie's name and lifetime.
+const COOKIE: &str = "roomsync_console";
+const SESSION: Duration = Duration::from_secs(12 * 3600);
+/// How long one event stream waits for a change before a keep-alive comment.
+const STREAM_WAIT: Duration = Duration::from_secs(15);
+
+/// Only this origin, nothing inline, no frames (docs/console.md#safety).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+const PAGE: &str = include_str!("assets/console.html");
+const LOGIN: &str = include_str!("assets/login.html");
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/console").route(web::get().to(page)))
+        .service(web::resource("/console/login").route(web::post().to(login)))
+        .service(web::resource("/console/logout").route(web::post().to(logout)))
+        .service(web::resource("/console/console.js").route(web::get().to(script)))
+        .service(web::resource("/console/console.css").route(web::get().to(style)))
+        .service(web::resource("/console/api/overview").route(web::get().to(overview)))
+        .service(web::resource("/console/api/rooms").route(web::get().to(rooms)))
+        .service(web::resource("/console/api/room").route(web::get().to(room)))
+        .service(web::resource("/console/api/refusal/{id}").route(web::get().to(refusal)))
+        .service(web::resource("/console/events").route(web::get().to(events)));
+}
+
+/// Headers every answer of the console carries.
+fn guarded(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    response
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    response
+}
+
+fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().finish()
+}
+
+/// The key that signs sessions: derived from the token, so a new token ends every session.
+fn session_key(token: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"roomsync console session\0");
+    hash.update(token.as_bytes());
+    hash.finalize().into()
+}
+
+fn sign(token: &str, expires: i64) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&session_key(token))
+        .expect("HMAC takes any key length");
+    mac.update(expires.to_string().as_bytes());
+    format!("v1.{expires}.{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether a session cookie's value is ours and not expired.
+fn session_valid(token: &str, value: &str, now: i64) -> bool {
+    let mut parts = value.splitn(3, '.');
+    let (Some("v1"), Some(expires), Some(given)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<i64>() else {
+        return false;
+    };
+    let expected = sign(token, expires);
+    expires > now && bool::from(expected.as_bytes().ct_eq(value.as_bytes())) && !given.is_empty()
+}
+
+/// Whether the request is signed in; `None` when the console is off.
+fn signed_in(ctx: &AppContext, req: &HttpRequest) -> Option<bool> {
+    let token = ctx.config.api_token.as_ref()?;
+    ctx.feed.as_ref()?;
+    Some(
+        req.cookie(COOKIE)
+            .is_some_and(|c| session_valid(token.expose(), c.value(), Utc::now().timestamp())),
+    )
+}
+
+/// Whether the browser reached us over TLS (directly, or through a proxy that says so).
+fn over_tls(req: &HttpRequest) -> bool {
+    req.connection_info().scheme() == "https"
+}
+
+async fn page(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    match signed_in(&ctx, &req) {
+        None => not_found(),
+        Some(true) => guarded(HttpResponse::Ok())
+            .content_type("text/html; charset=utf-8")
+            .body(PAGE),
+        Some(false) => login_page(HttpResponse::Ok(), ""),
+    }
+}
+
+fn login_page(status: actix_web::HttpResponseBuilder, message: &str) -> HttpResponse {
+    // The message is one of ours, never input; escaped all the same.
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    guarded(status)
+        .content_type("text/html; charset=utf-8")
+        .body(LOGIN.replace("{message}", &escaped))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    ctx: web::Data<AppContext>,
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    let (Some(token), Some(_)) = (ctx.config.api_token.as_ref(), ctx.feed.as_ref()) else {
+        return not_found();
+    };
+    let expected = Sha256::digest(token.expose().as_bytes());
+    let given = Sha256::digest(form.token.trim().as_bytes());
+    if !bool::from(expected.ct_eq(&given)) {
+        tracing::info!("console: a sign-in with a wrong token");
+        return login_page(HttpResponse::Unauthorized(), "That is not the token.");
+    }
+    let expires = Utc::now().timestamp() + SESSION.as_secs() as i64;
+    let cookie = Cookie::build(COOKIE, sign(token.expose(), expires))
+        .path("/console")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_tls(&req))
+        .max_age(time::Duration::seconds(SESSION.as_secs() as i64))
+        .finish();
+    guarded(HttpResponse::SeeOther())
+        .cookie(cookie)
+        .insert_header((header::LOCATION, "/console"))
+        .finish()
+}
+
+async fn logout(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    if signed_in(&ctx, &req).is_none() {
+        return not_found();
+    }
+    let mut cookie = Cookie::build(COOKIE, "")
+        .path("/console")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(over_tls(&req))
+        .finish();
+    cookie.make_removal();
+    guarded(HttpResponse::SeeOther())
+        .cookie(cookie)
+        .insert_header((header::LOCATION, "/console"))
+        .finish()
+}
+
+async fn script(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    match signed_in(&ctx, &req) {
+        None => not_found(),
+        Some(_) => guarded(HttpResponse::Ok())
+            .content_type("text/javascript; charset=utf-8")
+            .body(SCRIPT),
+    }
+}
+
+async fn style(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    match signed_in(&ctx, &req) {
+        None => not_found(),
+        Some(_) => guarded(HttpResponse::Ok())
+            .content_type("text/css; charset=utf-8")
+            .body(STYLE),
+    }
+}
+
+/// The JSON routes' refusal: 404 when the console is off, 401 without a session; `None` when
+/// the request may go on.
+fn refused(ctx: &AppContext, req: &HttpRequest) -> Option<HttpResponse> {
+    match signed_in(ctx, req) {
+        None => Some(not_found()),
+        Some(false) => {
+            Some(guarded(HttpResponse::Unauthorized()).json(json!({"error": "sign in"})))
+        }
+        Some(true) => None,
+    }
+}
+
+fn json_ok(value: serde_json::Value) -> HttpResponse {
+    guarded(HttpResponse::Ok()).json(value)
+}
+
+fn unavailable(error: sqlx::Error) -> HttpResponse {
+    tracing::warn!(error = %error, "console: the database could not answer");
+    guarded(HttpResponse::ServiceUnavailable())
+        .json(json!({"error": "the database could not answer"}))
+}
+
+async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    if let Some(refusal) = refused(&ctx, &req) {
+        return refusal;
+    }
+    let (_, database) = ctx.health.readiness(&ctx.pool).await;
+    let (arrivals, refusals, corrections) = match tokio::try_join!(
+        console::arrivals(&ctx.pool),
+        console::refusals(&ctx.pool),
+        console::corrections(&ctx.pool),
+    ) {
+        Ok(read) => read,
+        Err(error) => return unavailable(error),
+    };
+    let rest_errors: u64 = RECONCILE_ERROR_CODES
+        .iter()
+        .map(|code| {
+            ctx.metrics
+                .reconcile_rest_errors
+                .with_label_values(&[*code])
+                .get()
+        })
+        .sum();
+    json_ok(json!({
+        "database": database,
+        "journal_depth": ctx.ingest.journal_depth(),
+        "journal_parked": ctx.ingest.journal_parked(),
+        "signed_callbacks": ctx.config.callback_token.is_some(),
+        "apps": ctx.config.sdk_app_ids.iter().map(|a| a.get()).collect::<Vec<_>>(),
+        "drift_repair": ctx.config.drift_repair.is_some(),
+        "drift_rest_errors": rest_errors,
+        "arrivals": arrivals,
+        "refusals": refusals,
+        "corrections": corrections,
+    }))
+}
+
+async fn rooms(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    if let Some(refusal) = refused(&ctx, &req) {
+        return refusal;
+    }
+    match console::live_rooms(&ctx.pool).await {
+        Ok((rooms, cursor)) => json_ok(json!({"rooms": rooms, "cursor": cursor})),
+        Err(error) => unavailable(error),
+    }
+}
+
+#[derive(Deserialize)]
+struct RoomQuery {
+    app: String,
+    room: String,
+}
+
+async fn room(
+    ctx: web::Data<AppContext>,
+    req: HttpRequest,
+    query: web::Query<RoomQuery>,
+) -> HttpResponse {
+    if let Some(refusal) = refused(&ctx, &req) {
+        return refusal;
+    }
+    let (Some(app), Ok(room)) = (SdkAppId::parse(&query.app), Id::parse(&query.room)) else {
+        return guarded(HttpResponse::BadRequest()).json(json!({"error": "no such room"}));
+    };
+    let hub = ctx.feed.as_ref().expect("signed in: the console is on");
+    let read = async {
+        let roster = hub.roster(app.get(), room.as_str()).await?;
+        let sessions = changes::sessions(&ctx.pool, app.get(), room.as_str(), 10).await?;
+        let (info, history, seats) = console::room(&ctx.pool, app.get(), room.as_str()).await?;
+        Ok::<_, sqlx::Error>((roster, sessions, info, history, seats))
+    };
+    match read.await {
+        Ok((roster, sessions, info, history, seats)) => json_ok(json!({
+            "sdk_app_id": app.get(),
+            "room_id": room.as_str(),
+            "info": info,
+            "members": roster.members,
+            "cursor": roster.cursor,
+            "sessions": sessions,
+            "history": history,
+            "seats": seats,
+        })),
+        Err(error) => unavailable(error),
+    }
+}
+
+async fn refusal(ctx: web::Data<AppContext>, req: HttpRequest, id: web::Path<i64>) -> HttpResponse {
+    if let Some(refusal) = refused(&ctx, &req) {
+        return refusal;
+    }
+    match console::refusal_body(&ctx.pool, id.into_inner()).await {
+        Ok(Some(body)) => json_ok(json!({"body": body})),
+        Ok(None) => guarded(HttpResponse::NotFound()).json(json!({"error": "no such refusal"})),
+        Err(error) => unavailable(error),
+    }
+}
+
+/// Server-sent events: each change after `Last-Event-ID` (or `?after=`), from the process's
+/// feed reader. A browser that reconnects sends the last id it saw: nothing is missed.
+async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
+    if let Some(refusal) = refused(&ctx, &req) {
+        return refusal;
+    }
+    let hub = ctx.feed.clone().expect("signed in: the console is on");
+    let from_header = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let from_query = req.query_string().split('&').find_map(|pair| {
+        pair.strip_prefix("after=")
+            .and_then(|v| v.parse::<i64>().ok())
+    });
+    let Some(after) = from_header.or(from_query).filter(|a| *a >= 0) else {
+        return guarded(HttpResponse::BadRequest()).json(json!({"error": "after: a position"}));
+    };
+    let body = stream::unfold((hub, after, true), |(hub, after, first)| async move {
+        if after < 0 {
+            return None;
+        }
+        let mut text = String::new();
+        if first {
+            // Reconnect after 2 s when the stream ends.
+            text.push_str("retry: 2000\n\n");
+        }
+        let next = match hub.read(after, 500, STREAM_WAIT).await {
+            Ok(page) => {
+                for change in &page.changes {
+                    let data = serde_json::to_string(change).expect("a change serializes");
+                    text.push_str(&format!(
+                        "id: {}\nevent: change\ndata: {data}\n\n",
+                        change.seq
+                    ));
+                }
+                if page.changes.is_empty() {
+                    text.push_str(": waiting\n\n");
+                }
+                page.next
+            }
+            // The position is older than what the feed keeps: the page starts again from a
+            // snapshot; the stream ends after saying so.
+            Err(ReadError::Feed(FeedError::Gone { .. })) => {
+                text.push_str("event: gone\ndata: {}\n\n");
+                -1
+            }
+            // Too many waiting, or the database down: the browser reconnects.
+            Err(error) => {
+                tracing::debug!(error = %error, "console: event stream ends");
+                return None;
+            }
+        };
+        Some((
+            Ok::<_, actix_web::Error>(web::Bytes::from(text)),
+            (hub, next, false),
+        ))
+    });
+    guarded(HttpResponse::Ok())
+        .content_type("text/event-stream")
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_ours_and_unexpired() {
+        let token = "a-token-of-enough-length";
+        let value = sign(token, 2_000);
+        assert!(session_valid(token, &value, 1_999));
+        assert!(!session_valid(token, &value, 2_000), "expired");
+        assert!(
+            !session_valid("another-token-of-length", &value, 1_000),
+            "another key"
+        );
+        let later = value.replacen("2000", "9999", 1);
+        assert!(!session_valid(token, &later, 1_000), "expiry changed");
+        assert!(!session_valid(token, "v1.2000.", 1_000));
+        assert!(!session_valid(token, "", 1_000));
+    }
+}

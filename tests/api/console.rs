@@ -1,0 +1,215 @@
+//! docs/console.md, from outside the browser (tests/browser/ runs the page itself): the console
+//! exists only with a token, its session cookie, its headers, its event stream.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+const API: &str = "a-console-token-of-length";
+
+/// A client that keeps cookies, and an app with the console on.
+async fn console_app(pool: &PgPool) -> (TestApp, reqwest::Client) {
+    let app = spawn_app_with(pool.clone(), &[("API_TOKEN", API)]).await;
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    (app, client)
+}
+
+/// Signs in; the session cookie's `Set-Cookie` line.
+async fn sign_in(app: &TestApp, client: &reqwest::Client, headers: &[(&str, &str)]) -> String {
+    let mut request = client
+        .post(format!("{}/console/login", app.address))
+        .form(&[("token", API)]);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/console");
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[sqlx::test]
+async fn without_a_token_there_is_no_console(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for path in [
+        "/console",
+        "/console/console.js",
+        "/console/api/overview",
+        "/console/events?after=0",
+    ] {
+        assert_eq!(app.get(path).await.status(), 404, "{path}");
+    }
+    let response = app
+        .client
+        .post(format!("{}/console/login", app.address))
+        .form(&[("token", API)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn the_session_cookie_and_the_headers(pool: PgPool) {
+    let (app, client) = console_app(&pool).await;
+    // Before signing in: the form, and no data.
+    let page = client
+        .get(format!("{}/console", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert!(page.text().await.unwrap().contains("name=\"token\""));
+    let api = client
+        .get(format!("{}/console/api/rooms", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    // A wrong token: the form again, no cookie.
+    let wrong = client
+        .post(format!("{}/console/login", app.address))
+        .form(&[("token", "not-it-at-all-no")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    // Plain HTTP: no Secure; through a TLS proxy: Secure.
+    let cookie = sign_in(&app, &client, &[]).await;
+    for part in [
+        "roomsync_console=v1.",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=43200",
+    ] {
+        assert!(cookie.contains(part), "{part} in {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(!cookie.contains(API));
+    let proxied = sign_in(&app, &client, &[("X-Forwarded-Proto", "https")]).await;
+    assert!(proxied.contains("Secure"), "{proxied}");
+    let rooms: Value = client
+        .get(format!("{}/console/api/rooms", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms["rooms"], serde_json::json!([]));
+    // A forged or altered cookie is no session.
+    let forged = reqwest::Client::new()
+        .get(format!("{}/console/api/rooms", app.address))
+        .header("cookie", "roomsync_console=v1.99999999999.00")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    // Signing out removes it.
+    let out = client
+        .post(format!("{}/console/logout", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    app.stop().await;
+}
+
+/// Reads an event stream until `ids` events have come or `limit` passes; their ids.
+async fn read_events(response: reqwest::Response, ids: usize, limit: Duration) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut text = String::new();
+    let mut body = response.bytes_stream();
+    let deadline = Instant::now() + limit;
+    while seen.len() < ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(chunk))) = tokio::time::timeout(left, body.next()).await else {
+            break;
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id: ")) {
+                seen.push(id.parse().unwrap());
+            }
+        }
+    }
+    seen
+}
+
+#[sqlx::test]
+async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) {
+    let (app, client) = console_app(&pool).await;
+    sign_in(&app, &client, &[]).await;
+    let mut viewers = Vec::new();
+    for _ in 0..100 {
+        let response = client
+            .get(format!("{}/console/events?after=0", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        viewers.push(tokio::spawn(read_events(
+            response,
+            5,
+            Duration::from_secs(10),
+        )));
+    }
+    let started = Instant::now();
+    for i in 0..4 {
+        app.deliver(&enter("watched", &[&format!("u{i}")], 100 + i))
+            .await;
+    }
+    let callbacks = started.elapsed();
+    // session.started, then four member.entered.
+    for viewer in viewers {
+        assert_eq!(viewer.await.unwrap(), vec![1, 2, 3, 4, 5]);
+    }
+    assert!(
+        callbacks < Duration::from_secs(2),
+        "{callbacks:?} for four callbacks"
+    );
+    // A browser that reconnects sends the last id it saw: it gets what followed, once.
+    let resumed = client
+        .get(format!("{}/console/events", app.address))
+        .header("Last-Event-ID", "3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read_events(resumed, 2, Duration::from_secs(2)).await,
+        vec![4, 5]
+    );
+    app.stop().await;
+}
