@@ -4,6 +4,9 @@
 //! every `seq` once and in order; the lag of a page is the time from its newest change's
 //! `recorded_at` (written just before that transaction's commit) to the page's arrival.
 //!
+//! With `--console`, each reader is a console viewer instead (docs/console.md): it signs in
+//! once with the token and follows `/console/events`, the server-sent events the page reads.
+//!
 //! Output: one JSON summary line on stdout (lag percentiles over every page of every reader,
 //! and of reader 0 alone), progress on stderr.
 
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -35,6 +39,9 @@ struct Args {
     /// `limit` of each request.
     #[arg(long, default_value_t = 1000)]
     limit: u32,
+    /// Follow the console's event stream (as N open consoles) instead of `/v1/changes`.
+    #[arg(long)]
+    console: bool,
 }
 
 #[derive(Default)]
@@ -46,6 +53,80 @@ struct Seen {
     errors: u64,
     /// Lag of each non-empty page, ms.
     lags: Vec<f64>,
+}
+
+/// Signs in to the console; the session cookie (`name=value`).
+async fn sign_in(url: &str, token: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let answer = client
+        .post(format!("{url}/console/login"))
+        .form(&[("token", token)])
+        .send()
+        .await?;
+    let cookie = answer
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .ok_or("the console gave no session (is API_TOKEN set?)")?;
+    Ok(cookie.to_owned())
+}
+
+/// One console viewer: the event stream from `start`, reconnecting with the last id seen.
+async fn follow_events(url: String, cookie: String, start: i64, deadline: Instant) -> Seen {
+    let client = reqwest::Client::new();
+    let mut seen = Seen::default();
+    let mut after = start;
+    while Instant::now() < deadline {
+        let request = client
+            .get(format!("{url}/console/events?after={after}"))
+            .header("cookie", &cookie)
+            .send();
+        let Ok(Ok(answer)) = tokio::time::timeout(REQUEST_TIMEOUT, request).await else {
+            seen.errors += 1;
+            continue;
+        };
+        if !answer.status().is_success() {
+            seen.errors += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let mut body = answer.bytes_stream();
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(chunk))) = tokio::time::timeout(left, body.next()).await else {
+                break;
+            };
+            let arrived = Utc::now();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            let mut newest = None;
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let Ok(change) = serde_json::from_str::<Value>(data) else {
+                    continue;
+                };
+                let seq = change["seq"].as_i64().unwrap_or(-1);
+                if seq != after + 1 {
+                    seen.gaps += 1;
+                }
+                after = seq;
+                seen.changes += 1;
+                newest = change["recorded_at"].as_str().map(str::to_owned);
+            }
+            seen.pages += 1;
+            if let Some(at) = newest.and_then(|t| t.parse::<DateTime<Utc>>().ok()) {
+                seen.lags
+                    .push((arrived - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            }
+        }
+    }
+    seen
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -88,7 +169,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = head["cursor"].as_i64().ok_or("no cursor")?;
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let mut readers = JoinSet::new();
+    let cookie = if args.console {
+        Some(sign_in(&args.url, &args.token).await?)
+    } else {
+        None
+    };
     for _ in 0..args.readers {
+        if let Some(cookie) = &cookie {
+            readers.spawn(follow_events(
+                args.url.clone(),
+                cookie.clone(),
+                start,
+                deadline,
+            ));
+            continue;
+        }
         let (client, url, token, limit) = (
             client.clone(),
             args.url.clone(),

@@ -132,6 +132,11 @@ impl Hub {
                     ok = heard => if !ok { listener = None; },
                     _ = tokio::time::sleep(TICK) => {}
                 }
+                // One read for every notification already here (`members` sends several per
+                // transaction).
+                if let Some(listener) = listener.as_mut() {
+                    while listener.next_buffered().is_some() {}
+                }
                 if let Err(error) = follower.follow(&tx).await {
                     tracing::debug!(error = %error, "feed reader: read failed; will retry");
                 }

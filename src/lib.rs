@@ -8,6 +8,7 @@ pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod reapply;
 pub mod rebuild;
 pub mod reconcile;
 pub mod startup;

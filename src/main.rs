@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Refused callbacks (rejected_callbacks).
+    Rejected {
+        #[command(subcommand)]
+        action: RejectedAction,
+    },
     /// Compare live rooms with Tencent's REST API now, print what differs, and store the
     /// corrections (drift repair; needs TENCENT_SECRET_KEY). Exit 0 when every room asked for
     /// could be checked.
@@ -74,6 +79,42 @@ enum JournalAction {
     Remove { key: u64 },
 }
 
+#[derive(Subcommand)]
+enum RejectedAction {
+    /// Parse refused callbacks again with this version's parser and bounds: store those that
+    /// parse now (exactly once, in EventTime order with the rest of the history) and record
+    /// today's code and reason for the others. Prints the counts.
+    Reapply {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<i64>,
+        /// Only rows received at or after this time (RFC 3339, or a date: 2026-12-01).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only rows received before this time (RFC 3339, or a date).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only rows refused with this ErrorCode.
+        #[arg(long)]
+        code: Option<i32>,
+        /// Say what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// A time as RFC 3339, or a date (midnight UTC).
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.to_utc());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| {
+            format!("{text:?}: an RFC 3339 time (2026-12-01T08:00:00Z) or a date (2026-12-01)")
+        })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,6 +139,24 @@ async fn main() -> ExitCode {
         Command::Healthcheck => healthcheck::probe(config.listen_addr).await,
         Command::Rebuild => rebuild(&config).await,
         Command::Journal { action } => journal(&config, action),
+        Command::Rejected {
+            action:
+                RejectedAction::Reapply {
+                    app,
+                    since,
+                    until,
+                    code,
+                    dry_run,
+                },
+        } => {
+            let filter = roomsync::reapply::Filter {
+                app,
+                since,
+                until,
+                code,
+            };
+            reapply(&config, &filter, dry_run).await
+        }
         Command::Reconcile { app, room, dry_run } => {
             reconcile(config, app, room.as_deref(), dry_run).await
         }
@@ -151,6 +210,26 @@ mod healthcheck {
             other => Err(format!("/healthz on {target} answered {other:?}").into()),
         }
     }
+}
+
+async fn reapply(
+    config: &Config,
+    filter: &roomsync::reapply::Filter,
+    dry_run: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = startup::database_pool(config).map_err(chain)?;
+    let report = roomsync::reapply::reapply(
+        &pool,
+        &config.sdk_app_ids,
+        config.rules(),
+        config.event_time_max_future,
+        filter,
+        dry_run,
+    )
+    .await?;
+    tracing::info!(%report, dry_run, "refused callbacks parsed again");
+    println!("{}{report}", if dry_run { "dry run: " } else { "" });
+    Ok(())
 }
 
 async fn rebuild(config: &Config) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,8 @@
 //! Why a callback body was refused: the kind that fixes its ErrorCode and a message that names
 //! the field, made printable once (docs/http.md#error-codes).
 
+use crate::codes;
+
 /// Why a body was refused: the kind fixes the ErrorCode, `info` names the field or problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{info}")]
@@ -25,6 +27,21 @@ pub enum RejectionKind {
 }
 
 impl Rejection {
+    /// The ErrorCode of this refusal (docs/http.md#error-codes).
+    pub fn code(&self) -> u32 {
+        match self.kind {
+            RejectionKind::NotJson => codes::NOT_JSON,
+            RejectionKind::MissingField => codes::MISSING_FIELD,
+            RejectionKind::WrongType => codes::WRONG_TYPE,
+            RejectionKind::OutOfBounds => codes::OUT_OF_BOUNDS,
+            RejectionKind::NulCharacter => codes::NUL_CHARACTER,
+            RejectionKind::LoneSurrogate => codes::LONE_SURROGATE,
+            RejectionKind::CommandMismatch => codes::COMMAND_MISMATCH,
+            RejectionKind::MissingCommand => codes::MISSING_COMMAND,
+            RejectionKind::FutureEventTime => codes::FUTURE_EVENT_TIME,
+        }
+    }
+
     /// `info` goes to logs and to `rejected_callbacks`; it quotes what the sender chose (JSON
     /// keys), so it is made printable here, once.
     pub(super) fn new(kind: RejectionKind, info: impl AsRef<str>) -> Self {

@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::json;
 
 use crate::{
-    callback::{Rejection, RejectionKind, SignatureError},
+    callback::{Rejection, SignatureError},
     codes,
     ingest::IngestError,
     journal::JournalError,
@@ -36,17 +36,7 @@ impl CallbackError {
     /// Each distinct failure has its own code, from the catalogue in [`codes`].
     pub fn code(&self) -> u32 {
         match self {
-            Self::Invalid(rejection) => match rejection.kind {
-                RejectionKind::NotJson => codes::NOT_JSON,
-                RejectionKind::MissingField => codes::MISSING_FIELD,
-                RejectionKind::WrongType => codes::WRONG_TYPE,
-                RejectionKind::OutOfBounds => codes::OUT_OF_BOUNDS,
-                RejectionKind::NulCharacter => codes::NUL_CHARACTER,
-                RejectionKind::LoneSurrogate => codes::LONE_SURROGATE,
-                RejectionKind::CommandMismatch => codes::COMMAND_MISMATCH,
-                RejectionKind::MissingCommand => codes::MISSING_COMMAND,
-                RejectionKind::FutureEventTime => codes::FUTURE_EVENT_TIME,
-            },
+            Self::Invalid(rejection) => rejection.code(),
             Self::BodyRead(_) => codes::BODY_READ,
             Self::BodyTimeout => codes::BODY_TIMEOUT,
             Self::Signature(SignatureError::Missing) => codes::SIGNATURE_MISSING,

@@ -63,14 +63,11 @@ pub async fn changes_after(
     }
 }
 
-/// The oldest change kept (the head's next `seq` when none is).
+/// The oldest position from which the feed is whole (what retention deleted is before it).
 pub async fn oldest(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT coalesce((SELECT min(seq) FROM room_changes),
-                           (SELECT last_seq + 1 FROM room_changes_head)) AS "oldest!""#
-    )
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar!(r#"SELECT deleted_upto + 1 AS "oldest!" FROM room_changes_horizon"#)
+        .fetch_one(pool)
+        .await
 }
 
 /// The newest `seq` given out (0 before the first change).

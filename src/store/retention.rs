@@ -93,8 +93,8 @@ async fn prune_attendance_until(
 }
 
 /// Deletes feed changes written more than `hours` hours ago, oldest first; returns the rows
-/// deleted. The newest change always stays, so a consumer at the head is never told it is
-/// too old.
+/// deleted. Each room's newest change stays (the feed's newest among them, so a consumer at
+/// the head is never told it is too old).
 pub async fn prune_changes(pool: &PgPool, hours: i32) -> Result<u64, sqlx::Error> {
     prune_changes_until(pool, hours, &never()).await
 }
@@ -105,19 +105,30 @@ async fn prune_changes_until(
     stop: &watch::Receiver<bool>,
 ) -> Result<u64, sqlx::Error> {
     prune_in_batches(stop, || async {
-        // Oldest first: what is kept is always a suffix of the feed (docs/feed.md#retention).
-        sqlx::query!(
-            r#"DELETE FROM room_changes WHERE seq IN (
-                   SELECT seq FROM room_changes
-                   WHERE recorded_at < now() - make_interval(hours => $1)
-                     AND seq < (SELECT last_seq FROM room_changes_head)
-                   ORDER BY seq LIMIT $2)"#,
+        // Oldest first: what is kept is always a suffix of the feed (docs/feed.md#retention),
+        // but for each room's newest change, which numbers the room's next ones.
+        // One statement: the rows and the horizon after which the feed is whole go together.
+        let deleted = sqlx::query_scalar!(
+            r#"WITH gone AS (
+                   DELETE FROM room_changes WHERE seq IN (
+                       SELECT c.seq FROM room_changes c
+                       WHERE c.recorded_at < now() - make_interval(hours => $1)
+                         AND EXISTS (SELECT 1 FROM room_changes n
+                                     WHERE n.sdk_app_id = c.sdk_app_id
+                                       AND n.room_id = c.room_id AND n.room_seq > c.room_seq)
+                       ORDER BY c.seq LIMIT $2)
+                   RETURNING seq),
+               moved AS (
+                   UPDATE room_changes_horizon
+                   SET deleted_upto = greatest(deleted_upto, (SELECT max(seq) FROM gone))
+                   WHERE EXISTS (SELECT 1 FROM gone))
+               SELECT count(*) AS "deleted!" FROM gone"#,
             hours,
             BATCH,
         )
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected())
+        .fetch_one(pool)
+        .await?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
     })
     .await
 }

@@ -187,8 +187,8 @@ async fn the_layout_routes_rooms_as_citus_does() {
 async fn empty(pool: &PgPool) {
     sqlx::raw_sql(
         "TRUNCATE room_checks, room_events, room_members, room_seats, room_stays, room_sessions,
-             rooms, rejected_callbacks, reconcile_budget, room_changes, room_change_counts;
-         UPDATE room_changes_head SET last_seq = 0",
+             rooms, rejected_callbacks, reconcile_budget, room_changes;
+         UPDATE room_changes_head SET last_seq = 0; UPDATE room_changes_horizon SET deleted_upto = 0",
     )
     .execute(pool)
     .await

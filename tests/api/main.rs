@@ -24,6 +24,7 @@ mod model;
 mod monitoring;
 mod operations;
 mod process;
+mod reapply;
 mod rows;
 mod seams;
 mod server;
