@@ -334,7 +334,7 @@ fn commands_in_help(args: &[&str]) -> Vec<(String, String)> {
 /// variant off: `journal` had reconcile's text and `reconcile` none).
 #[test]
 fn help_describes_each_command() {
-    let expected: [(&str, &[&str]); 7] = [
+    let expected: [(&str, &[&str]); 8] = [
         ("serve", &["Run the HTTP server (the default)"]),
         ("migrate", &["Apply pending database migrations and exit"]),
         (
@@ -352,6 +352,7 @@ fn help_describes_each_command() {
                 "Listing and exporting work",
             ],
         ),
+        ("rejected", &["Refused callbacks (rejected_callbacks)"]),
         (
             "reconcile",
             &[
@@ -378,7 +379,21 @@ fn help_describes_each_command() {
         ),
         ("help", &["Print this message"]),
     ];
-    for (args, expected) in [(&[][..], &expected[..]), (&["journal"][..], &journal[..])] {
+    let rejected: [(&str, &[&str]); 2] = [
+        (
+            "reapply",
+            &[
+                "Parse refused callbacks again with this version's parser",
+                "Prints the counts",
+            ],
+        ),
+        ("help", &["Print this message"]),
+    ];
+    for (args, expected) in [
+        (&[][..], &expected[..]),
+        (&["journal"][..], &journal[..]),
+        (&["rejected"][..], &rejected[..]),
+    ] {
         let commands = commands_in_help(args);
         let names: Vec<&str> = commands.iter().map(|(name, _)| name.as_str()).collect();
         let wanted: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
