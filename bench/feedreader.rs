@@ -102,23 +102,30 @@ async fn follow_events(url: String, cookie: String, start: i64, deadline: Instan
             };
             let arrived = Utc::now();
             text.push_str(&String::from_utf8_lossy(&chunk));
+            // The position of every event (its id line); the JSON of the chunk's last one only,
+            // for the lag: the reader's own parsing stays small beside roomsync's work.
             let mut newest = None;
             while let Some(end) = text.find("\n\n") {
                 let event: String = text.drain(..end + 2).collect();
-                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                let Some(seq) = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .and_then(|id| id.parse::<i64>().ok())
+                else {
                     continue;
                 };
-                let Ok(change) = serde_json::from_str::<Value>(data) else {
-                    continue;
-                };
-                let seq = change["seq"].as_i64().unwrap_or(-1);
                 if seq != after + 1 {
                     seen.gaps += 1;
                 }
                 after = seq;
                 seen.changes += 1;
-                newest = change["recorded_at"].as_str().map(str::to_owned);
+                newest = Some(event);
             }
+            let newest = newest.and_then(|event| {
+                let data = event.lines().find_map(|l| l.strip_prefix("data: "))?;
+                let change: Value = serde_json::from_str(data).ok()?;
+                change["recorded_at"].as_str().map(str::to_owned)
+            });
             seen.pages += 1;
             if let Some(at) = newest.and_then(|t| t.parse::<DateTime<Utc>>().ok()) {
                 seen.lags

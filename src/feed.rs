@@ -36,10 +36,28 @@ enum Window {
     Older,
 }
 
+/// A change as readers get it: its position and its JSON, made once for every reader.
+#[derive(Clone)]
+pub struct Told {
+    pub seq: i64,
+    pub json: Arc<str>,
+}
+
+impl From<&Change> for Told {
+    fn from(change: &Change) -> Self {
+        Self {
+            seq: change.seq,
+            json: serde_json::to_string(change)
+                .expect("a change serializes")
+                .into(),
+        }
+    }
+}
+
 /// The newest changes and the position they end at.
 struct Recent {
     /// Changes with consecutive `seq`, ending at `last`.
-    changes: VecDeque<Change>,
+    changes: VecDeque<Told>,
     /// The newest `seq` read.
     last: i64,
     /// When the oldest kept change was last read (retention deletes in the background,
@@ -59,7 +77,8 @@ pub struct Hub {
 
 /// What a reader gets.
 pub struct Page {
-    pub changes: Vec<Change>,
+    /// Each change's JSON, made once in the window whatever the number of readers.
+    pub changes: Vec<Told>,
     /// The position to ask from next.
     pub next: i64,
 }
@@ -182,9 +201,9 @@ impl Hub {
             let full = read.len() == READ as usize;
             let newest = {
                 let mut window = self.window.lock().expect("not poisoned");
-                for change in read {
+                for change in &read {
                     window.last = change.seq;
-                    window.changes.push_back(change);
+                    window.changes.push_back(Told::from(change));
                 }
                 while window.changes.len() > KEPT {
                     window.changes.pop_front();
@@ -248,7 +267,11 @@ impl Hub {
 
     async fn read_table(&self, after: i64, limit: usize) -> Result<Page, ReadError> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let changes = changes_after(&self.pool, after, limit).await?;
+        let changes: Vec<Told> = changes_after(&self.pool, after, limit)
+            .await?
+            .iter()
+            .map(Told::from)
+            .collect();
         let next = changes.last().map_or(after, |c| c.seq);
         Ok(Page { changes, next })
     }
@@ -264,7 +287,7 @@ impl Hub {
             return Window::Older;
         }
         let skip = usize::try_from(after - (first - 1)).expect("after is in the window");
-        let changes: Vec<Change> = window
+        let changes: Vec<Told> = window
             .changes
             .iter()
             .skip(skip)
@@ -306,4 +329,23 @@ async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
     listener.listen(channel).await.ok()?;
     Some(listener)
+}
+
+impl Page {
+    /// `{"changes":[…],"next":N}` from the changes' JSON, without serializing them again.
+    pub fn to_json(&self) -> String {
+        let size: usize = self.changes.iter().map(|c| c.json.len() + 1).sum();
+        let mut out = String::with_capacity(size + 40);
+        out.push_str("{\"changes\":[");
+        for (i, change) in self.changes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&change.json);
+        }
+        out.push_str("],\"next\":");
+        out.push_str(&self.next.to_string());
+        out.push('}');
+        out
+    }
 }

@@ -236,7 +236,9 @@ async fn changes(ctx: web::Data<AppContext>, req: HttpRequest) -> Result<HttpRes
     let page = hub
         .read(after, limit as usize, Duration::from_secs(wait.into()))
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"changes": page.changes, "next": page.next})))
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(page.to_json()))
 }
 
 /// The room of the path: an app this service serves, an id roomsync could hold.
