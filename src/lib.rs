@@ -11,6 +11,7 @@ pub mod journal;
 pub mod reapply;
 pub mod rebuild;
 pub mod reconcile;
+pub mod setup;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

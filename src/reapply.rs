@@ -48,22 +48,6 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// The codes of refusals a later parser may take: the body's own (400) and what PostgreSQL or
-/// a journal record's decoding refused (50304, 50307). The body of those was read whole.
-const REAPPLICABLE: [u32; 11] = [
-    codes::NOT_JSON,
-    codes::MISSING_FIELD,
-    codes::WRONG_TYPE,
-    codes::OUT_OF_BOUNDS,
-    codes::NUL_CHARACTER,
-    codes::COMMAND_MISMATCH,
-    codes::MISSING_COMMAND,
-    codes::FUTURE_EVENT_TIME,
-    codes::LONE_SURROGATE,
-    codes::STORE_REFUSED,
-    codes::JOURNAL_UNPARSABLE,
-];
-
 /// Rows read per page.
 const PAGE: i64 = 100;
 
@@ -76,7 +60,7 @@ pub async fn reapply(
     filter: &Filter,
     dry_run: bool,
 ) -> Result<Report, sqlx::Error> {
-    let codes: Vec<i32> = REAPPLICABLE.iter().map(|c| *c as i32).collect();
+    let codes: Vec<i32> = codes::PAST_APP_CHECKS.iter().map(|c| *c as i32).collect();
     let mut report = Report::default();
     let mut after = 0_i64;
     loop {
@@ -215,16 +199,25 @@ async fn one(
             };
             // After the write path's last statement: the feed's head stays held for this one
             // statement more, which an operator's command may afford.
+            // Counted in ingest_daily as reapplied (its history row counted as accepted).
             sqlx::query!(
-                r#"UPDATE rejected_callbacks
-                   SET reapplied_at = now(), reapply_outcome = $3, reapply_checked_at = now(),
-                       reapply_code = NULL, reapply_info = NULL, reapplied_event_id = $2
-                   WHERE id = $1"#,
+                r#"WITH marked AS (
+                       UPDATE rejected_callbacks
+                       SET reapplied_at = now(), reapply_outcome = $3,
+                           reapply_checked_at = now(), reapply_code = NULL, reapply_info = NULL,
+                           reapplied_event_id = $2
+                       WHERE id = $1
+                       RETURNING sdk_app_id
+                   )
+                   SELECT ingest_counted(ARRAY[sdk_app_id], ARRAY[$4::text], NULL, NULL, NULL,
+                                         ARRAY[1::int8], NULL)
+                   FROM marked WHERE $3 = 'reapplied'"#,
                 id,
                 event_id,
                 outcome,
+                callback.command.as_str(),
             )
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
             if outcome == "reapplied" {

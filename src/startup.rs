@@ -54,6 +54,7 @@ pub struct Application {
     backfill: JoinHandle<()>,
     reconciler: Option<JoinHandle<()>>,
     feed: Option<JoinHandle<()>>,
+    setup: Option<JoinHandle<()>>,
     journal: Journal,
 }
 
@@ -172,10 +173,21 @@ impl Application {
                     drift.clone(),
                     metrics.clone(),
                 );
-                Some(reconciler.spawn(stopping))
+                Some(reconciler.spawn(stopping.clone()))
             }
             _ => None,
         };
+        // The console's setup check reads Tencent's configuration with the same credentials.
+        let tencent_setup = match (&config.api_token, &config.drift_repair) {
+            (Some(_), Some(drift)) => Some(crate::setup::Watch::spawn(
+                TencentClient::new(drift).map_err(StartupError::Tencent)?,
+                config.public_callback_url.clone(),
+                config.callback_token.is_some(),
+                stopping.clone(),
+            )),
+            _ => None,
+        };
+        let (tencent_setup, setup_task) = tencent_setup.unzip();
         let workers = config.http_workers;
         // actix counts connections per worker.
         let per_worker = config.http_max_connections.div_ceil(workers);
@@ -187,6 +199,7 @@ impl Application {
             health,
             metrics,
             feed,
+            tencent_setup,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -222,6 +235,7 @@ impl Application {
             backfill,
             reconciler,
             feed: feed_task,
+            setup: setup_task,
             journal,
         })
     }
@@ -249,6 +263,7 @@ impl Application {
             Some(&mut self.backfill),
             self.reconciler.as_mut(),
             self.feed.as_mut(),
+            self.setup.as_mut(),
         ];
         for task in tasks.into_iter().flatten() {
             if tokio::time::timeout(Duration::from_secs(10), &mut *task)

@@ -113,6 +113,9 @@ pub struct Config {
     pub changes_retention_hours: i32,
     /// Readers waiting on `/v1/changes` at once, at most; past it, 503.
     pub feed_max_waiters: usize,
+    /// The URL Tencent should call (roomsync's `/callback` behind the TLS proxy), for
+    /// `roomsync tencent check` and `configure`; `None`: not compared, and `configure` refuses.
+    pub public_callback_url: Option<reqwest::Url>,
 }
 
 /// How often the background tasks look again. Fixed in production; a test may shorten them.
@@ -277,6 +280,9 @@ impl Config {
             api_token: get("API_TOKEN").map(Secret::new),
             changes_retention_hours: parse_or(&get, "CHANGES_RETENTION_HOURS", 168)?,
             feed_max_waiters: parse_or(&get, "FEED_MAX_WAITERS", 1000)?,
+            public_callback_url: get("PUBLIC_CALLBACK_URL")
+                .map(|raw| parse_public_callback_url(&raw))
+                .transpose()?,
         };
         if config
             .api_token
@@ -392,6 +398,42 @@ pub const DEFAULT_REJECTED_MAX_TOTAL_BYTES: u64 = 1 << 30;
 /// a signed `RequestTime` may be off), small enough that a forged time holds a room for
 /// minutes, not for ever.
 pub const DEFAULT_EVENT_TIME_MAX_FUTURE_SECS: u64 = 300;
+
+/// An absolute `https://` URL with a host: Tencent calls it over the internet, and the body is
+/// not covered by the signature. No query (Tencent appends its own), fragment or credentials.
+fn parse_public_callback_url(raw: &str) -> Result<reqwest::Url, ConfigError> {
+    const VAR: &str = "PUBLIC_CALLBACK_URL";
+    let raw = raw.trim();
+    let url = reqwest::Url::parse(raw).map_err(|e| {
+        invalid(
+            VAR,
+            format!("{raw:?}: {e}: give the absolute URL, e.g. https://rooms.example.com/callback"),
+        )
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Not echoed: it may hold a password.
+        return Err(invalid(VAR, "must not contain credentials"));
+    }
+    if url.scheme() != "https" {
+        return Err(invalid(
+            VAR,
+            format!("{raw:?}: must be https:// (Tencent must reach /callback over TLS)"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(VAR, format!("{raw:?}: no host")));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid(VAR, format!("{raw:?}: must not have a fragment")));
+    }
+    if url.query().is_some() {
+        return Err(invalid(
+            VAR,
+            format!("{raw:?}: must not have a query: Tencent appends its own"),
+        ));
+    }
+    Ok(url)
+}
 
 /// The error for `var`, with why (never the value of a secret).
 /// An optional retention in days: unset keeps for ever; set, a positive number.
@@ -571,13 +613,16 @@ mod tests {
                 "API_TOKEN" => return c.api_token.as_ref().map(|_| "set".into()),
                 "CHANGES_RETENTION_HOURS" => c.changes_retention_hours.to_string(),
                 "FEED_MAX_WAITERS" => c.feed_max_waiters.to_string(),
+                "PUBLIC_CALLBACK_URL" => {
+                    return c.public_callback_url.as_ref().map(|u| u.to_string());
+                }
                 other => panic!("{other} is documented but this test does not know it"),
             })
         };
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            41,
+            42,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {
@@ -756,6 +801,45 @@ mod tests {
         for past in ["200", "600001"] {
             let err = write(past).unwrap_err().to_string();
             assert!(err.contains("DATABASE_WRITE_TIMEOUT_MS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_public_callback_url_is_absolute_https_without_extras() {
+        let with = |value: &str| config(&[BASE[0], BASE[1], ("PUBLIC_CALLBACK_URL", value)]);
+        assert!(config(&BASE).unwrap().public_callback_url.is_none());
+        for good in [
+            "https://rooms.example.com/callback",
+            " https://rooms.example.com:8443/tencent/callback ",
+            "https://203.0.113.7/callback",
+        ] {
+            let url = with(good).unwrap().public_callback_url.unwrap();
+            assert_eq!(url.as_str(), good.trim());
+        }
+        // Just past each rule.
+        for (bad, why) in [
+            ("http://rooms.example.com/callback", "must be https://"),
+            ("/callback", "absolute URL"),
+            ("rooms.example.com/callback", "absolute URL"),
+            ("https://rooms.example.com/callback#x", "fragment"),
+            ("https://rooms.example.com/callback#", "fragment"),
+            ("https://rooms.example.com/callback?x=1", "query"),
+            ("https://rooms.example.com/callback?", "query"),
+            ("ftp://rooms.example.com/callback", "must be https://"),
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("PUBLIC_CALLBACK_URL") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        for credentials in [
+            "https://user:hunter3@rooms.example.com/callback",
+            "https://user@rooms.example.com/callback",
+        ] {
+            let err = with(credentials).unwrap_err().to_string();
+            assert!(err.contains("credentials"), "{err}");
+            assert!(!err.contains("hunter3") && !err.contains("user@"), "{err}");
         }
     }
 

@@ -69,6 +69,9 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     /// The change feed's reader; `None` without `API_TOKEN`.
     pub feed: Option<crate::feed::Hub>,
+    /// The console's check of Tencent's callback configuration; `None` without the console
+    /// or without drift-repair credentials.
+    pub tencent_setup: Option<crate::setup::Watch>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -6,7 +6,7 @@ use std::{sync::Mutex, time::Instant};
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
-use crate::{config::RejectedLimits, telemetry::Metrics};
+use crate::{callback::Command, config::RejectedLimits, telemetry::Metrics};
 
 pub struct RejectedCallback<'a> {
     pub sdk_app_id: Option<i64>,
@@ -15,6 +15,28 @@ pub struct RejectedCallback<'a> {
     pub error_info: &'a str,
     pub query: &'a str,
     pub body: &'a [u8],
+}
+
+impl RejectedCallback<'_> {
+    /// Where `ingest_daily` counts the refusal: under its app and the command's canonical
+    /// name when it came after the app and signature checks; else under app 0 (anyone can
+    /// send those, with any app id). A command roomsync does not know is counted as `''`, so
+    /// that what a sender makes up cannot add rows.
+    fn counted_as(&self) -> (i64, &'static str) {
+        let past_checks = u32::try_from(self.error_code)
+            .is_ok_and(|code| crate::codes::PAST_APP_CHECKS.contains(&code));
+        let app = self.sdk_app_id.filter(|_| past_checks).unwrap_or(0);
+        let command = self
+            .callback_command
+            .and_then(|c| {
+                Command::HANDLED
+                    .into_iter()
+                    .find(|h| Command::parse(c).as_str() == *h)
+            })
+            .filter(|_| past_checks)
+            .unwrap_or("");
+        (app, command)
+    }
 }
 
 /// Whether a record may be dropped when the budget is spent.
@@ -182,15 +204,25 @@ pub async fn insert_rejected(
     let cap = total_cap.map(|c| i64::try_from(c).unwrap_or(i64::MAX));
     // The total is read in the insert itself: two instances at once may overshoot it by a row
     // each, never by more.
+    let (count_app, count_command) = rejected.counted_as();
+    // Counted in ingest_daily with the row, only when the row is kept.
     sqlx::query_scalar!(
-        r#"INSERT INTO rejected_callbacks
-               (sdk_app_id, callback_command, error_code, error_info, query, body, body_bytes,
-                body_size)
-           SELECT $1::bigint, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::bytea,
-                  $8::integer
-           WHERE $9::bigint IS NULL
-              OR (SELECT bytes FROM rejected_callbacks_size) < $9::bigint
-           RETURNING id"#,
+        r#"WITH kept AS (
+               INSERT INTO rejected_callbacks
+                   (sdk_app_id, callback_command, error_code, error_info, query, body,
+                    body_bytes, body_size)
+               SELECT $1::bigint, $2::text, $3::integer, $4::text, $5::text, $6::text,
+                      $7::bytea, $8::integer
+               WHERE $9::bigint IS NULL
+                  OR (SELECT bytes FROM rejected_callbacks_size) < $9::bigint
+               RETURNING id
+           ),
+           counted AS (
+               SELECT ingest_counted(ARRAY[$10::bigint], ARRAY[$11::text], NULL, NULL,
+                                     ARRAY[1::int8], NULL, NULL) AS touched
+               FROM kept
+           )
+           SELECT id AS "id!" FROM kept LEFT JOIN counted ON touched IS NOT NULL"#,
         rejected.sdk_app_id,
         row.callback_command.as_deref(),
         rejected.error_code,
@@ -200,6 +232,8 @@ pub async fn insert_rejected(
         row.body_bytes,
         size,
         cap,
+        count_app,
+        count_command,
     )
     .fetch_optional(conn)
     .await

@@ -1,5 +1,6 @@
 //! Tencent's REST answers decoded into domain types (docs/drift-repair.md#what-is-compared): a
-//! room's details, its member list pages and its seats. The same decoders read the answer
+//! room's details, its member list pages and its seats; and a product's callback configuration
+//! (`get_callback`). The same decoders read the answer
 //! stored in a correction's payload back (`roomsync rebuild`), so both agree on every quirk.
 //!
 //! The envelope (`ActionStatus`, `ErrorCode`) is the client's to judge; these read `Response`.
@@ -34,6 +35,40 @@ pub struct RoomDetails {
     pub is_seat_enabled: Option<bool>,
     /// Every field as sent.
     pub fields: Map<String, Value>,
+}
+
+/// `Response` of `get_callback` (Room or Live): where Tencent sends the product's callbacks,
+/// and which commands are switched on, as Tencent names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackConfig {
+    pub url: String,
+    pub commands: Vec<String>,
+}
+
+/// The callback configuration of a `get_callback` answer. A missing or null
+/// `CallbackCommandList` is an empty list (nothing switched on); a missing `Url` is malformed,
+/// since Tencent never stores a configuration without one.
+pub fn callback_config(answer: &Value) -> Result<CallbackConfig, MalformedAnswer> {
+    let response = response(answer)?;
+    let url = match response.get("Url") {
+        Some(Value::String(url)) => url.clone(),
+        Some(_) => return Err(malformed("Response.Url is not a string")),
+        None => return Err(malformed("Response.Url is missing")),
+    };
+    let commands = match response.get("CallbackCommandList") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.as_str().map(str::to_owned).ok_or_else(|| {
+                    MalformedAnswer(format!("CallbackCommandList[{i}] is not a string"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(malformed("Response.CallbackCommandList is not an array")),
+    };
+    Ok(CallbackConfig { url, commands })
 }
 
 fn response(answer: &Value) -> Result<&Map<String, Value>, MalformedAnswer> {
@@ -174,6 +209,52 @@ mod tests {
             json!({"SeatList": {}}),
         ] {
             assert!(seat_list(bad.as_object().unwrap()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn callback_configs() {
+        let answer = json!({"ActionStatus": "OK", "ErrorCode": 0, "RequestId": "r", "Response": {
+            "Url": "https://rooms.example.com/callback",
+            "CallbackCommandList": ["Room.CallbackAfterCreateRoom", "Mic.CallbackAfterSeatInfoChanged"]
+        }});
+        assert_eq!(
+            callback_config(&answer).unwrap(),
+            CallbackConfig {
+                url: "https://rooms.example.com/callback".into(),
+                commands: vec![
+                    "Room.CallbackAfterCreateRoom".into(),
+                    "Mic.CallbackAfterSeatInfoChanged".into()
+                ],
+            }
+        );
+        // Nothing switched on yet.
+        for list in [
+            json!({"Url": "https://x/"}),
+            json!({"Url": "https://x/", "CallbackCommandList": null}),
+        ] {
+            let config = callback_config(&json!({"Response": list})).unwrap();
+            assert!(config.commands.is_empty());
+        }
+        for (bad, what) in [
+            (json!({}), "Response is missing"),
+            (json!({"Response": []}), "Response is not an object"),
+            (
+                json!({"Response": {"CallbackCommandList": []}}),
+                "Url is missing",
+            ),
+            (json!({"Response": {"Url": 7}}), "Url is not a string"),
+            (
+                json!({"Response": {"Url": "https://x/", "CallbackCommandList": "Room.CallbackAfterCreateRoom"}}),
+                "not an array",
+            ),
+            (
+                json!({"Response": {"Url": "https://x/", "CallbackCommandList": ["a", 1]}}),
+                "CallbackCommandList[1]",
+            ),
+        ] {
+            let error = callback_config(&bad).unwrap_err().0;
+            assert!(error.contains(what), "{bad}: {error}");
         }
     }
 

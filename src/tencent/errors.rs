@@ -10,6 +10,12 @@ use super::answer::MalformedAnswer;
 pub const ROOM_NOT_FOUND: i64 = 100_004;
 /// `ErrorCode` of Tencent's internal error; worth a retry.
 pub const INTERNAL_ERROR: i64 = 100_001;
+/// `ErrorCode` of `set_callback` when the app already has a callback configuration for the
+/// product (`update_callback` changes it).
+pub const CALLBACK_CONFIG_EXISTS: i64 = 100_300;
+/// `ErrorCode` of `get_callback`/`update_callback` when the app has no callback configuration
+/// for the product (`set_callback` creates it).
+pub const NO_CALLBACK_CONFIG: i64 = 100_301;
 
 /// What a call failed with. No variant's text contains the key, the UserSig or the URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +96,8 @@ impl TencentError {
                 100_001 => "100001",
                 100_002 => "100002",
                 100_003 => "100003",
+                100_300 => "100300",
+                100_301 => "100301",
                 60_004 => "60004",
                 60_005 => "60005",
                 60_006 => "60006",
@@ -212,6 +220,8 @@ mod tests {
         assert_eq!(TencentError::RoomNotFound.error_code_label(), "100004");
         assert_eq!(api(100_001).error_code_label(), "100001");
         assert_eq!(api(70_001).error_code_label(), "70001");
+        assert_eq!(api(CALLBACK_CONFIG_EXISTS).error_code_label(), "100300");
+        assert_eq!(api(NO_CALLBACK_CONFIG).error_code_label(), "100301");
         assert_eq!(api(71_234).error_code_label(), "common_other");
         assert_eq!(api(123_456_789).error_code_label(), "api_other");
         assert_eq!(api(-1).error_code_label(), "api_other");

@@ -1,5 +1,7 @@
 //! Tencent's Room REST API, for drift repair: the views that callbacks keep can drift from
-//! Tencent's own state when a callback is lost, and these calls tell what Tencent sees.
+//! Tencent's own state when a callback is lost, and these calls tell what Tencent sees. Also
+//! the callback configuration of each product (`get_callback` and its kin), for
+//! `roomsync tencent check` and `configure` ([`crate::setup`]).
 //!
 //! - [`usersig`]: the UserSig every call is signed with, cached per app ([`UserSigCache`]).
 //! - `transport`: the calls themselves ([`TencentClient`]) and the rate bound they pass
@@ -31,7 +33,11 @@ mod errors;
 mod transport;
 pub mod usersig;
 
+pub use crate::callback::Product;
+pub use answer::CallbackConfig;
 pub use answers::Answer;
-pub use errors::{BudgetError, ROOM_NOT_FOUND, TencentError};
-pub use transport::{ClientOptions, RateGate, TencentClient};
+pub use errors::{
+    BudgetError, CALLBACK_CONFIG_EXISTS, NO_CALLBACK_CONFIG, ROOM_NOT_FOUND, TencentError,
+};
+pub use transport::{ClientOptions, RateGate, TencentClient, callback_service};
 pub use usersig::UserSigCache;

@@ -13,8 +13,8 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{
-    attendance as ledger, attendance_model, batches, drift, feed, helpers::*, lifecycle, live,
-    model, operations, rows::*,
+    accounting, attendance as ledger, attendance_model, batches, drift, feed, helpers::*,
+    lifecycle, live, model, operations, rows::*,
 };
 use roomsync::store::Layout;
 
@@ -143,6 +143,7 @@ on_citus! {
     feed_every_change => feed::every_change_of_the_view_is_told_once_in_order_scenario;
     feed_under_load => feed::two_instances_under_load_the_feed_equals_the_view_scenario;
     feed_rebuild => feed::a_rebuild_that_changes_the_view_tells_it_scenario;
+    ingest_daily_counts => accounting::every_outcome_is_counted_once_where_it_happened_scenario;
 }
 
 /// roomsync's own migrations distributed the room tables by room, co-located, on a cluster with

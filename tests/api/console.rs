@@ -213,3 +213,89 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
     );
     app.stop().await;
 }
+
+/// The overview as a signed-in viewer reads it.
+async fn overview(app: &TestApp, client: &reqwest::Client) -> Value {
+    let response = client
+        .get(format!("{}/console/api/overview", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[sqlx::test]
+async fn the_setup_check_shows_what_tencent_check_finds(pool: PgPool) {
+    use roomsync::callback::Product;
+
+    use crate::fake_tencent::FakeTencent;
+
+    const KEY: &str = "5e1f0a3c2b4d6e8f0a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c9e1b3d5f";
+    const OURS: &str = "https://rooms.example.com/callback";
+    // Without credentials: the page says how to turn it on.
+    let (app, client) = console_app(&pool).await;
+    sign_in(&app, &client, &[]).await;
+    assert_eq!(overview(&app, &client).await["tencent_check"], Value::Null);
+    app.stop().await;
+
+    let fake = FakeTencent::start(&[(APP_ID, KEY), (1_400_000_002, KEY)]).await;
+    // App 1: leave switched off; app 2: all right.
+    let room = [
+        "Room.CallbackAfterCreateRoom",
+        "Room.CallbackAfterDestroyRoom",
+        "Room.CallbackAfterUpdateRoomInfo",
+        "Room.CallbackAfterMemberEnter",
+        "Mic.CallbackAfterSeatInfoChanged",
+    ];
+    fake.set_callback_config(APP_ID, Product::Room, Some((OURS, &room)));
+    let all: Vec<&str> = room
+        .iter()
+        .copied()
+        .chain(["Room.CallbackAfterMemberLeave"])
+        .collect();
+    fake.set_callback_config(1_400_000_002, Product::Room, Some((OURS, &all)));
+    let keys = format!("{APP_ID}={KEY},1400000002={KEY}");
+    let app = spawn_app_with(
+        pool.clone(),
+        &[
+            ("API_TOKEN", API),
+            ("TENCENT_API_BASE", fake.base_url.as_str()),
+            ("TENCENT_SECRET_KEY", keys.as_str()),
+            ("PUBLIC_CALLBACK_URL", OURS),
+            ("RECONCILE_INTERVAL_SECS", "0"),
+        ],
+    )
+    .await;
+    sign_in(&app, &client, &[]).await;
+    let checked = eventually(Duration::from_secs(10), || async {
+        overview(&app, &client).await["tencent_check"]["status"] != "checking"
+    })
+    .await;
+    let check = overview(&app, &client).await["tencent_check"].clone();
+    assert!(checked, "{check}");
+    assert_eq!(check["status"], "findings", "{check}");
+    let lines: Vec<&str> = check["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lines.contains(&"app 1400000001 Room: commands off: Room.CallbackAfterMemberLeave (roomsync handles them: switch them on)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"app 1400000002 Room: all right"),
+        "{lines:?}"
+    );
+    // Many viewers, one reading: the page never asks Tencent itself.
+    let calls = fake.requests().len();
+    for _ in 0..5 {
+        overview(&app, &client).await;
+    }
+    assert_eq!(fake.requests().len(), calls);
+    assert!(!check.to_string().contains(KEY));
+    app.stop().await;
+    fake.stop().await;
+}

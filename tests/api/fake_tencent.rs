@@ -4,6 +4,8 @@
 //! `random` that is a u32, and the UserSig, which it decodes and verifies on its own (base64,
 //! zlib, HMAC-SHA256 here, not through the library under test), answering with Tencent's error
 //! codes. Rooms are programmable per app; failures can be injected; every request is recorded.
+//! Each app's callback configuration per product (`room_config`, `live_config`:
+//! `get_callback`, `set_callback`, `update_callback`) is kept and checked as Tencent does.
 
 #![allow(dead_code)] // Each test uses part of it.
 
@@ -18,6 +20,7 @@ use std::{
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
+use roomsync::callback::Product;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
@@ -81,10 +84,14 @@ pub struct Recorded {
     pub peer: Option<SocketAddr>,
 }
 
+/// A product's callback configuration: the URL and the commands switched on, as sent.
+pub type CallbackSetting = (String, Vec<String>);
+
 #[derive(Default)]
 struct State {
     keys: HashMap<i64, String>,
     rooms: BTreeMap<(i64, String), FakeRoom>,
+    callbacks: HashMap<(i64, &'static str), CallbackSetting>,
     failure: Option<Failure>,
     requests: Vec<Recorded>,
     served: u64,
@@ -137,6 +144,47 @@ impl FakeTencent {
     /// The room is gone: every call about it answers 100004.
     pub fn remove_room(&self, app: i64, room: &str) {
         self.lock().rooms.remove(&(app, room.to_owned()));
+    }
+
+    /// The app's callback configuration of `product`; `None`: there is none (100301).
+    pub fn set_callback_config(
+        &self,
+        app: i64,
+        product: Product,
+        setting: Option<(&str, &[&str])>,
+    ) {
+        let key = (app, config_service(product));
+        let mut state = self.lock();
+        match setting {
+            Some((url, commands)) => {
+                let commands = commands.iter().map(|c| (*c).to_owned()).collect();
+                state.callbacks.insert(key, (url.to_owned(), commands));
+            }
+            None => {
+                state.callbacks.remove(&key);
+            }
+        }
+    }
+
+    pub fn callback_config(&self, app: i64, product: Product) -> Option<CallbackSetting> {
+        self.lock()
+            .callbacks
+            .get(&(app, config_service(product)))
+            .cloned()
+    }
+
+    /// The requests to the callback configuration APIs, as `(service, api)` in order.
+    pub fn config_calls(&self) -> Vec<(String, String)> {
+        self.requests()
+            .into_iter()
+            .filter_map(|r| {
+                let rest = r.path.strip_prefix("/v4/")?;
+                let (service, api) = rest.split_once('/')?;
+                service
+                    .ends_with("_config")
+                    .then(|| (service.to_owned(), api.to_owned()))
+            })
+            .collect()
     }
 
     /// Every request fails this way until `fail(None)`.
@@ -204,14 +252,21 @@ async fn handle(
         _ => {}
     }
     let answer = {
-        let state = state.lock().unwrap();
-        answer(&state, req.path(), &query, &body, failure.as_ref())
+        let mut state = state.lock().unwrap();
+        answer(&mut state, req.path(), &query, &body, failure.as_ref())
     };
     HttpResponse::Ok().json(answer)
 }
 
+fn config_service(product: Product) -> &'static str {
+    match product {
+        Product::Room => "room_config",
+        Product::Live => "live_config",
+    }
+}
+
 fn answer(
-    state: &State,
+    state: &mut State,
     path: &str,
     query: &HashMap<String, String>,
     body: &[u8],
@@ -227,6 +282,9 @@ fn answer(
         // TUILiveKit: rooms in the same shape; members without `Count`, at most 1,000 listed.
         "/v4/live_engine_http_srv/get_room_info" => "get_room_info",
         "/v4/live_engine_http_srv/get_member_list" => "live_get_member_list",
+        "/v4/room_config/get_callback" | "/v4/live_config/get_callback" => "get_callback",
+        "/v4/room_config/set_callback" | "/v4/live_config/set_callback" => "set_callback",
+        "/v4/room_config/update_callback" | "/v4/live_config/update_callback" => "update_callback",
         _ => return fail(60009, "request resource error"),
     };
     if query.get("contenttype").map(String::as_str) != Some("json") {
@@ -263,6 +321,20 @@ fn answer(
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
         return fail(60003, "request JSON parse error");
     };
+    if api.ends_with("_callback") {
+        let service = if path.starts_with("/v4/room_config/") {
+            "room_config"
+        } else {
+            "live_config"
+        };
+        return match callback_config(state, app, service, api, &request) {
+            Ok(response) => json!({
+                "ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
+                "RequestId": format!("fake-{served}"), "Response": response
+            }),
+            Err((code, info)) => fail(code, info),
+        };
+    }
     let Some(room_id) = request.get("RoomId").and_then(Value::as_str) else {
         return fail(100_002, "RoomId is required");
     };
@@ -338,6 +410,46 @@ fn answer(
         "ActionStatus": "OK", "ErrorCode": 0, "ErrorInfo": "",
         "RequestId": format!("fake-{served}"), "Response": response
     })
+}
+
+/// `get_callback`, `set_callback`, `update_callback` of one product: Tencent's checks and its
+/// private errors (100300 exists already, 100301 none, 100002 invalid parameter).
+fn callback_config(
+    state: &mut State,
+    app: i64,
+    service: &'static str,
+    api: &str,
+    request: &Map<String, Value>,
+) -> Result<Value, (i64, &'static str)> {
+    let key = (app, service);
+    if api == "get_callback" {
+        let (url, commands) = state
+            .callbacks
+            .get(&key)
+            .ok_or((100_301, "callback configuration not exist"))?;
+        return Ok(json!({"Url": url, "CallbackCommandList": commands}));
+    }
+    let url = request
+        .get("Url")
+        .and_then(Value::as_str)
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .ok_or((100_002, "Url must start with http or https"))?;
+    let commands = match request.get("CallbackCommandList") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|c| c.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or((100_002, "CallbackCommandList must be an array of strings"))?,
+        _ => return Err((100_002, "CallbackCommandList must be an array of strings")),
+    };
+    let exists = state.callbacks.contains_key(&key);
+    match (api, exists) {
+        ("set_callback", true) => return Err((100_300, "callback configuration already exist")),
+        ("update_callback", false) => return Err((100_301, "callback configuration not exist")),
+        _ => {}
+    }
+    state.callbacks.insert(key, (url.to_owned(), commands));
+    Ok(json!({}))
 }
 
 /// An opaque cursor, as Tencent's is: not just the offset in decimal.

@@ -1,6 +1,7 @@
 //! HTTP integration tests: the real application on port 0 against a fresh PostgreSQL
 //! database per test (`#[sqlx::test]`). One binary, one link step.
 
+mod accounting;
 mod attendance;
 mod attendance_model;
 mod batches;
@@ -29,4 +30,5 @@ mod rows;
 mod seams;
 mod server;
 mod tencent_client;
+mod tencent_setup;
 mod tls;

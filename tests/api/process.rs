@@ -334,7 +334,7 @@ fn commands_in_help(args: &[&str]) -> Vec<(String, String)> {
 /// variant off: `journal` had reconcile's text and `reconcile` none).
 #[test]
 fn help_describes_each_command() {
-    let expected: [(&str, &[&str]); 8] = [
+    let expected: [(&str, &[&str]); 9] = [
         ("serve", &["Run the HTTP server (the default)"]),
         ("migrate", &["Apply pending database migrations and exit"]),
         (
@@ -359,6 +359,30 @@ fn help_describes_each_command() {
                 "Compare live rooms with Tencent's REST API now",
                 "needs TENCENT_SECRET_KEY",
                 "Exit 0 when every room asked for could be checked",
+            ],
+        ),
+        (
+            "tencent",
+            &[
+                "Tencent's callback configuration of each app",
+                "the database is not used",
+            ],
+        ),
+        ("help", &["Print this message"]),
+    ];
+    let tencent: [(&str, &[&str]); 3] = [
+        (
+            "check",
+            &[
+                "Compare each app's callback configuration",
+                "Exit 0: all right; 1: a finding; 2: Tencent could not be asked",
+            ],
+        ),
+        (
+            "configure",
+            &[
+                "Point the callbacks at PUBLIC_CALLBACK_URL",
+                "commands already on stay on",
             ],
         ),
         ("help", &["Print this message"]),
@@ -393,6 +417,7 @@ fn help_describes_each_command() {
         (&[][..], &expected[..]),
         (&["journal"][..], &journal[..]),
         (&["rejected"][..], &rejected[..]),
+        (&["tencent"][..], &tencent[..]),
     ] {
         let commands = commands_in_help(args);
         let names: Vec<&str> = commands.iter().map(|(name, _)| name.as_str()).collect();

@@ -268,6 +268,14 @@ async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse 
         "arrivals": arrivals,
         "refusals": refusals,
         "corrections": corrections,
+        "tencent_check": ctx.tencent_setup.as_ref().map(|watch| match watch.latest() {
+            Some(checked) => json!({
+                "checked_at": checked.at,
+                "status": checked.status,
+                "lines": checked.lines,
+            }),
+            None => json!({"status": "checking"}),
+        }),
     }))
 }
 

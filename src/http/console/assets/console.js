@@ -66,6 +66,14 @@ async function loadOverview() {
   fill("setup", o.arrivals.map((a) =>
     row([a.command, a.last_24h, a.last_at ? time(a.last_at) : "never in 24 h"],
         a.last_24h === 0 ? { class: "missing" } : {})));
+  const tencent = o.tencent_check;
+  $("tencent-off").hidden = Boolean(tencent);
+  $("tencent-status").textContent = tencent
+    ? tencent.status + (tencent.checked_at ? " at " + time(tencent.checked_at) : "")
+    : "";
+  $("tencent-check").replaceChildren(...((tencent && tencent.lines) || []).map((line) =>
+    el("li", line, / (not configured|url not ours|not https|commands off|not asked): /.test(line)
+      ? { class: "missing" } : {})));
   fill("refusals", o.refusals.map((r) => {
     const show = el("button", "body", { type: "button" });
     show.addEventListener("click", () => showBody(r.id));

@@ -30,6 +30,21 @@ WITH ev AS (
     WHERE old.seen IS NULL
     ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
     RETURNING id, sdk_app_id, room_id, dedup_key
+),
+-- ingest_daily's counts (migrations: ingest_counted): per distinct callback of the batch,
+-- stored or duplicate; a drift-repair correction (roomsync.Reconcile) counts as a correction.
+-- Referenced by the last branch below, which adds no row, so that it runs exactly once.
+counted AS (
+    SELECT ingest_counted(
+        array_agg(i.a), array_agg(i.c),
+        array_agg((e.id IS NOT NULL AND i.c <> 'roomsync.Reconcile')::int4::int8),
+        array_agg(i.n - (e.id IS NOT NULL)::int4), NULL, NULL,
+        array_agg((e.id IS NOT NULL AND i.c = 'roomsync.Reconcile')::int4::int8)) AS touched
+    FROM (SELECT a, c, r, k, count(*) AS n
+          FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
+          GROUP BY a, c, r, k) AS i
+    LEFT JOIN ev AS e
+        ON e.sdk_app_id = i.a AND e.dedup_key = i.k AND e.room_id IS NOT DISTINCT FROM i.r
 )
 SELECT id, sdk_app_id, room_id, dedup_key, NULL::text AS user_id, NULL::bool AS in_room,
        NULL::timestamptz AS entered_at, NULL::timestamptz AS left_at, NULL::text AS leave_type,
@@ -47,3 +62,6 @@ CROSS JOIN LATERAL (
     WHERE sdk_app_id = t.a AND room_id = t.r AND user_id = t.u
     LIMIT 1
 ) AS m
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM counted WHERE touched < 0

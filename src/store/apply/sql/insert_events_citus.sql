@@ -2,7 +2,26 @@
 -- one routed statement a history row (migrations: insert_events_by_row), so that a batch whose
 -- rooms share a node commits there in one phase. A row without a room goes under '' (the
 -- distribution column cannot be NULL). Bound by history.rs.
+-- ingest_daily's counts as in insert_events.sql (a row without a room comes back under '').
+WITH ev AS (
+    SELECT * FROM insert_events_by_row($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                       $14, $15, $16, $17, $18, $19)
+),
+counted AS (
+    SELECT ingest_counted(
+        array_agg(i.a), array_agg(i.c),
+        array_agg((e.id IS NOT NULL AND i.c <> 'roomsync.Reconcile')::int4::int8),
+        array_agg(i.n - (e.id IS NOT NULL)::int4), NULL, NULL,
+        array_agg((e.id IS NOT NULL AND i.c = 'roomsync.Reconcile')::int4::int8)) AS touched
+    FROM (SELECT a, c, COALESCE(r, '') AS r, k, count(*) AS n
+          FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
+          GROUP BY 1, 2, 3, 4) AS i
+    LEFT JOIN ev AS e
+        ON e.id IS NOT NULL AND e.sdk_app_id = i.a AND e.dedup_key = i.k AND e.room_id = i.r
+)
 SELECT id, sdk_app_id, room_id, dedup_key, user_id, in_room, entered_at, left_at, leave_type,
        leave_reason, last_event_at, last_event_rank
-FROM insert_events_by_row($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                          $16, $17, $18, $19)
+FROM ev
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM counted WHERE touched < 0
