@@ -33,8 +33,9 @@ GROUP BY sdk_app_id, day, callback_command;
 -- Adds counts, one array element per (app, command); repeated pairs are summed first (one
 -- upsert may not touch a row twice) and rows are taken in key order (two backends that share
 -- a slot then wait for each other instead of deadlocking). A NULL array counts as zeros.
--- Returns the number of rows it touched. Called by insert_events.sql (both forms),
--- rejected.rs and reapply.rs.
+-- Returns the number of rows it touched. Called by rejected.rs and reapply.rs; the hot path,
+-- insert_events.sql (both forms), writes the same upsert inline, where its plan is prepared
+-- once with the statement.
 CREATE FUNCTION ingest_counted(
     _apps int8[], _commands text[], _accepted int8[], _duplicates int8[], _refused int8[],
     _reapplied int8[], _corrections int8[])

@@ -8,20 +8,24 @@ WITH ev AS (
                                        $14, $15, $16, $17, $18, $19)
 ),
 counted AS (
-    SELECT ingest_counted(
-        array_agg(i.a), array_agg(i.c),
-        array_agg((e.id IS NOT NULL AND i.c <> 'roomsync.Reconcile')::int4::int8),
-        array_agg(i.n - (e.id IS NOT NULL)::int4), NULL, NULL,
-        array_agg((e.id IS NOT NULL AND i.c = 'roomsync.Reconcile')::int4::int8)) AS touched
+    INSERT INTO ingest_counts AS t
+        (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections)
+    SELECT i.a, (now() AT TIME ZONE 'UTC')::date, i.c, (pg_backend_pid() % 64)::int2,
+           count(e.id) FILTER (WHERE i.c <> 'roomsync.Reconcile'),
+           sum(i.n) - count(e.id),
+           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile')
     FROM (SELECT a, c, COALESCE(r, '') AS r, k, count(*) AS n
           FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
           GROUP BY 1, 2, 3, 4) AS i
     LEFT JOIN ev AS e
         ON e.id IS NOT NULL AND e.sdk_app_id = i.a AND e.dedup_key = i.k AND e.room_id = i.r
+    GROUP BY i.a, i.c
+    ORDER BY i.a, i.c
+    ON CONFLICT (sdk_app_id, day, callback_command, slot) DO UPDATE SET
+        accepted = t.accepted + EXCLUDED.accepted,
+        duplicates = t.duplicates + EXCLUDED.duplicates,
+        corrections = t.corrections + EXCLUDED.corrections
 )
 SELECT id, sdk_app_id, room_id, dedup_key, user_id, in_room, entered_at, left_at, leave_type,
        leave_reason, last_event_at, last_event_rank
 FROM ev
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM counted WHERE touched < 0
