@@ -23,6 +23,10 @@ const READ: i32 = 1_000;
 /// How often the reader looks without being woken (a commit of another process in
 /// `NOTIFY_MODE=off`, a drift-repair correction).
 const TICK: Duration = Duration::from_millis(1000);
+/// The shortest time between two reads. Under load a commit lands every few milliseconds;
+/// reading (and waking every waiting reader) at most this often bounds the work per reader
+/// whatever the commit rate, while a commit after a quiet spell is still read at once.
+const FOLLOW_EVERY: Duration = Duration::from_millis(40);
 
 /// The window's end before the reader first reached the database.
 const UNKNOWN: i64 = -1;
@@ -36,20 +40,39 @@ enum Window {
     Older,
 }
 
-/// A change as readers get it: its position and its JSON, made once for every reader.
+/// A change as readers get it: its position, its JSON and its server-sent event, made once
+/// for every reader (one text holds both: the event is the JSON with its frame around it).
 #[derive(Clone)]
 pub struct Told {
     pub seq: i64,
-    pub json: Arc<str>,
+    event: Arc<str>,
+    json_at: usize,
+}
+
+impl Told {
+    /// The change as JSON (one line: serde_json escapes line breaks inside strings).
+    pub fn json(&self) -> &str {
+        &self.event[self.json_at..self.event.len() - 2]
+    }
+
+    /// The change as a server-sent event `change` with its `seq` as id.
+    pub fn event(&self) -> &str {
+        &self.event
+    }
 }
 
 impl From<&Change> for Told {
     fn from(change: &Change) -> Self {
+        let json = serde_json::to_string(change).expect("a change serializes");
+        let head = format!("id: {}\nevent: change\ndata: ", change.seq);
+        let mut event = String::with_capacity(head.len() + json.len() + 2);
+        event.push_str(&head);
+        event.push_str(&json);
+        event.push_str("\n\n");
         Self {
             seq: change.seq,
-            json: serde_json::to_string(change)
-                .expect("a change serializes")
-                .into(),
+            event: event.into(),
+            json_at: head.len(),
         }
     }
 }
@@ -133,6 +156,7 @@ impl Hub {
                 NotifyMode::Off => None,
             };
             let mut listener = None;
+            let mut read_at: Option<tokio::time::Instant> = None;
             loop {
                 if listener.is_none()
                     && let Some(channel) = channel
@@ -151,6 +175,13 @@ impl Hub {
                     ok = heard => if !ok { listener = None; },
                     _ = tokio::time::sleep(TICK) => {}
                 }
+                if let Some(wait) = read_at.and_then(|at| FOLLOW_EVERY.checked_sub(at.elapsed())) {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                read_at = Some(tokio::time::Instant::now());
                 // One read for every notification already here (`members` sends several per
                 // transaction).
                 if let Some(listener) = listener.as_mut() {
@@ -334,18 +365,57 @@ async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
 impl Page {
     /// `{"changes":[…],"next":N}` from the changes' JSON, without serializing them again.
     pub fn to_json(&self) -> String {
-        let size: usize = self.changes.iter().map(|c| c.json.len() + 1).sum();
+        let size: usize = self.changes.iter().map(|c| c.json().len() + 1).sum();
         let mut out = String::with_capacity(size + 40);
         out.push_str("{\"changes\":[");
         for (i, change) in self.changes.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&change.json);
+            out.push_str(change.json());
         }
         out.push_str("],\"next\":");
         out.push_str(&self.next.to_string());
         out.push('}');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_told_as_one_json_line_and_one_event() {
+        let at = "2026-12-06T00:00:00Z".parse().unwrap();
+        let change = Change {
+            seq: 42,
+            sdk_app_id: 1,
+            room_id: "r\n\n<b>".into(),
+            room_seq: 3,
+            kind: "member.entered".into(),
+            user_ids: vec!["u\r\nid: 7".into()],
+            event_at: at,
+            event_id: Some(9),
+            cause: "callback".into(),
+            recorded_at: at,
+        };
+        let told = Told::from(&change);
+        let json: serde_json::Value = serde_json::from_str(told.json()).unwrap();
+        assert_eq!(json["room_id"], "r\n\n<b>");
+        assert_eq!(json["user_ids"][0], "u\r\nid: 7");
+        assert!(!told.json().contains('\n') && !told.json().contains('\r'));
+        // An event stream parser sees one event, id 42, whose data is the JSON.
+        assert_eq!(
+            told.event(),
+            format!("id: 42\nevent: change\ndata: {}\n\n", told.json())
+        );
+        let page = Page {
+            changes: vec![told.clone(), told],
+            next: 42,
+        };
+        let body: serde_json::Value = serde_json::from_str(&page.to_json()).unwrap();
+        assert_eq!(body["changes"][1]["seq"], 42);
+        assert_eq!(body["next"], 42);
     }
 }

@@ -372,11 +372,9 @@ async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
         }
         let next = match hub.read(after, STREAM_MAX, STREAM_WAIT).await {
             Ok(page) => {
+                text.reserve(page.changes.iter().map(|c| c.event().len()).sum());
                 for change in &page.changes {
-                    text.push_str(&format!(
-                        "id: {}\nevent: change\ndata: {}\n\n",
-                        change.seq, change.json
-                    ));
+                    text.push_str(change.event());
                 }
                 if page.changes.is_empty() {
                     text.push_str(": waiting\n\n");
