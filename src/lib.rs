@@ -2,6 +2,7 @@
 //! in PostgreSQL.
 
 pub mod callback;
+pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod feed;

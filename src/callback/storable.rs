@@ -17,7 +17,7 @@ use super::{
     rejection::{Rejection, RejectionKind, key_in_path},
 };
 
-/// The whole-value check the parse-time checks must agree with (see the tests in parse.rs).
+/// The whole-value check the parse-time checks must agree with (see the tests in parse/mod.rs).
 #[cfg(test)]
 pub(super) fn check_storable(value: &Value, path: &str) -> Result<(), Rejection> {
     let nul = |p: &str| {

@@ -30,7 +30,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use reqwest::Url;
 
-use super::{ConfigError, Secret, invalid, parse_or};
+use super::values::{ConfigError, Secret, invalid, parse_or};
 use crate::callback::SdkAppId;
 
 pub const DEFAULT_API_BASE: &str = "https://console.tim.qq.com";

@@ -3,7 +3,7 @@
 //! peak, distinct members and member time. The database keeps the fold's result in
 //! `room_stays` and `room_sessions`; the store either continues the fold from those rows
 //! (events in order) or folds again from a session's start (late events), see
-//! `store/apply/ledger.rs`.
+//! `store/apply/ledger/`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

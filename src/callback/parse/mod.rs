@@ -1,15 +1,27 @@
 //! Body parsing: JSON -> [`Callback`], with an error that names the field
 //! (docs/protocol.md#commands-and-bodies, docs/protocol.md#bounds).
+//!
+//! This file: the entry points ([`parse_body`], [`parse_stored`]) and the checks of the whole
+//! callback (its command, its `EventTime`). The tests go through the entry points, so they
+//! stay here and cover the parts too.
+//! - `object`: a JSON object's typed fields, each error naming the field's path.
+//! - `bodies`: the parts of the commands' bodies (times, members, room info, seats).
 
-use serde_json::{Map, Value};
+mod bodies;
+mod object;
 
 use super::{
-    Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Id, MemberChange, Product,
-    RESERVED_PREFIX, RoomInfo, SdkAppId, Seat, event_types,
-    limits::{MAX_LIST_ENTRIES, MAX_REASON_BYTES, MAX_TYPE_BYTES},
+    Callback, CallbackParts, CallbackQuery, Command, Event, EventTime, Product, RESERVED_PREFIX,
+    SdkAppId,
+    limits::MAX_TYPE_BYTES,
     rejection::{Rejection, RejectionKind},
     storable::{check_escapes, storable_top_level},
 };
+use bodies::Direction;
+use object::Object;
+
+pub use bodies::seat_list_of;
+pub use object::account_id;
 
 /// Parses a callback again from what was stored (the journal, the history), with the same
 /// rules as when it arrived, except the bound on a future `EventTime`: that one was checked
@@ -229,365 +241,16 @@ fn check_not_future(
     Ok(())
 }
 
-/// Which way a member event goes.
-#[derive(Clone, Copy)]
-enum Direction {
-    Enter,
-    Leave,
-}
-
-/// A JSON object and its path, for messages that name the field.
-struct Object<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-impl<'a> Object<'a> {
-    fn path_of(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    /// A present, non-null value.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_text(&self, key: &str) -> Result<Option<String>, Rejection> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Rejection::wrong_type(&self.path_of(key), "a string")),
-        }
-    }
-
-    /// A string of at most `max` bytes.
-    fn opt_short_text(&self, key: &str, max: usize) -> Result<Option<String>, Rejection> {
-        let text = self.opt_text(key)?;
-        if text.as_ref().is_some_and(|t| t.len() > max) {
-            let problem = format!("is longer than {max} bytes");
-            return Err(Rejection::bounds(&self.path_of(key), &problem));
-        }
-        Ok(text)
-    }
-
-    fn opt_id(&self, key: &str) -> Result<Option<Id>, Rejection> {
-        self.get(key)
-            .map(|v| id_from(v, &self.path_of(key)))
-            .transpose()
-    }
-
-    fn id(&self, key: &str) -> Result<Id, Rejection> {
-        self.opt_id(key)?
-            .ok_or_else(|| Rejection::missing(&self.path_of(key)))
-    }
-
-    fn opt_id_list(&self, key: &str) -> Result<Vec<Id>, Rejection> {
-        let path = self.path_of(key);
-        match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => {
-                if items.len() > MAX_LIST_ENTRIES {
-                    return Err(too_many(&path));
-                }
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| id_from(v, &format!("{path}[{i}]")))
-                    .collect()
-            }
-            Some(_) => Err(Rejection::wrong_type(&path, "an array of strings")),
-        }
-    }
-
-    fn opt_integer(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, Rejection> {
-        let path = self.path_of(key);
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Number(n)) => match n.as_i64() {
-                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
-                Some(_) => Err(Rejection::bounds(
-                    &path,
-                    &format!("must be in {min}..={max}"),
-                )),
-                // A float, or an integer beyond i64.
-                None if n.is_f64() => Err(Rejection::wrong_type(&path, "an integer")),
-                None => Err(Rejection::bounds(
-                    &path,
-                    &format!("must be in {min}..={max}"),
-                )),
-            },
-            Some(_) => Err(Rejection::wrong_type(&path, "an integer")),
-        }
-    }
-
-    /// A boolean, also when sent as the string "true" or "false".
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>, Rejection> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-            Some(_) => Err(Rejection::wrong_type(&self.path_of(key), "a boolean")),
-        }
-    }
-
-    fn opt_event_time(&self) -> Result<Option<EventTime>, Rejection> {
-        let Some(ms) = self.opt_integer("EventTime", 1, i64::MAX)? else {
-            return Ok(None);
-        };
-        EventTime::from_millis(ms).map(Some).ok_or_else(|| {
-            Rejection::bounds(
-                &self.path_of("EventTime"),
-                "is not a valid time in milliseconds",
-            )
-        })
-    }
-
-    /// `EventTime` inside `RoomInfo` (Live create and update).
-    fn room_info_event_time(&self) -> Result<Option<EventTime>, Rejection> {
-        match self.get("RoomInfo") {
-            Some(Value::Object(map)) => Object {
-                map,
-                path: "RoomInfo".into(),
-            }
-            .opt_event_time(),
-            _ => Ok(None),
-        }
-    }
-
-    /// `RoomInfo.CreateTime` (seconds) as an EventTime in milliseconds (a Live create).
-    fn room_info_create_time(&self) -> Result<Option<EventTime>, Rejection> {
-        let Some(Value::Object(map)) = self.get("RoomInfo") else {
-            return Ok(None);
-        };
-        let info = Object {
-            map,
-            path: "RoomInfo".into(),
-        };
-        // 0 is no time at all: refused as a missing EventTime.
-        let Some(secs) = info
-            .opt_integer("CreateTime", 0, i64::MAX)?
-            .filter(|s| *s > 0)
-        else {
-            return Ok(None);
-        };
-        secs.checked_mul(1000)
-            .and_then(EventTime::from_millis)
-            .map(Some)
-            .ok_or_else(|| {
-                Rejection::bounds(
-                    &info.path_of("CreateTime"),
-                    "is not a valid time in seconds",
-                )
-            })
-    }
-
-    /// `Live.CallbackAfterMemberStateChanged`: `Online` is an enter, `Offline` a leave whose
-    /// `leave_type` is the `EventCause` (an unknown cause is kept as sent).
-    fn member_state(&self) -> Result<Event, Rejection> {
-        let direction = match self.opt_text("EventType")?.as_deref() {
-            Some(event_types::ONLINE) => Direction::Enter,
-            Some(event_types::OFFLINE) => Direction::Leave,
-            Some(other) => {
-                return Err(Rejection::bounds(
-                    "EventType",
-                    &format!("{other:?} is neither Online nor Offline"),
-                ));
-            }
-            None => return Err(Rejection::missing("EventType")),
-        };
-        let cause = match self.opt_short_text("EventCause", MAX_TYPE_BYTES)? {
-            Some(cause) if !cause.is_empty() => cause,
-            Some(_) => return Err(Rejection::bounds("EventCause", "must not be empty")),
-            None => return Err(Rejection::missing("EventCause")),
-        };
-        let change = MemberChange {
-            members: self.member_objects("MemberList")?,
-            member_count: self
-                .opt_integer("MemberCount", 0, i32::MAX.into())?
-                .map(|n| n as i32),
-            kind: Some(cause),
-            reason: None,
-        };
-        Ok(match direction {
-            Direction::Enter => Event::MemberEnter(change),
-            Direction::Leave => Event::MemberLeave(change),
-        })
-    }
-
-    /// A non-empty list of `{"Member_Account": …}` objects (an account may be a bare number).
-    fn member_objects(&self, key: &str) -> Result<Vec<Id>, Rejection> {
-        let items = match self.get(key) {
-            None => return Err(Rejection::missing(key)),
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(Rejection::wrong_type(key, "an array of objects")),
-        };
-        if items.is_empty() {
-            return Err(Rejection::bounds(key, "must not be empty"));
-        }
-        if items.len() > MAX_LIST_ENTRIES {
-            return Err(too_many(key));
-        }
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let path = format!("{key}[{i}]");
-                let Value::Object(map) = item else {
-                    return Err(Rejection::wrong_type(&path, "an object"));
-                };
-                Object { map, path }.id("Member_Account")
-            })
-            .collect()
-    }
-
-    fn change(&self, direction: Direction) -> Result<MemberChange, Rejection> {
-        if self.get("MemberList_Account").is_none() {
-            return Err(Rejection::missing("MemberList_Account"));
-        }
-        Ok(MemberChange {
-            members: self.opt_id_list("MemberList_Account")?,
-            member_count: self
-                .opt_integer("MemberCount", 0, i32::MAX.into())?
-                .map(|n| n as i32),
-            kind: self.opt_short_text("Type", MAX_TYPE_BYTES)?,
-            // Only a leave has a Reason.
-            reason: match direction {
-                Direction::Leave => self.opt_short_text("Reason", MAX_REASON_BYTES)?,
-                Direction::Enter => None,
-            },
-        })
-    }
-
-    fn room_info(&self) -> Result<(Id, RoomInfo), Rejection> {
-        let map = match self.get("RoomInfo") {
-            None => return Err(Rejection::missing("RoomInfo")),
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err(Rejection::wrong_type("RoomInfo", "an object")),
-        };
-        let info = Object {
-            map,
-            path: "RoomInfo".into(),
-        };
-        let room = info.id("RoomId")?;
-        let mut fields = map.clone();
-        for key in [
-            "RoomName",
-            "RoomType",
-            "CustomInfo",
-            "RoomStatus",
-            "TakeSeatMode",
-        ] {
-            info.opt_text(key)?;
-        }
-        info.opt_id("Owner_Account")?;
-        for key in ["MaxMemberCount", "MaxSeatCount"] {
-            info.opt_integer(key, 0, i32::MAX.into())?;
-        }
-        for key in ["ScheduleStartTime", "ScheduleEndTime", "CreateTime"] {
-            info.opt_integer(key, 0, i64::MAX)?;
-        }
-        for key in [
-            "IsVideoDisabled",
-            "IsAudioDisabled",
-            "IsMessageDisabled",
-            "IsScreenSharingDisabled",
-            "IsCloudRecordingDisabled",
-            "IsSeatEnabled",
-            "IsPublicVisible",
-        ] {
-            if let Some(b) = info.opt_bool(key)? {
-                fields.insert(key.to_owned(), Value::Bool(b));
-            }
-        }
-        Ok((room, RoomInfo { fields }))
-    }
-
-    fn seats(&self) -> Result<Vec<Seat>, Rejection> {
-        let items = match self.get("SeatList") {
-            None => return Err(Rejection::missing("SeatList")),
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(Rejection::wrong_type("SeatList", "an array of objects")),
-        };
-        if items.len() > MAX_LIST_ENTRIES {
-            return Err(too_many("SeatList"));
-        }
-        let mut seats: Vec<Seat> = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let path = format!("SeatList[{i}]");
-            let Value::Object(map) = item else {
-                return Err(Rejection::wrong_type(&path, "an object"));
-            };
-            let seat = Object { map, path };
-            let index = seat
-                .opt_integer("Index", 0, i32::MAX.into())?
-                .ok_or_else(|| Rejection::missing(&seat.path_of("Index")))?;
-            // Empty or absent means the seat is free.
-            let member = match seat.get("Member_Account") {
-                Some(Value::String(s)) if s.is_empty() => None,
-                _ => seat.opt_id("Member_Account")?,
-            };
-            let flag = |key| seat.opt_bool(key).map(Option::unwrap_or_default);
-            let parsed = Seat {
-                index: index as i32,
-                member,
-                is_taken_disabled: flag("IsTakenDisabled")?,
-                is_video_disabled: flag("IsVideoDisabled")?,
-                is_audio_disabled: flag("IsAudioDisabled")?,
-            };
-            // A seat listed twice: the later entry describes it.
-            seats.retain(|s| s.index != parsed.index);
-            seats.push(parsed);
-        }
-        Ok(seats)
-    }
-}
-
-fn too_many(path: &str) -> Rejection {
-    Rejection::bounds(path, &format!("has more than {MAX_LIST_ENTRIES} entries"))
-}
-
-/// The seats of a `SeatList` in `map` (a seat callback, or Tencent's `get_seat_list` answer):
-/// one parser for both, so they tolerate the same quirks.
-pub fn seat_list_of(map: &Map<String, Value>) -> Result<Vec<Seat>, Rejection> {
-    Object {
-        map,
-        path: String::new(),
-    }
-    .seats()
-}
-
-/// An account as Tencent sends it (see [`id_from`]).
-pub fn account_id(value: &Value, path: &str) -> Result<Id, Rejection> {
-    id_from(value, path)
-}
-
-/// An id sent as a string, or as a bare integer (kept digit for digit).
-fn id_from(value: &Value, path: &str) -> Result<Id, Rejection> {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => {
-            let digits = n.to_string();
-            if !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Rejection::wrong_type(
-                    path,
-                    "a string or a non-negative integer",
-                ));
-            }
-            digits
-        }
-        _ => return Err(Rejection::wrong_type(path, "a string")),
-    };
-    Id::parse(&text).map_err(|problem| Rejection::bounds(path, &problem.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::Value;
+
+    use super::{parse_body, parse_stored};
+    use crate::callback::{
+        Callback, CallbackQuery, Command, Event, Id, Product, SdkAppId,
+        limits::{MAX_LIST_ENTRIES, MAX_REASON_BYTES, MAX_TYPE_BYTES},
+        rejection::{Rejection, RejectionKind},
+    };
 
     const APP: &str = "1400000001";
 
@@ -613,7 +276,7 @@ mod tests {
 
     #[test]
     fn fixture_member_enter() {
-        let cb = parse(include_str!("../../tests/fixtures/member_enter.json")).unwrap();
+        let cb = parse(include_str!("../../../tests/fixtures/member_enter.json")).unwrap();
         assert_eq!(cb.command, Command::MemberEnter);
         assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "rid-123");
         assert_eq!(cb.operator.as_deref(), Some("user1"));
@@ -628,7 +291,7 @@ mod tests {
 
     #[test]
     fn fixture_member_leave() {
-        let cb = parse(include_str!("../../tests/fixtures/member_leave.json")).unwrap();
+        let cb = parse(include_str!("../../../tests/fixtures/member_leave.json")).unwrap();
         let Event::MemberLeave(change) = &cb.event else {
             panic!("not a leave")
         };
@@ -638,7 +301,7 @@ mod tests {
 
     #[test]
     fn fixture_create_room() {
-        let cb = parse(include_str!("../../tests/fixtures/create_room.json")).unwrap();
+        let cb = parse(include_str!("../../../tests/fixtures/create_room.json")).unwrap();
         assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
         let Event::CreateRoom { info, invitees } = &cb.event else {
             panic!("not a create")
@@ -662,14 +325,17 @@ mod tests {
 
     #[test]
     fn fixture_destroy_room() {
-        let cb = parse(include_str!("../../tests/fixtures/destroy_room.json")).unwrap();
+        let cb = parse(include_str!("../../../tests/fixtures/destroy_room.json")).unwrap();
         assert_eq!(cb.event, Event::DestroyRoom);
         assert_eq!(cb.room_id.as_ref().unwrap().as_str(), "tandy-test-rest");
     }
 
     #[test]
     fn fixture_update_room_info_with_string_boolean() {
-        let cb = parse(include_str!("../../tests/fixtures/update_room_info.json")).unwrap();
+        let cb = parse(include_str!(
+            "../../../tests/fixtures/update_room_info.json"
+        ))
+        .unwrap();
         let Event::UpdateRoomInfo { info } = &cb.event else {
             panic!("not an update")
         };
@@ -679,7 +345,10 @@ mod tests {
 
     #[test]
     fn fixture_seat_with_big_number_keeps_every_digit() {
-        let cb = parse(include_str!("../../tests/fixtures/seat_info_changed.json")).unwrap();
+        let cb = parse(include_str!(
+            "../../../tests/fixtures/seat_info_changed.json"
+        ))
+        .unwrap();
         let Event::SeatInfoChanged { seats } = &cb.event else {
             panic!("not a seat change")
         };
@@ -831,7 +500,10 @@ mod tests {
 
     #[test]
     fn live_fixtures() {
-        let create = parse(include_str!("../../tests/fixtures/live_create_room.json")).unwrap();
+        let create = parse(include_str!(
+            "../../../tests/fixtures/live_create_room.json"
+        ))
+        .unwrap();
         assert_eq!(create.command, Command::LiveCreateRoom);
         assert_eq!(create.command.product(), Some(Product::Live));
         // EventTime inside RoomInfo, and extra RoomInfo fields kept.
@@ -843,7 +515,10 @@ mod tests {
         assert_eq!(info.fields["IsPublicVisible"], Value::Bool(true));
         assert_eq!(create.operator.as_deref(), Some("@TIM#SYSTEM"));
 
-        let online = parse(include_str!("../../tests/fixtures/live_member_online.json")).unwrap();
+        let online = parse(include_str!(
+            "../../../tests/fixtures/live_member_online.json"
+        ))
+        .unwrap();
         let Event::MemberEnter(change) = &online.event else {
             panic!("Online is an enter")
         };
@@ -853,14 +528,17 @@ mod tests {
         assert_eq!(online.history_reason(), Some("Enter"));
 
         let offline = parse(include_str!(
-            "../../tests/fixtures/live_member_offline.json"
+            "../../../tests/fixtures/live_member_offline.json"
         ))
         .unwrap();
         assert!(matches!(offline.event, Event::MemberLeave(_)));
         assert_eq!(offline.event_type(), Some("Offline"));
         assert_eq!(offline.exit_type(), Some("HeartbeatInterrupt"));
 
-        let destroy = parse(include_str!("../../tests/fixtures/live_destroy_room.json")).unwrap();
+        let destroy = parse(include_str!(
+            "../../../tests/fixtures/live_destroy_room.json"
+        ))
+        .unwrap();
         assert_eq!(destroy.event, Event::DestroyRoom);
         assert!(
             destroy.payload.contains("TotalViewers"),
@@ -868,13 +546,13 @@ mod tests {
         );
 
         let update = parse(include_str!(
-            "../../tests/fixtures/live_update_room_info.json"
+            "../../../tests/fixtures/live_update_room_info.json"
         ))
         .unwrap();
         assert_eq!(update.event_time.millis(), 1_703_590_022_780);
         // The older URL name is the same command.
         let alias = parse_with(
-            include_str!("../../tests/fixtures/live_member_online.json"),
+            include_str!("../../../tests/fixtures/live_member_online.json"),
             "CallbackCommand=Live.CallbackMemberStateChanged",
         )
         .unwrap();
@@ -1360,9 +1038,14 @@ mod tests {
     /// bound the store relies on.
     mod properties {
         use proptest::prelude::*;
+        use serde_json::Value;
 
-        use super::*;
-        use crate::callback::storable::{check_storable, top_level, unstorable_escape};
+        use crate::callback::{
+            CallbackQuery, SdkAppId,
+            limits::MAX_LIST_ENTRIES,
+            parse::parse_body,
+            storable::{check_storable, top_level, unstorable_escape},
+        };
 
         const KEYS: &[&str] = &[
             "CallbackCommand",

@@ -1,0 +1,248 @@
+//! What the ledger holds, read in one statement for a batch's rooms and members
+//! (`ledger_read`, in the database's form), and the rows a refold replaces.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::store::{
+    apply::{Dialect, Room},
+    attendance::{RoomEvent, Session, Stay},
+    membership::MemberEvent,
+};
+
+/// Rooms' stays and sessions from a session number on, as they are before a refold: two
+/// statements for every room.
+pub(super) async fn old_rows<'a>(
+    conn: &mut PgConnection,
+    rooms: &[(Room<'a>, i32)],
+) -> Result<HashMap<Room<'a>, (Vec<Stay>, Vec<Session>)>, sqlx::Error> {
+    let apps: Vec<i64> = rooms.iter().map(|(room, _)| room.app).collect();
+    let ids: Vec<&str> = rooms.iter().map(|(room, _)| room.id).collect();
+    let from: Vec<i32> = rooms.iter().map(|(_, no)| *no).collect();
+    let mut old: HashMap<Room<'a>, (Vec<Stay>, Vec<Session>)> = HashMap::new();
+    let index = |i: i64| usize::try_from(i - 1).expect("an ordinality is positive");
+    let stays = sqlx::query!(
+        r#"SELECT t.i AS "i!", s.user_id, s.joined_at, s.session_no, s.left_at, s.leave_type,
+                  s.leave_reason, s.merged_gaps, s.gap_ms
+           FROM UNNEST($1::int8[], $2::text[], $3::int4[]) WITH ORDINALITY AS t(a, r, n, i)
+           JOIN room_stays s ON s.sdk_app_id = t.a AND s.room_id = t.r AND s.session_no >= t.n"#,
+        &apps,
+        &ids as &[&str],
+        &from,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in stays {
+        let room = rooms[index(row.i)].0;
+        old.entry(room).or_default().0.push(Stay {
+            user: row.user_id,
+            joined_at: row.joined_at,
+            session_no: row.session_no,
+            left_at: row.left_at,
+            leave_type: row.leave_type,
+            leave_reason: row.leave_reason,
+            merged_gaps: row.merged_gaps,
+            gap_ms: row.gap_ms,
+        });
+    }
+    let sessions = sqlx::query!(
+        r#"SELECT t.i AS "i!", s.session_no, s.started_at, s.ended_at, s.end_cause,
+                  s.peak_members, s.peak_at, s.unique_members, s.member_ms, s.open_stays
+           FROM UNNEST($1::int8[], $2::text[], $3::int4[]) WITH ORDINALITY AS t(a, r, n, i)
+           JOIN room_sessions s ON s.sdk_app_id = t.a AND s.room_id = t.r
+                               AND s.session_no >= t.n"#,
+        &apps,
+        &ids as &[&str],
+        &from,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in sessions {
+        let room = rooms[index(row.i)].0;
+        old.entry(room).or_default().1.push(Session {
+            no: row.session_no,
+            started_at: row.started_at,
+            ended_at: row.ended_at,
+            end_cause: row.end_cause,
+            peak_members: row.peak_members,
+            peak_at: row.peak_at,
+            unique_members: row.unique_members,
+            member_ms: row.member_ms,
+            open_stays: row.open_stays,
+        });
+    }
+    Ok(old)
+}
+
+/// A room's place in its ledger.
+pub(super) struct Place {
+    pub(super) folded: Option<(DateTime<Utc>, i16)>,
+    pub(super) backfill: bool,
+    pub(super) session: Option<Session>,
+}
+
+/// What the ledger holds for a batch's rooms and members.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) places: HashMap<(i64, String), Place>,
+    /// Named members' newest stays.
+    pub(super) stays: HashMap<(i64, String, String), Stay>,
+    /// Every open stay of the rooms with a destroy in the batch.
+    pub(super) open: HashMap<(i64, String), Vec<Stay>>,
+}
+
+/// A row of `ledger_read`, as both forms return it.
+struct StateRow {
+    kind: String,
+    sdk_app_id: i64,
+    room_id: String,
+    user_id: Option<String>,
+    ledger_at: Option<DateTime<Utc>>,
+    ledger_rank: Option<i16>,
+    ledger_backfill: Option<bool>,
+    session_no: Option<i32>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    end_cause: Option<String>,
+    peak_members: Option<i32>,
+    peak_at: Option<DateTime<Utc>>,
+    unique_members: Option<i32>,
+    member_ms: Option<i64>,
+    open_stays: Option<i32>,
+    joined_at: Option<DateTime<Utc>>,
+    left_at: Option<DateTime<Utc>>,
+    leave_type: Option<String>,
+    leave_reason: Option<String>,
+    merged_gaps: Option<i32>,
+    gap_ms: Option<i64>,
+}
+
+/// What the ledger holds for the batch's rooms (each one's place and session, and the open
+/// stays of those with a destroy) and for the members their events name (the newest stay).
+pub(super) async fn read_state(
+    conn: &mut PgConnection,
+    events: &BTreeMap<Room<'_>, Vec<RoomEvent>>,
+    dialect: Dialect,
+) -> Result<State, sqlx::Error> {
+    let apps: Vec<i64> = events.keys().map(|room| room.app).collect();
+    let ids: Vec<&str> = events.keys().map(|room| room.id).collect();
+    let open: Vec<bool> = events
+        .values()
+        .map(|list| {
+            list.iter()
+                .any(|e| matches!(e.event, MemberEvent::Destroy { .. }))
+        })
+        .collect();
+    let mut named: Vec<(i64, &str, &str)> = events
+        .iter()
+        .flat_map(|(room, list)| {
+            list.iter()
+                .flat_map(move |e| e.users.iter().map(move |u| (room.app, room.id, u.as_str())))
+        })
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let user_apps: Vec<i64> = named.iter().map(|n| n.0).collect();
+    let user_rooms: Vec<&str> = named.iter().map(|n| n.1).collect();
+    let users: Vec<&str> = named.iter().map(|n| n.2).collect();
+    // One statement, in the database's form: the same parameters, the same rows.
+    macro_rules! ledger_read {
+        ($file:literal) => {
+            sqlx::query_file!(
+                $file,
+                &apps,
+                &ids as &[&str],
+                &open,
+                &user_apps,
+                &user_rooms as &[&str],
+                &users as &[&str],
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|row| StateRow {
+                kind: row.kind,
+                sdk_app_id: row.sdk_app_id,
+                room_id: row.room_id,
+                user_id: row.user_id,
+                ledger_at: row.ledger_at,
+                ledger_rank: row.ledger_rank,
+                ledger_backfill: row.ledger_backfill,
+                session_no: row.session_no,
+                started_at: row.started_at,
+                ended_at: row.ended_at,
+                end_cause: row.end_cause,
+                peak_members: row.peak_members,
+                peak_at: row.peak_at,
+                unique_members: row.unique_members,
+                member_ms: row.member_ms,
+                open_stays: row.open_stays,
+                joined_at: row.joined_at,
+                left_at: row.left_at,
+                leave_type: row.leave_type,
+                leave_reason: row.leave_reason,
+                merged_gaps: row.merged_gaps,
+                gap_ms: row.gap_ms,
+            })
+            .collect::<Vec<StateRow>>()
+        };
+    }
+    let rows = match dialect {
+        Dialect::Postgres => ledger_read!("src/store/apply/sql/ledger_read.sql"),
+        Dialect::Citus => ledger_read!("src/store/apply/sql/ledger_read_citus.sql"),
+    };
+    let mut state = State::default();
+    for row in rows {
+        let stay = || -> Option<Stay> {
+            Some(Stay {
+                user: row.user_id.clone()?,
+                joined_at: row.joined_at?,
+                session_no: row.session_no?,
+                left_at: row.left_at,
+                leave_type: row.leave_type.clone(),
+                leave_reason: row.leave_reason.clone(),
+                merged_gaps: row.merged_gaps?,
+                gap_ms: row.gap_ms?,
+            })
+        };
+        match row.kind.as_str() {
+            "room" => {
+                let session = (|| {
+                    Some(Session {
+                        no: row.session_no?,
+                        started_at: row.started_at?,
+                        ended_at: row.ended_at,
+                        end_cause: row.end_cause.clone(),
+                        peak_members: row.peak_members?,
+                        peak_at: row.peak_at?,
+                        unique_members: row.unique_members?,
+                        member_ms: row.member_ms?,
+                        open_stays: row.open_stays?,
+                    })
+                })();
+                let folded = row.ledger_at.zip(row.ledger_rank);
+                let place = Place {
+                    folded,
+                    backfill: row.ledger_backfill.unwrap_or(false),
+                    session,
+                };
+                state.places.insert((row.sdk_app_id, row.room_id), place);
+            }
+            "open" => {
+                if let Some(stay) = stay() {
+                    let key = (row.sdk_app_id, row.room_id.clone());
+                    state.open.entry(key).or_default().push(stay);
+                }
+            }
+            _ => {
+                if let Some(stay) = stay() {
+                    let key = (row.sdk_app_id, row.room_id.clone(), stay.user.clone());
+                    state.stays.insert(key, stay);
+                }
+            }
+        }
+    }
+    Ok(state)
+}
