@@ -13,35 +13,24 @@ use actix_web::{
     web,
 };
 use chrono::Utc;
-use futures_util::stream;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+mod events;
+
 use super::AppContext;
 use crate::{
     callback::{Id, SdkAppId},
-    feed::ReadError,
-    store::{
-        changes::{self, FeedError},
-        console,
-    },
+    store::{changes, console},
     telemetry::RECONCILE_ERROR_CODES,
 };
 
 /// The session cookie's name and lifetime.
 const COOKIE: &str = "roomsync_console";
 const SESSION: Duration = Duration::from_secs(12 * 3600);
-/// How long one event stream waits for a change before a keep-alive comment.
-const STREAM_WAIT: Duration = Duration::from_secs(15);
-/// At most this often a stream is written to: what a burst changes goes in one write, so a
-/// hundred open consoles cost a few writes a second each, whatever the callbacks' rate (the
-/// page still moves within a second).
-const STREAM_EVERY: Duration = Duration::from_millis(250);
-/// Changes in one write at most: 20,000 a second for each console, above any rate here.
-const STREAM_MAX: usize = 5_000;
 
 /// Only this origin, nothing inline, no frames (docs/console.md#safety).
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
@@ -62,7 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/console/api/rooms").route(web::get().to(rooms)))
         .service(web::resource("/console/api/room").route(web::get().to(room)))
         .service(web::resource("/console/api/refusal/{id}").route(web::get().to(refusal)))
-        .service(web::resource("/console/events").route(web::get().to(events)));
+        .service(web::resource("/console/events").route(web::get().to(events::events)));
 }
 
 /// Headers every answer of the console carries.
@@ -337,71 +326,6 @@ async fn refusal(ctx: web::Data<AppContext>, req: HttpRequest, id: web::Path<i64
         Ok(None) => guarded(HttpResponse::NotFound()).json(json!({"error": "no such refusal"})),
         Err(error) => unavailable(error),
     }
-}
-
-/// Server-sent events: each change after `Last-Event-ID` (or `?after=`), from the process's
-/// feed reader. A browser that reconnects sends the last id it saw: nothing is missed.
-async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
-    if let Some(refusal) = refused(&ctx, &req) {
-        return refusal;
-    }
-    let hub = ctx.feed.clone().expect("signed in: the console is on");
-    let from_header = req
-        .headers()
-        .get("Last-Event-ID")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
-    let from_query = req.query_string().split('&').find_map(|pair| {
-        pair.strip_prefix("after=")
-            .and_then(|v| v.parse::<i64>().ok())
-    });
-    let Some(after) = from_header.or(from_query).filter(|a| *a >= 0) else {
-        return guarded(HttpResponse::BadRequest()).json(json!({"error": "after: a position"}));
-    };
-    let body = stream::unfold((hub, after, true), |(hub, after, first)| async move {
-        if after < 0 {
-            return None;
-        }
-        if !first {
-            tokio::time::sleep(STREAM_EVERY).await;
-        }
-        let mut text = String::new();
-        if first {
-            // Reconnect after 2 s when the stream ends.
-            text.push_str("retry: 2000\n\n");
-        }
-        let next = match hub.read(after, STREAM_MAX, STREAM_WAIT).await {
-            Ok(page) => {
-                text.reserve(page.changes.iter().map(|c| c.event().len()).sum());
-                for change in &page.changes {
-                    text.push_str(change.event());
-                }
-                if page.changes.is_empty() {
-                    text.push_str(": waiting\n\n");
-                }
-                page.next
-            }
-            // The position is older than what the feed keeps: the page starts again from a
-            // snapshot; the stream ends after saying so.
-            Err(ReadError::Feed(FeedError::Gone { .. })) => {
-                text.push_str("event: gone\ndata: {}\n\n");
-                -1
-            }
-            // Too many waiting, or the database down: the browser reconnects.
-            Err(error) => {
-                tracing::debug!(error = %error, "console: event stream ends");
-                return None;
-            }
-        };
-        Some((
-            Ok::<_, actix_web::Error>(web::Bytes::from(text)),
-            (hub, next, false),
-        ))
-    });
-    guarded(HttpResponse::Ok())
-        .content_type("text/event-stream")
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
 }
 
 #[cfg(test)]
