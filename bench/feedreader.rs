@@ -5,7 +5,8 @@
 //! `recorded_at` (written just before that transaction's commit) to the page's arrival.
 //!
 //! With `--console`, each reader is a console viewer instead (docs/console.md): it signs in
-//! once with the token and follows `/console/events`, the server-sent events the page reads.
+//! once with the token and follows `/console/events` with no room open (the page's room list:
+//! `rooms` events, each covering the changes up to its id), as the page reads it.
 //!
 //! Output: one JSON summary line on stdout (lag percentiles over every page of every reader,
 //! and of reader 0 alone), progress on stderr.
@@ -110,20 +111,25 @@ async fn follow_events(url: String, cookie: String, start: i64, deadline: Instan
             while let Some(end) = find(&text[start..], b"\n\n") {
                 let event = &text[start..start + end];
                 start += end + 2;
-                let Some(seq) = line(event, b"id: ").and_then(|id| id.parse::<i64>().ok()) else {
+                // A console without a room open gets `rooms` events only: each covers
+                // `changes` changes and its id is the position after them.
+                if line(event, b"event: ") != Some("rooms") {
+                    continue;
+                }
+                let (Some(id), Some(rooms)) = (
+                    line(event, b"id: ").and_then(|id| id.parse::<i64>().ok()),
+                    line(event, b"data: ").and_then(|d| serde_json::from_str::<Rooms>(d).ok()),
+                ) else {
+                    seen.errors += 1;
                     continue;
                 };
-                if seq != after + 1 {
+                if id != after + rooms.changes {
                     seen.gaps += 1;
                 }
-                after = seq;
-                seen.changes += 1;
-                newest = Some(event);
+                after = id;
+                seen.changes += rooms.changes as u64;
+                newest = rooms.recorded_at.parse::<DateTime<Utc>>().ok();
             }
-            let newest = newest
-                .and_then(|event| line(event, b"data: "))
-                .and_then(|data| serde_json::from_str::<Stamp>(data).ok())
-                .and_then(|change| change.recorded_at.parse::<DateTime<Utc>>().ok());
             text.drain(..start);
             seen.pages += 1;
             if let Some(at) = newest {
@@ -147,9 +153,10 @@ fn line<'a>(event: &'a [u8], prefix: &[u8]) -> Option<&'a str> {
         .and_then(|l| std::str::from_utf8(l).ok())
 }
 
-/// What a reader checks of a change; the rest is skipped, not built.
+/// What a console viewer checks of a `rooms` event; the rest is skipped, not built.
 #[derive(Deserialize)]
-struct Stamp<'a> {
+struct Rooms<'a> {
+    changes: i64,
     #[serde(borrow)]
     recorded_at: std::borrow::Cow<'a, str>,
 }

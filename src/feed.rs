@@ -8,11 +8,12 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::store::{
-    Dialect, NotifyMode,
+    ChangeKind, Dialect, NotifyMode,
     changes::{self, Change, FeedError, Roster, changes_after, head},
 };
 
@@ -45,6 +46,12 @@ enum Window {
 #[derive(Clone)]
 pub struct Told {
     pub seq: i64,
+    /// What a console's room list needs without reading the JSON again.
+    pub sdk_app_id: i64,
+    pub room_id: Arc<str>,
+    /// The room's member count moves by this (`member.entered`: +n, `member.left`: -n).
+    pub members_delta: i32,
+    pub recorded_at: DateTime<Utc>,
     event: Arc<str>,
     json_at: usize,
 }
@@ -69,8 +76,21 @@ impl From<&Change> for Told {
         event.push_str(&head);
         event.push_str(&json);
         event.push_str("\n\n");
+        let n = i32::try_from(change.user_ids.len()).unwrap_or(i32::MAX);
+        let kind = change.kind.as_str();
+        let members_delta = if kind == ChangeKind::MemberEntered.as_str() {
+            n
+        } else if kind == ChangeKind::MemberLeft.as_str() {
+            -n
+        } else {
+            0
+        };
         Self {
             seq: change.seq,
+            sdk_app_id: change.sdk_app_id,
+            room_id: change.room_id.as_str().into(),
+            members_delta,
+            recorded_at: change.recorded_at,
             event: event.into(),
             json_at: head.len(),
         }
@@ -404,6 +424,10 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(told.json()).unwrap();
         assert_eq!(json["room_id"], "r\n\n<b>");
         assert_eq!(json["user_ids"][0], "u\r\nid: 7");
+        assert_eq!(
+            (told.sdk_app_id, &*told.room_id, told.members_delta),
+            (1, "r\n\n<b>", 1)
+        );
         assert!(!told.json().contains('\n') && !told.json().contains('\r'));
         // An event stream parser sees one event, id 42, whose data is the JSON.
         assert_eq!(

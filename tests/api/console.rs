@@ -145,13 +145,19 @@ async fn the_session_cookie_and_the_headers(pool: PgPool) {
     app.stop().await;
 }
 
-/// Reads an event stream until `ids` events have come or `limit` passes; their ids.
-async fn read_events(response: reqwest::Response, ids: usize, limit: Duration) -> Vec<i64> {
+/// The events of a console stream until the last id reaches `upto` or `limit` passes:
+/// (id, event name, data).
+async fn read_events(
+    response: reqwest::Response,
+    upto: i64,
+    limit: Duration,
+) -> Vec<(Option<i64>, String, Value)> {
     let mut seen = Vec::new();
     let mut text = String::new();
     let mut body = response.bytes_stream();
     let deadline = Instant::now() + limit;
-    while seen.len() < ids {
+    let mut last = -1;
+    while last < upto {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Some(Ok(chunk))) = tokio::time::timeout(left, body.next()).await else {
             break;
@@ -159,12 +165,35 @@ async fn read_events(response: reqwest::Response, ids: usize, limit: Duration) -
         text.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = text.find("\n\n") {
             let event: String = text.drain(..end + 2).collect();
-            if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id: ")) {
-                seen.push(id.parse().unwrap());
-            }
+            let field = |name: &str| event.lines().find_map(|l| l.strip_prefix(name));
+            let (Some(name), Some(data)) = (field("event: "), field("data: ")) else {
+                continue;
+            };
+            let id = field("id: ").map(|id| id.parse().unwrap());
+            last = id.unwrap_or(last);
+            seen.push((id, name.to_owned(), serde_json::from_str(data).unwrap()));
         }
     }
     seen
+}
+
+/// What `rooms` events tell: the changes they cover, and each room's count move.
+fn counted(events: &[(Option<i64>, String, Value)]) -> (u64, Vec<(String, i64)>) {
+    let mut changes = 0;
+    let mut rooms: Vec<(String, i64)> = Vec::new();
+    for (_, name, data) in events.iter().filter(|(_, name, _)| name == "rooms") {
+        assert_eq!(name, "rooms");
+        changes += data["changes"].as_u64().unwrap();
+        for room in data["rooms"].as_array().unwrap() {
+            let id = room[1].as_str().unwrap().to_owned();
+            let moved = room[2].as_i64().unwrap();
+            match rooms.iter_mut().find(|(r, _)| *r == id) {
+                Some((_, total)) => *total += moved,
+                None => rooms.push((id, moved)),
+            }
+        }
+    }
+    (changes, rooms)
 }
 
 #[sqlx::test]
@@ -172,19 +201,24 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
     let (app, client) = console_app(&pool).await;
     sign_in(&app, &client, &[]).await;
     let mut viewers = Vec::new();
-    for _ in 0..100 {
+    for i in 0..100 {
+        // One in ten has the room open: it gets that room's changes whole as well.
+        let open = if i % 10 == 0 {
+            format!("&app={APP_ID}&room=watched")
+        } else {
+            String::new()
+        };
         let response = client
-            .get(format!("{}/console/events?after=0", app.address))
+            .get(format!("{}/console/events?after=0{open}", app.address))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        viewers.push(tokio::spawn(read_events(
-            response,
-            5,
-            Duration::from_secs(10),
-        )));
+        viewers.push((
+            !open.is_empty(),
+            tokio::spawn(read_events(response, 5, Duration::from_secs(10))),
+        ));
     }
     let started = Instant::now();
     for i in 0..4 {
@@ -192,9 +226,18 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
             .await;
     }
     let callbacks = started.elapsed();
-    // session.started, then four member.entered.
-    for viewer in viewers {
-        assert_eq!(viewer.await.unwrap(), vec![1, 2, 3, 4, 5]);
+    // session.started, then four member.entered: five changes, the room's count up by 4.
+    for (open, viewer) in viewers {
+        let events = viewer.await.unwrap();
+        assert_eq!(counted(&events), (5, vec![("watched".to_owned(), 4)]));
+        let ids: Vec<i64> = events.iter().filter_map(|(id, _, _)| *id).collect();
+        assert!(ids.is_sorted() && ids.last() == Some(&5), "{ids:?}");
+        let whole: Vec<i64> = events
+            .iter()
+            .filter(|(_, name, _)| name == "change")
+            .map(|(_, _, data)| data["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(whole, if open { vec![1, 2, 3, 4, 5] } else { vec![] });
     }
     assert!(
         callbacks < Duration::from_secs(2),
@@ -202,15 +245,36 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
     );
     // A browser that reconnects sends the last id it saw: it gets what followed, once.
     let resumed = client
-        .get(format!("{}/console/events", app.address))
+        .get(format!(
+            "{}/console/events?app={APP_ID}&room=watched",
+            app.address
+        ))
         .header("Last-Event-ID", "3")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        read_events(resumed, 2, Duration::from_secs(2)).await,
-        vec![4, 5]
-    );
+    let events = read_events(resumed, 5, Duration::from_secs(2)).await;
+    assert_eq!(counted(&events), (2, vec![("watched".to_owned(), 2)]));
+    let whole: Vec<i64> = events
+        .iter()
+        .filter(|(_, name, _)| name == "change")
+        .map(|(_, _, data)| data["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(whole, vec![4, 5]);
+    // Bad input: a clear error.
+    for query in [
+        "after=x",
+        "after=0&app=1",
+        "after=0&app=x&room=r",
+        "after=0&after=1",
+    ] {
+        let response = client
+            .get(format!("{}/console/events?{query}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+    }
     app.stop().await;
 }
 

@@ -2,17 +2,28 @@
 //! feed reader (docs/console.md#live).
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering},
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
 use futures_util::stream;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
 use super::{guarded, refused};
-use crate::{feed::ReadError, http::AppContext, store::changes::FeedError};
+use crate::{
+    callback::{Id, SdkAppId},
+    feed::{Page, ReadError},
+    http::AppContext,
+    store::changes::FeedError,
+};
 
 /// How long one event stream waits for a change before a keep-alive comment.
 const STREAM_WAIT: Duration = Duration::from_secs(15);
@@ -46,27 +57,52 @@ fn next_slot(grid: Instant, now: Instant) -> Instant {
     grid + Duration::from_nanos(steps.saturating_mul(STREAM_EVERY.as_nanos() as u64))
 }
 
-/// Server-sent events: each change after `Last-Event-ID` (or `?after=`), from the process's
-/// feed reader. A browser that reconnects sends the last id it saw: nothing is missed.
+/// `?after=` (or `Last-Event-ID`), and the room the console has open, if any.
+#[derive(Deserialize)]
+struct Params {
+    after: Option<String>,
+    app: Option<String>,
+    room: Option<String>,
+}
+
+/// Server-sent events after `Last-Event-ID` (or `?after=`), from the process's feed reader.
+/// Each write tells, as one `rooms` event, how the member count of every room that changed
+/// moved, and, as `change` events, the open room's changes whole: a console shows counts for
+/// a thousand rooms and one room's members, so it gets no more than that, and a hundred
+/// consoles cost roomsync little more than one. Every event's id is a feed position: a
+/// browser that reconnects sends the last one it saw, and nothing is missed or told twice.
 pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
     let hub = ctx.feed.clone().expect("signed in: the console is on");
+    let bad = |error: &str| guarded(HttpResponse::BadRequest()).json(json!({ "error": error }));
+    let Ok(params) = web::Query::<Params>::from_query(req.query_string()) else {
+        return bad("after, app, room: each at most once");
+    };
     let from_header = req
         .headers()
         .get("Last-Event-ID")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
-    let from_query = req.query_string().split('&').find_map(|pair| {
-        pair.strip_prefix("after=")
-            .and_then(|v| v.parse::<i64>().ok())
-    });
-    let Some(after) = from_header.or(from_query).filter(|a| *a >= 0) else {
-        return guarded(HttpResponse::BadRequest()).json(json!({"error": "after: a position"}));
+        .map(str::to_owned);
+    let Some(after) = from_header
+        .or(params.after.clone())
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|a| *a >= 0)
+    else {
+        return bad("after: a position");
+    };
+    let open = match (&params.app, &params.room) {
+        (None, None) => None,
+        (Some(app), Some(room)) => match (SdkAppId::parse(app), Id::parse(room)) {
+            (Some(app), Ok(room)) => Some((app.get(), Arc::<str>::from(room.as_str()))),
+            _ => return bad("no such room"),
+        },
+        _ => return bad("app and room go together"),
     };
     let grid = Instant::now() + phase();
-    let body = stream::unfold((hub, after, true), move |(hub, after, first)| async move {
+    let state = (hub, after, true, open);
+    let body = stream::unfold(state, move |(hub, after, first, open)| async move {
         if after < 0 {
             return None;
         }
@@ -80,13 +116,11 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         }
         let next = match hub.read(after, STREAM_MAX, STREAM_WAIT).await {
             Ok(page) => {
-                text.reserve(page.changes.iter().map(|c| c.event().len()).sum());
-                for change in &page.changes {
-                    text.push_str(change.event());
-                }
-                if page.changes.is_empty() {
-                    text.push_str(": waiting\n\n");
-                }
+                tell(
+                    &page,
+                    open.as_ref().map(|(app, room)| (*app, &**room)),
+                    &mut text,
+                );
                 page.next
             }
             // The position is older than what the feed keeps: the page starts again from a
@@ -103,7 +137,7 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         };
         Some((
             Ok::<_, actix_web::Error>(web::Bytes::from(text)),
-            (hub, next, false),
+            (hub, next, false, open),
         ))
     });
     guarded(HttpResponse::Ok())
@@ -112,9 +146,123 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         .streaming(body)
 }
 
+/// The `rooms` event: the changes it covers, and each changed room's count move.
+#[derive(Serialize)]
+struct Rooms<'a> {
+    /// How many changes it covers: its id minus the previous event's id.
+    changes: usize,
+    /// `[sdk_app_id, room_id, members moved by]`, in the order the rooms first changed.
+    rooms: Vec<(i64, &'a str, i32)>,
+    /// When the newest change it covers was recorded.
+    recorded_at: DateTime<Utc>,
+}
+
+/// One write: the open room's changes, then the `rooms` event whose id is the page's end.
+fn tell(page: &Page, open: Option<(i64, &str)>, text: &mut String) {
+    let Some(newest) = page.changes.last() else {
+        text.push_str(": waiting\n\n");
+        return;
+    };
+    let mut moved: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut rooms: Vec<(i64, &str, i32)> = Vec::new();
+    for change in &page.changes {
+        let room = (change.sdk_app_id, &*change.room_id);
+        if open == Some(room) {
+            text.push_str(change.event());
+        }
+        if change.members_delta != 0 {
+            let at = *moved.entry(room).or_insert_with(|| {
+                rooms.push((room.0, room.1, 0));
+                rooms.len() - 1
+            });
+            rooms[at].2 = rooms[at].2.saturating_add(change.members_delta);
+        }
+    }
+    let rooms = Rooms {
+        changes: page.changes.len(),
+        rooms,
+        recorded_at: newest.recorded_at,
+    };
+    text.push_str(&format!("id: {}\nevent: rooms\ndata: ", page.next));
+    text.push_str(&serde_json::to_string(&rooms).expect("rooms serialize"));
+    text.push_str("\n\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{feed::Told, store::changes::Change};
+
+    fn change(seq: i64, room: &str, kind: &str, users: &[&str]) -> Told {
+        let at = "2026-12-06T00:00:00Z".parse().unwrap();
+        Told::from(&Change {
+            seq,
+            sdk_app_id: 1,
+            room_id: room.into(),
+            room_seq: seq,
+            kind: kind.into(),
+            user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+            event_at: at,
+            event_id: None,
+            cause: "callback".into(),
+            recorded_at: at,
+        })
+    }
+
+    /// The events of one write: (id, event, data).
+    fn events(text: &str) -> Vec<(Option<i64>, String, String)> {
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let field = |name: &str| e.lines().find_map(|l| l.strip_prefix(name));
+                (
+                    field("id: ").map(|id| id.parse().unwrap()),
+                    field("event: ").unwrap_or("").to_owned(),
+                    field("data: ").unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_tells_counts_for_every_room_and_the_open_room_whole() {
+        let page = Page {
+            changes: vec![
+                change(7, "a", "session.started", &[]),
+                change(8, "a", "member.entered", &["x", "y"]),
+                change(9, "<b>", "member.entered", &["z"]),
+                change(10, "a", "member.left", &["x"]),
+                change(11, "<b>", "seats.changed", &[]),
+            ],
+            next: 11,
+        };
+        let mut text = String::new();
+        tell(&page, Some((1, "<b>")), &mut text);
+        let told = events(&text);
+        // The open room's two changes, then the counts with the page's end as id.
+        assert_eq!(told.len(), 3, "{text}");
+        assert_eq!((told[0].0, told[0].1.as_str()), (Some(9), "change"));
+        assert_eq!((told[1].0, told[1].1.as_str()), (Some(11), "change"));
+        assert_eq!((told[2].0, told[2].1.as_str()), (Some(11), "rooms"));
+        let rooms: serde_json::Value = serde_json::from_str(&told[2].2).unwrap();
+        assert_eq!(rooms["changes"], 5);
+        assert_eq!(rooms["rooms"], json!([[1, "a", 1], [1, "<b>", 1]]));
+        // No room open: the counts alone.
+        let mut text = String::new();
+        tell(&page, None, &mut text);
+        assert_eq!(events(&text).len(), 1);
+        // Nothing new: a comment, no id.
+        let mut text = String::new();
+        tell(
+            &Page {
+                changes: vec![],
+                next: 11,
+            },
+            None,
+            &mut text,
+        );
+        assert_eq!(text, ": waiting\n\n");
+    }
 
     #[test]
     fn streams_write_on_their_own_phase() {

@@ -9,6 +9,7 @@ const state = {
   filter: "",
   open: null, // {key, app, room, cursor, members: Map(user -> entered_at)}
   source: null,
+  cursor: 0, // the feed position the page has followed to (the last event id)
   refetch: null,
 };
 
@@ -120,12 +121,18 @@ function renderMembers() {
 }
 
 async function openRoom(app, room) {
+  const k = key(app, room);
+  const other = !state.open || state.open.key !== k;
+  // The stream names the open room (its changes come whole): stop it before reading the room,
+  // so that the room's cursor is at or past the stream's and no change falls between them.
+  if (other && state.source) state.source.close();
   const q = "?app=" + encodeURIComponent(app) + "&room=" + encodeURIComponent(room);
   const r = await getJson("/console/api/room" + q);
   state.open = {
-    key: key(app, room), app, room, cursor: r.cursor,
+    key: k, app, room, cursor: r.cursor,
     members: new Map(r.members.map((m) => [m.user_id, m.entered_at])),
   };
+  if (other) follow(state.cursor);
   $("room-section").hidden = false;
   $("room-title").textContent = room + " (app " + app + ")";
   renderMembers();
@@ -141,20 +148,24 @@ async function openRoom(app, room) {
   fill("room-history", r.history.map((h) => row([time(h.event_at), h.callback_command, h.event_type, h.member_list.join(", ")])));
 }
 
-function apply(change) {
-  const k = key(change.sdk_app_id, change.room_id);
-  if (change.kind === "member.entered" || change.kind === "member.left") {
+// A `rooms` event: how each changed room's member count moved.
+function applyRooms(data) {
+  for (const [app, roomId, moved] of data.rooms) {
+    const k = key(app, roomId);
     let room = state.rooms.get(k);
     if (!room) {
-      room = { sdk_app_id: change.sdk_app_id, room_id: change.room_id, room_name: null, product: "", members: 0 };
+      room = { sdk_app_id: app, room_id: roomId, room_name: null, product: "", members: 0 };
       state.rooms.set(k, room);
     }
-    const n = change.user_ids.length;
-    room.members = Math.max(0, room.members + (change.kind === "member.entered" ? n : -n));
+    room.members = Math.max(0, room.members + moved);
     if (room.members === 0) state.rooms.delete(k);
   }
+}
+
+// A `change` event: one change of the open room.
+function apply(change) {
   const open = state.open;
-  if (open && open.key === k && change.seq > open.cursor) {
+  if (open && open.key === key(change.sdk_app_id, change.room_id) && change.seq > open.cursor) {
     open.cursor = change.seq;
     if (change.kind === "member.entered") change.user_ids.forEach((u) => open.members.set(u, change.event_at));
     else if (change.kind === "member.left") change.user_ids.forEach((u) => open.members.delete(u));
@@ -175,11 +186,15 @@ function scheduleRender() {
 
 function follow(cursor) {
   if (state.source) state.source.close();
-  const source = new EventSource("/console/events?after=" + encodeURIComponent(cursor));
+  state.cursor = cursor;
+  const open = state.open ? "&app=" + encodeURIComponent(state.open.app) + "&room=" + encodeURIComponent(state.open.room) : "";
+  const source = new EventSource("/console/events?after=" + encodeURIComponent(cursor) + open);
   state.source = source;
   const live = $("live");
+  const seen = (e) => { if (e.lastEventId) state.cursor = Number(e.lastEventId); };
   source.addEventListener("open", () => { live.textContent = "live"; live.className = "pill up"; });
-  source.addEventListener("change", (e) => { apply(JSON.parse(e.data)); scheduleRender(); });
+  source.addEventListener("change", (e) => { seen(e); apply(JSON.parse(e.data)); });
+  source.addEventListener("rooms", (e) => { seen(e); applyRooms(JSON.parse(e.data)); scheduleRender(); });
   // The feed no longer has our position (retention): start again from a snapshot.
   source.addEventListener("gone", () => { source.close(); start(); });
   source.addEventListener("error", () => {
@@ -191,8 +206,10 @@ function follow(cursor) {
 
 async function start() {
   const cursor = await loadRooms();
+  const open = state.open;
+  state.open = null; // read again: it may have changed past the new cursor
   follow(cursor);
-  if (state.open) openRoom(state.open.app, state.open.room);
+  if (open) openRoom(open.app, open.room);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
