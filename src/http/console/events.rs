@@ -30,7 +30,7 @@ const STREAM_WAIT: Duration = Duration::from_secs(15);
 /// At most this often a stream is written to: what a burst changes goes in one write, so a
 /// hundred open consoles cost a few writes a second each, whatever the callbacks' rate (the
 /// page still moves within a second).
-const STREAM_EVERY: Duration = Duration::from_millis(250);
+const STREAM_EVERY: Duration = Duration::from_millis(500);
 /// Changes in one write at most: 20,000 a second for each console, above any rate here.
 const STREAM_MAX: usize = 5_000;
 
@@ -38,7 +38,7 @@ const STREAM_MAX: usize = 5_000;
 static OPENED: AtomicU32 = AtomicU32::new(0);
 
 /// Where this stream's writes fall within STREAM_EVERY. Consoles opened together would
-/// otherwise write together, every 250 ms, and each such burst would delay the callbacks
+/// otherwise write together, every STREAM_EVERY, and each such burst would delay the callbacks
 /// that arrive during it; the golden ratio spreads any number of streams evenly.
 fn phase() -> Duration {
     let n = OPENED.fetch_add(1, Ordering::Relaxed);
