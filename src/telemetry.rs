@@ -13,7 +13,23 @@ use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::{DEFAULT_RUST_LOG, LogFormat};
+/// The log filter when `RUST_LOG` is unset.
+pub const DEFAULT_RUST_LOG: &str = "info";
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    /// The default: pretty for a person at a terminal, JSON for a file or a log collector
+    /// (and no colour codes in either).
+    pub fn for_output(terminal: bool) -> Self {
+        if terminal { Self::Pretty } else { Self::Json }
+    }
+}
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: LogFormat) {

@@ -14,24 +14,15 @@ mod values;
 pub use drift_repair::DriftRepairConfig;
 pub use values::{ConfigError, Secret};
 
+// Types the parts below own, re-exported: a setting is named here, its meaning there.
 use crate::{
     callback::SdkAppId,
     store::{NotifyMode, Rules, attendance::Policy},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
-impl LogFormat {
-    /// The default: pretty for a person at a terminal, JSON for a file or a log collector
-    /// (and no colour codes in either).
-    pub fn for_output(terminal: bool) -> Self {
-        if terminal { Self::Pretty } else { Self::Json }
-    }
-}
+pub use crate::{
+    store::RejectedLimits,
+    telemetry::{DEFAULT_RUST_LOG, LogFormat},
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -114,17 +105,6 @@ impl Default for Timings {
     }
 }
 
-/// How much of what was refused is kept for an operator (see [`Config::rejected`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RejectedLimits {
-    pub body_max_bytes: usize,
-    /// Bytes of rows written per second for 4xx answers.
-    pub max_bytes_per_sec: u64,
-    /// Bytes the table may hold before rows for 4xx answers are no longer written.
-    pub max_total_bytes: u64,
-    pub retention_days: i32,
-}
-
 impl Config {
     /// How the view is kept: the attendance policy and `NOTIFY_MODE`.
     pub fn rules(&self) -> Rules {
@@ -142,8 +122,6 @@ impl Config {
 /// Room for 10,000 member ids of about 100 bytes in one callback: each id costs its JSON text
 /// (quotes, escapes) plus a comma, so N ids of L plain bytes need about N * (L + 3) bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
-/// The log filter when `RUST_LOG` is unset (read by the logging set-up, not by [`Config`]).
-pub const DEFAULT_RUST_LOG: &str = "info";
 /// The most callbacks a batch may hold: the history insert numbers the members of a whole
 /// batch with `int4` offsets, so a batch of callbacks at the list bound must stay within
 /// `i32::MAX` members (214,748 callbacks of 10,000 members each).

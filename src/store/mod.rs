@@ -31,7 +31,9 @@ pub use apply::{
 };
 pub use health::{Health, State, StoreError, connect_once, ping};
 pub use layout::{Layout, SharedLayout};
-pub use rejected::{Budget, RejectedCallback, RejectedStore, StoredRow, insert_rejected};
+pub use rejected::{
+    Budget, RejectedCallback, RejectedLimits, RejectedStore, StoredRow, insert_rejected,
+};
 pub use schema::{ReachError, ensure_schema};
 pub use writer::{Lane, Writer, WriterOptions, write_batch};
 

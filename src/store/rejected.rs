@@ -6,7 +6,7 @@ use std::{sync::Mutex, time::Instant};
 use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
-use crate::{callback::Command, config::RejectedLimits, telemetry::Metrics};
+use crate::{callback::Command, telemetry::Metrics};
 
 pub struct RejectedCallback<'a> {
     pub sdk_app_id: Option<i64>,
@@ -56,6 +56,17 @@ pub enum Budget {
 /// The reserve of [`Budget::Refused`] rows, as a share of each budget (per second and in
 /// total): a tenth.
 pub const REFUSED_RESERVE: u64 = 10;
+
+/// How much of what was refused is kept for an operator (`REJECTED_*`, docs/configuration.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedLimits {
+    pub body_max_bytes: usize,
+    /// Bytes of rows written per second for 4xx answers.
+    pub max_bytes_per_sec: u64,
+    /// Bytes the table may hold before rows for 4xx answers are no longer written.
+    pub max_total_bytes: u64,
+    pub retention_days: i32,
+}
 
 /// Keeps refused callbacks within [`RejectedLimits`].
 pub struct RejectedStore {
