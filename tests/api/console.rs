@@ -262,11 +262,11 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
         .collect();
     assert_eq!(whole, vec![4, 5]);
     // Bad input: a clear error.
-    for query in [
-        "after=x",
-        "after=0&app=1",
-        "after=0&app=x&room=r",
-        "after=0&after=1",
+    for (query, code) in [
+        ("after=x", 40020),
+        ("after=0&after=1", 40020),
+        ("after=0&app=1", 40024),
+        ("after=0&app=x&room=r", 40024),
     ] {
         let response = client
             .get(format!("{}/console/events?{query}", app.address))
@@ -274,6 +274,8 @@ async fn a_hundred_viewers_each_get_every_change_and_resume_by_id(pool: PgPool) 
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{query}: {body}");
     }
     app.stop().await;
 }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::{guarded, refused};
 use crate::{
     callback::{Id, SdkAppId},
+    codes,
     feed::{Page, ReadError},
     http::AppContext,
     store::changes::FeedError,
@@ -76,9 +77,12 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         return refusal;
     }
     let hub = ctx.feed.clone().expect("signed in: the console is on");
-    let bad = |error: &str| guarded(HttpResponse::BadRequest()).json(json!({ "error": error }));
+    // The read API's codes (docs/http.md): the same mistakes, the same answers.
+    let bad = |code: u32, error: &str| {
+        guarded(HttpResponse::BadRequest()).json(json!({ "code": code, "error": error }))
+    };
     let Ok(params) = web::Query::<Params>::from_query(req.query_string()) else {
-        return bad("after, app, room: each at most once");
+        return bad(codes::AFTER_INVALID, "after, app, room: each at most once");
     };
     let from_header = req
         .headers()
@@ -90,15 +94,15 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|a| *a >= 0)
     else {
-        return bad("after: a position");
+        return bad(codes::AFTER_INVALID, "after: a position");
     };
     let open = match (&params.app, &params.room) {
         (None, None) => None,
         (Some(app), Some(room)) => match (SdkAppId::parse(app), Id::parse(room)) {
             (Some(app), Ok(room)) => Some((app.get(), Arc::<str>::from(room.as_str()))),
-            _ => return bad("no such room"),
+            _ => return bad(codes::ROOM_INVALID, "no such room"),
         },
-        _ => return bad("app and room go together"),
+        _ => return bad(codes::ROOM_INVALID, "app and room go together"),
     };
     let grid = Instant::now() + phase();
     let state = (hub, after, true, open);
