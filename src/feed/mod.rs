@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 mod told;
 
-pub use told::{Page, Told};
+pub use told::{Chunk, Page, Told};
 
 use crate::store::{
     Dialect, NotifyMode,
@@ -46,13 +46,73 @@ enum Window {
 
 /// The newest changes and the position they end at.
 struct Recent {
-    /// Changes with consecutive `seq`, ending at `last`.
-    changes: VecDeque<Told>,
+    /// Changes with consecutive `seq`, ending at `last`, as the reader read them.
+    chunks: VecDeque<Arc<Chunk>>,
+    /// How many changes `chunks` holds.
+    kept: usize,
     /// The newest `seq` read.
     last: i64,
     /// When the oldest kept change was last read (retention deletes in the background,
     /// perhaps in another process): the window never serves what the table no longer has.
     oldest_read: Option<tokio::time::Instant>,
+}
+
+impl Recent {
+    /// A read's changes, kept whole; the oldest reads go past KEPT changes.
+    fn push(&mut self, chunk: Chunk) {
+        self.last = chunk.last();
+        self.kept += chunk.len();
+        self.chunks.push_back(Arc::new(chunk));
+        while self.kept > KEPT
+            && let Some(oldest) = self.chunks.pop_front()
+        {
+            self.kept -= oldest.len();
+        }
+    }
+
+    /// Drops the changes older than `oldest` (retention deleted them from the table).
+    fn forget_before(&mut self, oldest: i64) {
+        while let Some(first) = self.chunks.front().cloned()
+            && first.after() < oldest - 1
+        {
+            self.chunks.pop_front();
+            self.kept -= first.len();
+            if first.last() >= oldest {
+                let rest = first.part(oldest - 1, first.len());
+                self.kept += rest.len();
+                self.chunks.push_front(Arc::new(rest));
+            }
+        }
+    }
+
+    /// The changes after `after`, at most `limit`: the window's own chunks where `after` is a
+    /// chunk's start and the chunk fits, a part of one otherwise.
+    fn page(&self, after: i64, limit: usize) -> Window {
+        let first = self.chunks.front().map_or(self.last + 1, |c| c.after() + 1);
+        if after > self.last {
+            return Window::Ahead;
+        }
+        if after < first - 1 {
+            return Window::Older;
+        }
+        let from = self.chunks.partition_point(|c| c.last() <= after);
+        let mut page = Page::empty(after);
+        let mut left = limit;
+        for chunk in self.chunks.range(from..) {
+            if left == 0 {
+                break;
+            }
+            let chunk = if chunk.after() == page.next && chunk.len() <= left {
+                chunk.clone()
+            } else {
+                Arc::new(chunk.part(page.next, left))
+            };
+            left -= chunk.len();
+            page.next = chunk.last();
+            page.chunks.push(chunk);
+        }
+        Window::Page(page)
+    }
 }
 
 #[derive(Clone)]
@@ -98,7 +158,8 @@ impl Hub {
         let hub = Self {
             pool: pool.clone(),
             window: Arc::new(Mutex::new(Recent {
-                changes: VecDeque::new(),
+                chunks: VecDeque::new(),
+                kept: 0,
                 last,
                 oldest_read: None,
             })),
@@ -170,9 +231,7 @@ impl Hub {
         if due {
             let oldest = changes::oldest(&self.pool).await?;
             let mut window = self.window.lock().expect("not poisoned");
-            while window.changes.front().is_some_and(|c| c.seq < oldest) {
-                window.changes.pop_front();
-            }
+            window.forget_before(oldest);
             window.oldest_read = Some(tokio::time::Instant::now());
         }
         loop {
@@ -182,21 +241,20 @@ impl Hub {
                 // Retention passed the window (it was not read for days): go on from the oldest.
                 Err(FeedError::Gone { oldest }) => {
                     let mut window = self.window.lock().expect("not poisoned");
-                    window.changes.clear();
+                    window.chunks.clear();
+                    window.kept = 0;
                     window.last = oldest - 1;
                     continue;
                 }
                 Err(error) => return Err(error),
             };
             let full = read.len() == READ as usize;
+            // Made outside the lock: readers go on being served meanwhile.
+            let told: Vec<Told> = read.iter().map(Told::from).collect();
             let newest = {
                 let mut window = self.window.lock().expect("not poisoned");
-                for change in &read {
-                    window.last = change.seq;
-                    window.changes.push_back(Told::from(change));
-                }
-                while window.changes.len() > KEPT {
-                    window.changes.pop_front();
+                if !told.is_empty() {
+                    window.push(Chunk::new(told));
                 }
                 window.last
             };
@@ -214,7 +272,7 @@ impl Hub {
     /// The changes after `after`, at most `limit`; waits up to `wait` for a first one.
     pub async fn read(&self, after: i64, limit: usize, wait: Duration) -> Result<Page, ReadError> {
         let ahead = match self.in_window(after, limit) {
-            Window::Page(page) if !page.changes.is_empty() || wait.is_zero() => return Ok(page),
+            Window::Page(page) if !page.is_empty() || wait.is_zero() => return Ok(page),
             Window::Page(_) => false,
             Window::Ahead => true,
             Window::Older => return self.read_table(after, limit).await,
@@ -244,10 +302,7 @@ impl Hub {
             .await
             .is_err()
         {
-            return Ok(Page {
-                changes: Vec::new(),
-                next: after,
-            });
+            return Ok(Page::empty(after));
         }
         match self.in_window(after, limit) {
             Window::Page(page) => Ok(page),
@@ -262,30 +317,12 @@ impl Hub {
             .iter()
             .map(Told::from)
             .collect();
-        let next = changes.last().map_or(after, |c| c.seq);
-        Ok(Page { changes, next })
+        Ok(Page::of(after, changes))
     }
 
     /// Serves from the window when `after` is in it or at its end.
     fn in_window(&self, after: i64, limit: usize) -> Window {
-        let window = self.window.lock().expect("not poisoned");
-        let first = window.changes.front().map_or(window.last + 1, |c| c.seq);
-        if after > window.last {
-            return Window::Ahead;
-        }
-        if after < first - 1 {
-            return Window::Older;
-        }
-        let skip = usize::try_from(after - (first - 1)).expect("after is in the window");
-        let changes: Vec<Told> = window
-            .changes
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect();
-        let next = changes.last().map_or(after, |c| c.seq);
-        Window::Page(Page { changes, next })
+        self.window.lock().expect("not poisoned").page(after, limit)
     }
 
     /// A room's roster and the feed position it is valid at.
@@ -319,4 +356,125 @@ async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
     listener.listen(channel).await.ok()?;
     Some(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::changes::Change;
+
+    fn told(seq: i64, room: &str, kind: &str) -> Told {
+        let at = "2026-12-06T00:00:00Z".parse().unwrap();
+        Told::from(&Change {
+            seq,
+            sdk_app_id: 1,
+            room_id: room.into(),
+            room_seq: seq,
+            kind: kind.into(),
+            user_ids: vec![format!("u{seq}")],
+            event_at: at,
+            event_id: None,
+            cause: "callback".into(),
+            recorded_at: at,
+        })
+    }
+
+    /// A window that read changes 11..=30 in reads of 5, 10 and 5.
+    fn window() -> Recent {
+        let mut recent = Recent {
+            chunks: VecDeque::new(),
+            kept: 0,
+            last: 10,
+            oldest_read: None,
+        };
+        for (from, to) in [(11, 15), (16, 25), (26, 30)] {
+            let room = if from == 16 { "b" } else { "a" };
+            recent.push(Chunk::new(
+                (from..=to)
+                    .map(|s| told(s, room, "member.entered"))
+                    .collect(),
+            ));
+        }
+        recent
+    }
+
+    fn seqs(page: &Page) -> Vec<i64> {
+        page.changes().map(|c| c.seq).collect()
+    }
+
+    #[test]
+    fn a_page_is_the_same_changes_whatever_the_reads_were() {
+        let recent = window();
+        for after in 10..=30 {
+            for limit in [1, 3, 5, 7, 10, 15, 100] {
+                let Window::Page(page) = recent.page(after, limit) else {
+                    panic!("{after} is in the window");
+                };
+                let want: Vec<i64> = (after + 1..=30).take(limit).collect();
+                assert_eq!(seqs(&page), want, "after {after}, limit {limit}");
+                assert_eq!(page.len(), want.len());
+                assert_eq!(page.next, want.last().copied().unwrap_or(after));
+                // The JSON is the changes' own, in order, once.
+                let body: serde_json::Value = serde_json::from_str(&page.to_json()).unwrap();
+                let got: Vec<i64> = body["changes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["seq"].as_i64().unwrap())
+                    .collect();
+                assert_eq!(got, want);
+                assert_eq!(body["next"], page.next);
+                // The moves add up to one per change: each change here moves its room by one.
+                let mut moves = String::from("[");
+                page.moves(&mut moves);
+                moves.push(']');
+                let moves: Vec<(i64, String, i32)> = serde_json::from_str(&moves).unwrap();
+                assert_eq!(
+                    moves.iter().map(|m| m.2 as usize).sum::<usize>(),
+                    want.len()
+                );
+            }
+        }
+        // A reader at a read's start gets that read itself, not a copy.
+        let Window::Page(page) = recent.page(15, 100) else {
+            panic!()
+        };
+        assert!(Arc::ptr_eq(&page.chunks[0], &recent.chunks[1]));
+        assert_eq!(page.chunks.len(), 2);
+        assert!(matches!(recent.page(31, 10), Window::Ahead));
+        assert!(matches!(recent.page(9, 10), Window::Older));
+    }
+
+    #[test]
+    fn the_window_keeps_whole_reads_and_forgets_what_retention_deleted() {
+        let mut recent = window();
+        recent.forget_before(18);
+        assert_eq!(recent.kept, 13);
+        assert_eq!(recent.chunks.front().unwrap().after(), 17);
+        assert!(matches!(recent.page(16, 10), Window::Older));
+        let Window::Page(page) = recent.page(17, 100) else {
+            panic!()
+        };
+        assert_eq!(seqs(&page), (18..=30).collect::<Vec<_>>());
+        // Past KEPT, the oldest reads go whole.
+        let mut seq = 30;
+        while seq < 30 + KEPT as i64 {
+            recent.push(Chunk::new(
+                (seq + 1..=seq + 500)
+                    .map(|s| told(s, "c", "member.entered"))
+                    .collect(),
+            ));
+            seq += 500;
+        }
+        assert!(recent.kept <= KEPT);
+        assert_eq!(
+            recent.kept,
+            recent.chunks.iter().map(|c| c.len()).sum::<usize>()
+        );
+        assert_eq!(recent.last, seq);
+        assert_eq!(
+            recent.chunks.front().unwrap().after(),
+            seq - recent.kept as i64
+        );
+    }
 }

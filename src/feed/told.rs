@@ -1,7 +1,10 @@
 //! What a reader of the feed gets: each change made once into its JSON and its server-sent
 //! event, shared by every reader; a page of them.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use chrono::{DateTime, Utc};
 
@@ -63,25 +66,170 @@ impl From<&Change> for Told {
     }
 }
 
-/// What a reader gets.
+/// One read of the feed reader: consecutive changes, with what readers make of them made once
+/// (on first use) and shared: their JSON joined, and how they moved each room's member count.
+/// A reader whose position is a read's start gets it whole, and costs a copy of text, not a pass
+/// over its changes (docs/feed.md#http).
+pub struct Chunk {
+    changes: Vec<Told>,
+    json: OnceLock<String>,
+    moves: OnceLock<String>,
+}
+
+impl Chunk {
+    /// `changes` must be consecutive and not empty.
+    pub fn new(changes: Vec<Told>) -> Self {
+        debug_assert!(!changes.is_empty());
+        debug_assert!(changes.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        Self {
+            changes,
+            json: OnceLock::new(),
+            moves: OnceLock::new(),
+        }
+    }
+
+    /// The position just before its first change.
+    pub fn after(&self) -> i64 {
+        self.changes[0].seq - 1
+    }
+
+    /// Its newest change's `seq`.
+    pub fn last(&self) -> i64 {
+        self.newest().seq
+    }
+
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn changes(&self) -> &[Told] {
+        &self.changes
+    }
+
+    fn newest(&self) -> &Told {
+        self.changes.last().expect("a chunk is not empty")
+    }
+
+    /// The changes after `after` (within this chunk), at most `limit`, as a chunk of their own.
+    pub fn part(&self, after: i64, limit: usize) -> Self {
+        let skip = usize::try_from(after - self.after()).unwrap_or(0);
+        Self::new(self.changes[skip..].iter().take(limit).cloned().collect())
+    }
+
+    /// Its changes' JSON, comma-separated: the inside of a JSON array.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            let size = self.changes.iter().map(|c| c.json().len() + 1).sum();
+            let mut out = String::with_capacity(size);
+            for (i, change) in self.changes.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(change.json());
+            }
+            out
+        })
+    }
+
+    /// `[sdk_app_id,"room_id",moved]` for each room whose member count it moved, in the order the
+    /// rooms first changed, comma-separated (empty when it moved none).
+    pub fn moves(&self) -> &str {
+        self.moves.get_or_init(|| {
+            let mut at: HashMap<(i64, &str), usize> = HashMap::new();
+            let mut rooms: Vec<(i64, &str, i32)> = Vec::new();
+            for change in self.changes.iter().filter(|c| c.members_delta != 0) {
+                let room = (change.sdk_app_id, &*change.room_id);
+                let i = *at.entry(room).or_insert_with(|| {
+                    rooms.push((room.0, room.1, 0));
+                    rooms.len() - 1
+                });
+                rooms[i].2 = rooms[i].2.saturating_add(change.members_delta);
+            }
+            let mut out = String::new();
+            for (i, room) in rooms.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(room).expect("a move serializes"));
+            }
+            out
+        })
+    }
+}
+
+/// What a reader gets: consecutive chunks (whole reads where the reader's position allows).
 pub struct Page {
-    /// Each change's JSON, made once in the window whatever the number of readers.
-    pub changes: Vec<Told>,
+    pub chunks: Vec<Arc<Chunk>>,
     /// The position to ask from next.
     pub next: i64,
 }
 
 impl Page {
-    /// `{"changes":[…],"next":N}` from the changes' JSON, without serializing them again.
+    /// A page of the changes after `after`: none, or `changes` (consecutive) as one chunk.
+    pub fn of(after: i64, changes: Vec<Told>) -> Self {
+        if changes.is_empty() {
+            return Self::empty(after);
+        }
+        let chunk = Chunk::new(changes);
+        Self {
+            next: chunk.last(),
+            chunks: vec![Arc::new(chunk)],
+        }
+    }
+
+    pub fn empty(after: i64) -> Self {
+        Self {
+            chunks: Vec::new(),
+            next: after,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = &Told> {
+        self.chunks.iter().flat_map(|c| c.changes())
+    }
+
+    /// When its newest change was recorded.
+    pub fn recorded_at(&self) -> Option<DateTime<Utc>> {
+        self.chunks.last().map(|c| c.newest().recorded_at)
+    }
+
+    /// Each chunk's moves, comma-separated: a room can appear once per chunk, its moves in
+    /// order (adding them up gives the room's move over the page).
+    pub fn moves(&self, out: &mut String) {
+        let mut first = true;
+        for moves in self
+            .chunks
+            .iter()
+            .map(|c| c.moves())
+            .filter(|m| !m.is_empty())
+        {
+            if !first {
+                out.push(',');
+            }
+            out.push_str(moves);
+            first = false;
+        }
+    }
+
+    /// `{"changes":[…],"next":N}` from the chunks' JSON, without serializing a change again.
     pub fn to_json(&self) -> String {
-        let size: usize = self.changes.iter().map(|c| c.json().len() + 1).sum();
+        let size: usize = self.chunks.iter().map(|c| c.json().len() + 1).sum();
         let mut out = String::with_capacity(size + 40);
         out.push_str("{\"changes\":[");
-        for (i, change) in self.changes.iter().enumerate() {
+        for (i, chunk) in self.chunks.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(change.json());
+            out.push_str(chunk.json());
         }
         out.push_str("],\"next\":");
         out.push_str(&self.next.to_string());
@@ -123,12 +271,9 @@ mod tests {
             told.event(),
             format!("id: 42\nevent: change\ndata: {}\n\n", told.json())
         );
-        let page = Page {
-            changes: vec![told.clone(), told],
-            next: 42,
-        };
+        let page = Page::of(41, vec![told]);
         let body: serde_json::Value = serde_json::from_str(&page.to_json()).unwrap();
-        assert_eq!(body["changes"][1]["seq"], 42);
+        assert_eq!(body["changes"][0]["seq"], 42);
         assert_eq!(body["next"], 42);
     }
 }

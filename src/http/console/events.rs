@@ -2,7 +2,6 @@
 //! feed reader (docs/console.md#live).
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -11,9 +10,8 @@ use std::{
 };
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, Utc};
 use futures_util::stream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -150,46 +148,32 @@ pub(super) async fn events(ctx: web::Data<AppContext>, req: HttpRequest) -> Http
         .streaming(body)
 }
 
-/// The `rooms` event: the changes it covers, and each changed room's count move.
-#[derive(Serialize)]
-struct Rooms<'a> {
-    /// How many changes it covers: its id minus the previous event's id.
-    changes: usize,
-    /// `[sdk_app_id, room_id, members moved by]`, in the order the rooms first changed.
-    rooms: Vec<(i64, &'a str, i32)>,
-    /// When the newest change it covers was recorded.
-    recorded_at: DateTime<Utc>,
-}
-
-/// One write: the open room's changes, then the `rooms` event whose id is the page's end.
+/// One write: the open room's changes, then the `rooms` event whose id is the page's end:
+/// `{"changes":N,"rooms":[[sdk_app_id,"room_id",moved],…],"recorded_at":…}`, N the changes it
+/// covers (its id minus the previous event's id). The moves are the feed reader's, made once per
+/// read for every console (a room appears once per read, its moves in order).
 fn tell(page: &Page, open: Option<(i64, &str)>, text: &mut String) {
-    let Some(newest) = page.changes.last() else {
+    let Some(recorded_at) = page.recorded_at() else {
         text.push_str(": waiting\n\n");
         return;
     };
-    let mut moved: HashMap<(i64, &str), usize> = HashMap::new();
-    let mut rooms: Vec<(i64, &str, i32)> = Vec::new();
-    for change in &page.changes {
-        let room = (change.sdk_app_id, &*change.room_id);
-        if open == Some(room) {
+    if let Some((app, room)) = open {
+        for change in page
+            .changes()
+            .filter(|c| c.sdk_app_id == app && *c.room_id == *room)
+        {
             text.push_str(change.event());
         }
-        if change.members_delta != 0 {
-            let at = *moved.entry(room).or_insert_with(|| {
-                rooms.push((room.0, room.1, 0));
-                rooms.len() - 1
-            });
-            rooms[at].2 = rooms[at].2.saturating_add(change.members_delta);
-        }
     }
-    let rooms = Rooms {
-        changes: page.changes.len(),
-        rooms,
-        recorded_at: newest.recorded_at,
-    };
-    text.push_str(&format!("id: {}\nevent: rooms\ndata: ", page.next));
-    text.push_str(&serde_json::to_string(&rooms).expect("rooms serialize"));
-    text.push_str("\n\n");
+    text.push_str(&format!(
+        "id: {}\nevent: rooms\ndata: {{\"changes\":{},\"rooms\":[",
+        page.next,
+        page.len()
+    ));
+    page.moves(text);
+    text.push_str("],\"recorded_at\":");
+    text.push_str(&serde_json::to_string(&recorded_at).expect("a time serializes"));
+    text.push_str("}\n\n");
 }
 
 #[cfg(test)]
@@ -230,16 +214,16 @@ mod tests {
 
     #[test]
     fn a_write_tells_counts_for_every_room_and_the_open_room_whole() {
-        let page = Page {
-            changes: vec![
+        let page = Page::of(
+            6,
+            vec![
                 change(7, "a", "session.started", &[]),
                 change(8, "a", "member.entered", &["x", "y"]),
                 change(9, "<b>", "member.entered", &["z"]),
                 change(10, "a", "member.left", &["x"]),
                 change(11, "<b>", "seats.changed", &[]),
             ],
-            next: 11,
-        };
+        );
         let mut text = String::new();
         tell(&page, Some((1, "<b>")), &mut text);
         let told = events(&text);
@@ -257,14 +241,7 @@ mod tests {
         assert_eq!(events(&text).len(), 1);
         // Nothing new: a comment, no id.
         let mut text = String::new();
-        tell(
-            &Page {
-                changes: vec![],
-                next: 11,
-            },
-            None,
-            &mut text,
-        );
+        tell(&Page::empty(11), None, &mut text);
         assert_eq!(text, ": waiting\n\n");
     }
 
