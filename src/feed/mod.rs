@@ -32,6 +32,13 @@ const TICK: Duration = Duration::from_millis(1000);
 /// whatever the commit rate, while a commit after a quiet spell is still read at once.
 const FOLLOW_EVERY: Duration = Duration::from_millis(40);
 
+/// Readers' own queries at once (a position older than the window, a roster, the console's
+/// reads): the pool is the callbacks' too, and hundreds of readers behind must queue for these,
+/// not take the connections the writers need.
+const READER_QUERIES: usize = 2;
+/// The longest a reader waits for its turn to query before it is told to come back (503).
+const TURN_WAIT: Duration = Duration::from_secs(5);
+
 /// The window's end before the reader first reached the database.
 const UNKNOWN: i64 = -1;
 
@@ -121,6 +128,8 @@ pub struct Hub {
     window: Arc<Mutex<Recent>>,
     head: watch::Receiver<i64>,
     waiters: Arc<Semaphore>,
+    /// Turns to query the database on a reader's behalf (READER_QUERIES).
+    queries: Arc<Semaphore>,
     /// The database's form, once known (a roster is read differently on Citus).
     dialect: Arc<OnceLock<Dialect>>,
 }
@@ -132,7 +141,7 @@ pub enum ReadError {
     /// `after` is beyond the newest change.
     #[error("position {after} is past the newest change {head}")]
     Ahead { after: i64, head: i64 },
-    /// Too many readers wait already.
+    /// Too many readers wait already, or wait for a turn to query.
     #[error("too many waiting readers")]
     Busy,
 }
@@ -165,6 +174,7 @@ impl Hub {
             })),
             head: rx,
             waiters: Arc::new(Semaphore::new(max_waiters)),
+            queries: Arc::new(Semaphore::new(READER_QUERIES)),
             dialect: Arc::new(OnceLock::new()),
         };
         let follower = hub.clone();
@@ -280,7 +290,10 @@ impl Hub {
         if ahead {
             // Past what this reader has read: a position from the future is an error; one
             // this reader has not caught up with yet is waited for like the head.
-            let newest = head(&self.pool).await?;
+            let newest = {
+                let _turn = self.turn().await?;
+                head(&self.pool).await?
+            };
             if after > newest {
                 return Err(ReadError::Ahead {
                     after,
@@ -312,6 +325,7 @@ impl Hub {
 
     async fn read_table(&self, after: i64, limit: usize) -> Result<Page, ReadError> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let _turn = self.turn().await?;
         let changes: Vec<Told> = changes_after(&self.pool, after, limit)
             .await?
             .iter()
@@ -325,8 +339,18 @@ impl Hub {
         self.window.lock().expect("not poisoned").page(after, limit)
     }
 
+    /// A turn to query the database for a reader: at most READER_QUERIES at once, the others
+    /// wait (up to TURN_WAIT, then [`ReadError::Busy`]).
+    pub async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ReadError> {
+        match tokio::time::timeout(TURN_WAIT, self.queries.acquire()).await {
+            Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
+            Err(_) => Err(ReadError::Busy),
+        }
+    }
+
     /// A room's roster and the feed position it is valid at.
-    pub async fn roster(&self, app: i64, room: &str) -> Result<Roster, sqlx::Error> {
+    pub async fn roster(&self, app: i64, room: &str) -> Result<Roster, ReadError> {
+        let _turn = self.turn().await?;
         let dialect = match self.dialect.get() {
             Some(dialect) => *dialect,
             None => {
@@ -344,7 +368,7 @@ impl Hub {
                 *self.dialect.get_or_init(|| dialect)
             }
         };
-        changes::roster(&self.pool, dialect, app, room).await
+        Ok(changes::roster(&self.pool, dialect, app, room).await?)
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -720,3 +720,71 @@ pub async fn two_instances_under_load_the_feed_equals_the_view_scenario(pool: Pg
     a.stop().await;
     b.stop().await;
 }
+
+/// Hundreds of readers far behind (positions older than the feed reader's window, so each read
+/// is a query of the table) queue for their turns to query; the callbacks keep the pool's
+/// connections and their pace, and no reader is told the database could not answer.
+#[sqlx::test]
+async fn readers_behind_the_window_never_take_the_callbacks_connections(pool: PgPool) {
+    let first = spawn_api(&pool, &[]).await;
+    let users: Vec<String> = (0..50).map(|u| format!("u{u}")).collect();
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    for i in 0..20 {
+        first
+            .deliver(&enter(&format!("r{i}"), &users, 100 + i))
+            .await;
+    }
+    first.stop().await;
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM room_changes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // A new process: its window starts at the head, so position 0 is a query of the table.
+    let app = spawn_api(&pool, &[("DATABASE_MAX_CONNECTIONS", "6")]).await;
+    let readers: Vec<_> = (0..300)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = format!("{}/v1/changes?after=0&limit=1000", app.address);
+            tokio::spawn(async move {
+                let answer = client.get(url).bearer_auth(API).send().await.unwrap();
+                let status = answer.status().as_u16();
+                let body: Value = answer.json().await.unwrap_or(Value::Null);
+                (
+                    status,
+                    body["code"].as_i64(),
+                    body["changes"].as_array().map(Vec::len),
+                )
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let sent = Instant::now();
+        app.deliver(&enter("busy", &[&format!("b{i}")], 10_000 + i))
+            .await;
+        slowest = slowest.max(sent.elapsed());
+    }
+    let mut served = 0;
+    for reader in readers {
+        match reader.await.unwrap() {
+            // Every change written before, at least.
+            (200, None, Some(n)) if n as i64 >= written => served += 1,
+            // Told to come back: its turn did not come within the bound.
+            (503, Some(50311), _) => {}
+            other => panic!("a reader got {other:?}"),
+        }
+    }
+    assert!(served > 0, "some readers were served");
+    // Stored at once, not journaled after the commit timeout (1.2 s) for want of a connection.
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "slowest callback {slowest:?}"
+    );
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM room_members WHERE room_id = 'busy'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(members, 30);
+    app.stop().await;
+}

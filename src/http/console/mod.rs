@@ -24,6 +24,7 @@ mod events;
 use super::AppContext;
 use crate::{
     callback::{Id, SdkAppId},
+    feed::{Hub, ReadError},
     store::{changes, console},
     telemetry::RECONCILE_ERROR_CODES,
 };
@@ -218,10 +219,21 @@ fn json_ok(value: serde_json::Value) -> HttpResponse {
     guarded(HttpResponse::Ok()).json(value)
 }
 
-fn unavailable(error: sqlx::Error) -> HttpResponse {
+fn unavailable(error: impl Into<ReadError>) -> HttpResponse {
+    let error = error.into();
+    if matches!(error, ReadError::Busy) {
+        return guarded(HttpResponse::ServiceUnavailable())
+            .json(json!({"error": "too many readers; try again"}));
+    }
     tracing::warn!(error = %error, "console: the database could not answer");
     guarded(HttpResponse::ServiceUnavailable())
         .json(json!({"error": "the database could not answer"}))
+}
+
+/// The feed's reader: there whenever the console is (both need `API_TOKEN`). Its turns bound
+/// the console's queries with the read API's (feed::Hub::turn).
+fn hub(ctx: &AppContext) -> &Hub {
+    ctx.feed.as_ref().expect("signed in: the console is on")
 }
 
 async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
@@ -229,11 +241,16 @@ async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse 
         return refusal;
     }
     let (_, database) = ctx.health.readiness(&ctx.pool).await;
-    let (arrivals, refusals, corrections) = match tokio::try_join!(
-        console::arrivals(&ctx.pool),
-        console::refusals(&ctx.pool),
-        console::corrections(&ctx.pool),
-    ) {
+    // One after another, in one turn: a console holds one connection at most.
+    let read = async {
+        let _turn = hub(&ctx).turn().await?;
+        Ok::<_, ReadError>((
+            console::arrivals(&ctx.pool).await?,
+            console::refusals(&ctx.pool).await?,
+            console::corrections(&ctx.pool).await?,
+        ))
+    };
+    let (arrivals, refusals, corrections) = match read.await {
         Ok(read) => read,
         Err(error) => return unavailable(error),
     };
@@ -272,7 +289,11 @@ async fn rooms(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
-    match console::live_rooms(&ctx.pool).await {
+    let read = async {
+        let _turn = hub(&ctx).turn().await?;
+        Ok::<_, ReadError>(console::live_rooms(&ctx.pool).await?)
+    };
+    match read.await {
         Ok((rooms, cursor)) => json_ok(json!({"rooms": rooms, "cursor": cursor})),
         Err(error) => unavailable(error),
     }
@@ -295,12 +316,14 @@ async fn room(
     let (Some(app), Ok(room)) = (SdkAppId::parse(&query.app), Id::parse(&query.room)) else {
         return guarded(HttpResponse::BadRequest()).json(json!({"error": "no such room"}));
     };
-    let hub = ctx.feed.as_ref().expect("signed in: the console is on");
+    let hub = hub(&ctx);
     let read = async {
+        // The roster takes a turn of its own.
         let roster = hub.roster(app.get(), room.as_str()).await?;
+        let _turn = hub.turn().await?;
         let sessions = changes::sessions(&ctx.pool, app.get(), room.as_str(), 10).await?;
         let (info, history, seats) = console::room(&ctx.pool, app.get(), room.as_str()).await?;
-        Ok::<_, sqlx::Error>((roster, sessions, info, history, seats))
+        Ok::<_, ReadError>((roster, sessions, info, history, seats))
     };
     match read.await {
         Ok((roster, sessions, info, history, seats)) => json_ok(json!({
@@ -321,7 +344,11 @@ async fn refusal(ctx: web::Data<AppContext>, req: HttpRequest, id: web::Path<i64
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
-    match console::refusal_body(&ctx.pool, id.into_inner()).await {
+    let read = async {
+        let _turn = hub(&ctx).turn().await?;
+        Ok::<_, ReadError>(console::refusal_body(&ctx.pool, id.into_inner()).await?)
+    };
+    match read.await {
         Ok(Some(body)) => json_ok(json!({"body": body})),
         Ok(None) => guarded(HttpResponse::NotFound()).json(json!({"error": "no such refusal"})),
         Err(error) => unavailable(error),
