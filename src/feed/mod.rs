@@ -13,7 +13,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 mod told;
 
-pub use told::{Chunk, Page, Told};
+use told::Chunk;
+pub use told::{Page, Told};
 
 use crate::store::{
     Dialect, NotifyMode,

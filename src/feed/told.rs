@@ -70,7 +70,7 @@ impl From<&Change> for Told {
 /// (on first use) and shared: their JSON joined, and how they moved each room's member count.
 /// A reader whose position is a read's start gets it whole, and costs a copy of text, not a pass
 /// over its changes (docs/feed.md#http).
-pub struct Chunk {
+pub(super) struct Chunk {
     changes: Vec<Told>,
     json: OnceLock<String>,
     moves: OnceLock<String>,
@@ -159,7 +159,7 @@ impl Chunk {
 
 /// What a reader gets: consecutive chunks (whole reads where the reader's position allows).
 pub struct Page {
-    pub chunks: Vec<Arc<Chunk>>,
+    pub(super) chunks: Vec<Arc<Chunk>>,
     /// The position to ask from next.
     pub next: i64,
 }
