@@ -205,7 +205,14 @@ function follow(cursor) {
 }
 
 async function start() {
-  const cursor = await loadRooms();
+  let cursor;
+  try {
+    cursor = await loadRooms();
+  } catch (error) {
+    // Busy (503: readers take turns) or the database down: try again shortly.
+    setTimeout(start, 2000);
+    return;
+  }
   const open = state.open;
   state.open = null; // read again: it may have changed past the new cursor
   follow(cursor);
