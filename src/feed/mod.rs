@@ -11,7 +11,7 @@ use std::{
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::{Notify, Semaphore, watch};
 
-mod told;
+pub(crate) mod told;
 
 use told::Chunk;
 pub use told::{Page, Told};
@@ -386,22 +386,9 @@ async fn listen(pool: &PgPool, channel: &str) -> Option<PgListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::changes::Change;
 
     fn told(seq: i64, room: &str, kind: &str) -> Told {
-        let at = "2026-12-06T00:00:00Z".parse().unwrap();
-        Told::from(&Change {
-            seq,
-            sdk_app_id: 1,
-            room_id: room.into(),
-            room_seq: seq,
-            kind: kind.into(),
-            user_ids: vec![format!("u{seq}")],
-            event_at: at,
-            event_id: None,
-            cause: "callback".into(),
-            recorded_at: at,
-        })
+        told::sample(seq, room, kind, &[&format!("u{seq}")])
     }
 
     /// A window that read changes 11..=30 in reads of 5, 10 and 5.

@@ -238,6 +238,24 @@ impl Page {
     }
 }
 
+/// A change as the feed reader tells it, for tests.
+#[cfg(test)]
+pub(crate) fn sample(seq: i64, room: &str, kind: &str, users: &[&str]) -> Told {
+    let at = "2026-12-06T00:00:00Z".parse().unwrap();
+    Told::from(&Change {
+        seq,
+        sdk_app_id: 1,
+        room_id: room.into(),
+        room_seq: seq,
+        kind: kind.into(),
+        user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
+        event_at: at,
+        event_id: None,
+        cause: "callback".into(),
+        recorded_at: at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

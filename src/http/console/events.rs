@@ -179,22 +179,10 @@ fn tell(page: &Page, open: Option<(i64, &str)>, text: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{feed::Told, store::changes::Change};
+    use crate::feed::{Told, told};
 
     fn change(seq: i64, room: &str, kind: &str, users: &[&str]) -> Told {
-        let at = "2026-12-06T00:00:00Z".parse().unwrap();
-        Told::from(&Change {
-            seq,
-            sdk_app_id: 1,
-            room_id: room.into(),
-            room_seq: seq,
-            kind: kind.into(),
-            user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
-            event_at: at,
-            event_id: None,
-            cause: "callback".into(),
-            recorded_at: at,
-        })
+        told::sample(seq, room, kind, users)
     }
 
     /// The events of one write: (id, event, data).
