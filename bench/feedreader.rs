@@ -6,7 +6,8 @@
 //!
 //! With `--console`, each reader is a console viewer instead (docs/console.md): it signs in
 //! once with the token and follows `/console/events` with no room open (the page's room list:
-//! `rooms` events, each covering the changes up to its id), as the page reads it.
+//! `rooms` events, each covering the changes up to its id), as the page reads it, and reads
+//! what the page reads besides: the room list at its start and the overview every 10 s.
 //!
 //! Output: one JSON summary line on stdout (lag percentiles over every page of every reader,
 //! and of reader 0 alone), progress on stderr.
@@ -22,6 +23,8 @@ use tokio::task::JoinSet;
 
 /// One long poll at most this long; a run ends at most this long after its duration.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an open console reads its overview again (console.js).
+const OVERVIEW_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(about = "Follows roomsync's change feed with N readers (loopback only)")]
@@ -76,10 +79,64 @@ async fn sign_in(url: &str, token: &str) -> Result<String, Box<dyn std::error::E
     Ok(cookie.to_owned())
 }
 
-/// One console viewer: the event stream from `start`, reconnecting with the last id seen.
-async fn follow_events(url: String, cookie: String, start: i64, deadline: Instant) -> Seen {
+/// A console read (`path`) answered 200 within the request timeout.
+async fn read_ok(client: &reqwest::Client, url: &str, path: &str, cookie: &str) -> bool {
+    let request = client
+        .get(format!("{url}{path}"))
+        .header("cookie", cookie)
+        .send();
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(answer)) if answer.status().is_success() => answer.bytes().await.is_ok(),
+        _ => false,
+    }
+}
+
+/// The page's overview refresh (every 10 s, from `phase` on) until `deadline`; the failed reads.
+async fn refresh_overview(
+    client: reqwest::Client,
+    url: String,
+    cookie: String,
+    phase: Duration,
+    deadline: Instant,
+) -> u64 {
+    let mut failed = 0;
+    let mut at = Instant::now() + phase;
+    while at < deadline {
+        tokio::time::sleep_until(at.into()).await;
+        if !read_ok(&client, &url, "/console/api/overview", &cookie).await {
+            failed += 1;
+        }
+        at += OVERVIEW_EVERY;
+    }
+    failed
+}
+
+/// One console viewer, reading what the page reads: the room list (again every 2 s while it is
+/// refused, as the page), the overview every 10 s from `phase` on, and the event stream from
+/// `start`, reconnecting with the last id seen. Every read not answered 200 is an error.
+async fn follow_events(
+    url: String,
+    cookie: String,
+    start: i64,
+    phase: Duration,
+    deadline: Instant,
+) -> Seen {
     let client = reqwest::Client::new();
     let mut seen = Seen::default();
+    let overview = tokio::spawn(refresh_overview(
+        client.clone(),
+        url.clone(),
+        cookie.clone(),
+        phase,
+        deadline,
+    ));
+    while !read_ok(&client, &url, "/console/api/rooms", &cookie).await {
+        seen.errors += 1;
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let mut after = start;
     while Instant::now() < deadline {
         let request = client
@@ -138,6 +195,7 @@ async fn follow_events(url: String, cookie: String, start: i64, deadline: Instan
             }
         }
     }
+    seen.errors += overview.await.unwrap_or(1);
     seen
 }
 
@@ -219,12 +277,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
-    for _ in 0..args.readers {
+    for i in 0..args.readers {
         if let Some(cookie) = &cookie {
+            // Pages opened one after another refresh their overviews at phases spread out.
+            let phase = OVERVIEW_EVERY * i as u32 / args.readers as u32;
             readers.spawn(follow_events(
                 args.url.clone(),
                 cookie.clone(),
                 start,
+                phase,
                 deadline,
             ));
             continue;

@@ -200,6 +200,7 @@ impl Application {
             metrics,
             feed,
             tencent_setup,
+            overview: http::SharedOverview::default(),
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -94,6 +94,8 @@ pub struct Timings {
     pub drain_retry: Duration,
     /// How often the writers reread the room tables' distribution (Citus).
     pub layout_refresh: Duration,
+    /// How long one read of the console's overview serves every open console.
+    pub console_overview_fresh: Duration,
 }
 
 impl Default for Timings {
@@ -101,6 +103,7 @@ impl Default for Timings {
         Self {
             drain_retry: Duration::from_millis(500),
             layout_refresh: Duration::from_secs(10),
+            console_overview_fresh: Duration::from_secs(5),
         }
     }
 }

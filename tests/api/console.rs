@@ -291,6 +291,87 @@ async fn overview(app: &TestApp, client: &reqwest::Client) -> Value {
     response.json().await.unwrap()
 }
 
+/// Overview reads of `rejected_callbacks` waiting for a lock (the test holds one).
+async fn overview_reads_waiting(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
+    // Every open console asks for the overview every 10 s: a hundred of them must not read
+    // the day's history ten times a second (docs/console.md#how-it-stays-light).
+    let fresh = Duration::from_secs(3);
+    let app = spawn_app_tuned(pool.clone(), &[("API_TOKEN", API)], |config| {
+        config.timings.console_overview_fresh = fresh;
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    sign_in(&app, &client, &[]).await;
+
+    // While one read waits for the database, twenty more consoles ask: they wait for that read
+    // instead of making their own (readers' turns would let a second one in).
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE rejected_callbacks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let asks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(overview_once(app.address.clone(), client.clone())))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            overview_reads_waiting(&pool).await == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(overview_reads_waiting(&pool).await, 1, "one read for all");
+    // A refusal while they wait is not in the answer they share.
+    holder.commit().await.unwrap();
+    let mut bodies = Vec::new();
+    for ask in asks {
+        bodies.push(ask.await.unwrap());
+    }
+    let read_at = Instant::now();
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+
+    // Within the freshness, the answer is the one read, even after a refusal...
+    let unlisted = serde_json::json!({
+        "CallbackCommand": "Room.CallbackAfterMemberEnter", "RoomId": "r", "EventTime": 1
+    });
+    let (status, _) = app.send(&unlisted).await;
+    assert_eq!(status, 400);
+    let again = overview_once(app.address.clone(), client.clone()).await;
+    if read_at.elapsed() < fresh {
+        assert_eq!(again, bodies[0]);
+    }
+    // ...and after it, a new read shows it.
+    tokio::time::sleep(fresh.saturating_sub(read_at.elapsed())).await;
+    let later = overview(&app, &client).await;
+    assert_eq!(later["refusals"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+async fn overview_once(address: String, client: reqwest::Client) -> String {
+    let response = client
+        .get(format!("{address}/console/api/overview"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 #[sqlx::test]
 async fn the_setup_check_shows_what_tencent_check_finds(pool: PgPool) {
     use roomsync::callback::Product;

@@ -59,6 +59,15 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 /// As [`spawn_app`], with `overrides` as extra or replaced environment variables (e.g.
 /// `CALLBACK_TOKEN`, or a `JOURNAL_PATH` that two applications share on purpose).
 pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_tuned(pool, overrides, |_| {}).await
+}
+
+/// As [`spawn_app_with`], with `tune` changing the configuration last (e.g. a timing).
+pub async fn spawn_app_tuned(
+    pool: PgPool,
+    overrides: &[(&str, &str)],
+    tune: impl FnOnce(&mut Config),
+) -> TestApp {
     init_test_log();
     let mut vars: HashMap<String, String> = [
         // The pool is passed in; this URL is only validated.
@@ -90,7 +99,9 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
     config.timings = roomsync::config::Timings {
         drain_retry: Duration::from_millis(100),
         layout_refresh: Duration::from_secs(1),
+        console_overview_fresh: Duration::from_millis(100),
     };
+    tune(&mut config);
     let token = config
         .callback_token
         .as_ref()

@@ -4,7 +4,7 @@
 //! under a Content-Security-Policy that allows only this origin, and the page writes every value
 //! as text. Live updates come from the process's one feed reader as server-sent events.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{
     HttpRequest, HttpResponse,
@@ -236,24 +236,51 @@ fn hub(ctx: &AppContext) -> &Hub {
     ctx.feed.as_ref().expect("signed in: the console is on")
 }
 
+/// The newest overview and when it was read. Every open console asks for it every 10 s, and
+/// its reads scan the day's history: one read serves them all for
+/// `Timings::console_overview_fresh`, and those asking while it is being read wait for that
+/// read instead of making their own (BENCHMARKS.md, "What a console reads").
+#[derive(Default)]
+pub struct SharedOverview(tokio::sync::Mutex<Option<(Instant, web::Bytes)>>);
+
 async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
+    let mut newest = ctx.overview.0.lock().await;
+    if let Some((at, body)) = &*newest
+        && at.elapsed() < ctx.config.timings.console_overview_fresh
+    {
+        return json_body(body.clone());
+    }
+    match read_overview(&ctx).await {
+        Ok(value) => {
+            let body = web::Bytes::from(value.to_string());
+            *newest = Some((Instant::now(), body.clone()));
+            json_body(body)
+        }
+        Err(error) => unavailable(error),
+    }
+}
+
+fn json_body(body: web::Bytes) -> HttpResponse {
+    guarded(HttpResponse::Ok())
+        .content_type(header::ContentType::json())
+        .body(body)
+}
+
+async fn read_overview(ctx: &AppContext) -> Result<serde_json::Value, ReadError> {
     let (_, database) = ctx.health.readiness(&ctx.pool).await;
     // One after another, in one turn: a console holds one connection at most.
     let read = async {
-        let _turn = hub(&ctx).turn().await?;
+        let _turn = hub(ctx).turn().await?;
         Ok::<_, ReadError>((
             console::arrivals(&ctx.pool).await?,
             console::refusals(&ctx.pool).await?,
             console::corrections(&ctx.pool).await?,
         ))
     };
-    let (arrivals, refusals, corrections) = match read.await {
-        Ok(read) => read,
-        Err(error) => return unavailable(error),
-    };
+    let (arrivals, refusals, corrections) = read.await?;
     let rest_errors: u64 = RECONCILE_ERROR_CODES
         .iter()
         .map(|code| {
@@ -263,7 +290,7 @@ async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse 
                 .get()
         })
         .sum();
-    json_ok(json!({
+    Ok(json!({
         "database": database,
         "journal_depth": ctx.ingest.journal_depth(),
         "journal_parked": ctx.ingest.journal_parked(),
