@@ -12,7 +12,13 @@
 //! Output: one JSON summary line on stdout (lag percentiles over every page of every reader,
 //! and of reader 0 alone), progress on stderr.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -120,6 +126,7 @@ async fn follow_events(
     start: i64,
     phase: Duration,
     deadline: Instant,
+    opening: Arc<AtomicUsize>,
 ) -> Seen {
     let client = reqwest::Client::new();
     let mut seen = Seen::default();
@@ -136,6 +143,9 @@ async fn follow_events(
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if opening.fetch_sub(1, Ordering::AcqRel) == 1 {
+        eprintln!("feedreader: ready (every console has its room list)");
     }
     let mut after = start;
     while Instant::now() < deadline {
@@ -277,6 +287,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
+    // Consoles still reading their room list; bench/run starts the load once none is.
+    let opening = Arc::new(AtomicUsize::new(args.readers));
+    if cookie.is_none() {
+        eprintln!("feedreader: ready");
+    }
     for i in 0..args.readers {
         if let Some(cookie) = &cookie {
             // Pages opened one after another refresh their overviews at phases spread out.
@@ -287,6 +302,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 start,
                 phase,
                 deadline,
+                opening.clone(),
             ));
             continue;
         }

@@ -200,7 +200,7 @@ impl Application {
             metrics,
             feed,
             tencent_setup,
-            overview: http::SharedOverview::default(),
+            console: http::SharedReads::default(),
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -96,6 +96,9 @@ pub struct Timings {
     pub layout_refresh: Duration,
     /// How long one read of the console's overview serves every open console.
     pub console_overview_fresh: Duration,
+    /// How long one read of the live rooms (a snapshot and its cursor) serves every console
+    /// that opens.
+    pub console_rooms_fresh: Duration,
 }
 
 impl Default for Timings {
@@ -104,6 +107,7 @@ impl Default for Timings {
             drain_retry: Duration::from_millis(500),
             layout_refresh: Duration::from_secs(10),
             console_overview_fresh: Duration::from_secs(5),
+            console_rooms_fresh: Duration::from_secs(1),
         }
     }
 }

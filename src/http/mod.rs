@@ -18,7 +18,7 @@ use actix_web::{
 use sqlx::PgPool;
 
 pub use api::ApiError;
-pub use console::SharedOverview;
+pub use console::SharedReads;
 pub use error::CallbackError;
 
 use crate::{config::Config, ingest::Ingest, telemetry::Metrics};
@@ -73,8 +73,8 @@ pub struct AppContext {
     /// The console's check of Tencent's callback configuration; `None` without the console
     /// or without drift-repair credentials.
     pub tencent_setup: Option<crate::setup::Watch>,
-    /// The console's overview, read once for every open console.
-    pub overview: console::SharedOverview,
+    /// The console's reads that one answer serves for every open console.
+    pub console: console::SharedReads,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

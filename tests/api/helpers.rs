@@ -100,6 +100,7 @@ pub async fn spawn_app_tuned(
         drain_retry: Duration::from_millis(100),
         layout_refresh: Duration::from_secs(1),
         console_overview_fresh: Duration::from_millis(100),
+        console_rooms_fresh: Duration::ZERO,
     };
     tune(&mut config);
     let token = config

@@ -236,31 +236,52 @@ fn hub(ctx: &AppContext) -> &Hub {
     ctx.feed.as_ref().expect("signed in: the console is on")
 }
 
-/// The newest overview and when it was read. Every open console asks for it every 10 s, and
-/// its reads scan the day's history: one read serves them all for
-/// `Timings::console_overview_fresh`, and those asking while it is being read wait for that
-/// read instead of making their own (BENCHMARKS.md, "What a console reads").
+/// One read's answer, shared by every open console for a while. Every open page reads the
+/// overview again every 10 s (and it counts the day's arrivals from the history), and a hundred
+/// pages opened together read the live rooms at once: one read serves them all, and those asking
+/// while it is being read wait for that read instead of making their own (docs/console.md#how-it-stays-light).
+/// A shared room list is still a snapshot with its cursor: the page follows the feed from there.
 #[derive(Default)]
-pub struct SharedOverview(tokio::sync::Mutex<Option<(Instant, web::Bytes)>>);
+pub struct Shared(tokio::sync::Mutex<Option<(Instant, web::Bytes)>>);
+
+impl Shared {
+    async fn answer<R>(&self, fresh: Duration, read: R) -> HttpResponse
+    where
+        R: Future<Output = Result<serde_json::Value, ReadError>>,
+    {
+        let mut newest = self.0.lock().await;
+        if let Some((at, body)) = &*newest
+            && at.elapsed() < fresh
+        {
+            return json_body(body.clone());
+        }
+        match read.await {
+            Ok(value) => {
+                let body = web::Bytes::from(value.to_string());
+                *newest = Some((Instant::now(), body.clone()));
+                json_body(body)
+            }
+            Err(error) => unavailable(error),
+        }
+    }
+}
+
+/// What the consoles share: the overview and the live rooms.
+#[derive(Default)]
+pub struct SharedReads {
+    overview: Shared,
+    rooms: Shared,
+}
 
 async fn overview(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
-    let mut newest = ctx.overview.0.lock().await;
-    if let Some((at, body)) = &*newest
-        && at.elapsed() < ctx.config.timings.console_overview_fresh
-    {
-        return json_body(body.clone());
-    }
-    match read_overview(&ctx).await {
-        Ok(value) => {
-            let body = web::Bytes::from(value.to_string());
-            *newest = Some((Instant::now(), body.clone()));
-            json_body(body)
-        }
-        Err(error) => unavailable(error),
-    }
+    let fresh = ctx.config.timings.console_overview_fresh;
+    ctx.console
+        .overview
+        .answer(fresh, read_overview(&ctx))
+        .await
 }
 
 fn json_body(body: web::Bytes) -> HttpResponse {
@@ -318,12 +339,11 @@ async fn rooms(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     }
     let read = async {
         let _turn = hub(&ctx).turn().await?;
-        Ok::<_, ReadError>(console::live_rooms(&ctx.pool).await?)
+        let (rooms, cursor) = console::live_rooms(&ctx.pool).await?;
+        Ok(json!({"rooms": rooms, "cursor": cursor}))
     };
-    match read.await {
-        Ok((rooms, cursor)) => json_ok(json!({"rooms": rooms, "cursor": cursor})),
-        Err(error) => unavailable(error),
-    }
+    let fresh = ctx.config.timings.console_rooms_fresh;
+    ctx.console.rooms.answer(fresh, read).await
 }
 
 #[derive(Deserialize)]
