@@ -221,13 +221,21 @@ fn json_ok(value: serde_json::Value) -> HttpResponse {
 
 fn unavailable(error: impl Into<ReadError>) -> HttpResponse {
     let error = error.into();
-    if matches!(error, ReadError::Busy) {
-        return guarded(HttpResponse::ServiceUnavailable())
-            .json(json!({"error": "too many readers; try again"}));
+    let busy = matches!(error, ReadError::Busy);
+    if !busy {
+        tracing::warn!(error = %error, "console: the database could not answer");
     }
-    tracing::warn!(error = %error, "console: the database could not answer");
-    guarded(HttpResponse::ServiceUnavailable())
-        .json(json!({"error": "the database could not answer"}))
+    not_read(busy)
+}
+
+/// 503: the readers' turns were all taken (`busy`), or the database could not answer.
+fn not_read(busy: bool) -> HttpResponse {
+    let error = if busy {
+        "too many readers; try again"
+    } else {
+        "the database could not answer"
+    };
+    guarded(HttpResponse::ServiceUnavailable()).json(json!({ "error": error }))
 }
 
 /// The feed's reader: there whenever the console is (both need `API_TOKEN`). Its turns bound
@@ -241,27 +249,33 @@ fn hub(ctx: &AppContext) -> &Hub {
 /// pages opened together read the live rooms at once: one read serves them all, and those asking
 /// while it is being read wait for that read instead of making their own (docs/console.md#how-it-stays-light).
 /// A shared room list is still a snapshot with its cursor: the page follows the feed from there.
+/// A read that fails answers every console that waited for it (503, `busy` or not), so a queue
+/// of consoles never waits for one failed read after another.
 #[derive(Default)]
-pub struct Shared(tokio::sync::Mutex<Option<(Instant, web::Bytes)>>);
+pub struct Shared(tokio::sync::Mutex<Option<(Instant, Result<web::Bytes, bool>)>>);
 
 impl Shared {
     async fn answer<R>(&self, fresh: Duration, read: R) -> HttpResponse
     where
         R: Future<Output = Result<serde_json::Value, ReadError>>,
     {
+        let asked = Instant::now();
         let mut newest = self.0.lock().await;
-        if let Some((at, body)) = &*newest
-            && at.elapsed() < fresh
-        {
-            return json_body(body.clone());
+        match &*newest {
+            Some((at, Ok(body))) if at.elapsed() < fresh => return json_body(body.clone()),
+            Some((at, Err(busy))) if *at >= asked => return not_read(*busy),
+            _ => {}
         }
         match read.await {
             Ok(value) => {
                 let body = web::Bytes::from(value.to_string());
-                *newest = Some((Instant::now(), body.clone()));
+                *newest = Some((Instant::now(), Ok(body.clone())));
                 json_body(body)
             }
-            Err(error) => unavailable(error),
+            Err(error) => {
+                *newest = Some((Instant::now(), Err(matches!(error, ReadError::Busy))));
+                unavailable(error)
+            }
         }
     }
 }
