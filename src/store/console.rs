@@ -146,25 +146,37 @@ pub async fn refusal_body(pool: &PgPool, id: i64) -> Result<Option<String>, sqlx
     .await
 }
 
+/// How far back the setup check looks for a command's last arrival.
+pub const ARRIVALS_DAYS: i32 = 30;
+
 #[derive(Debug, Serialize)]
 pub struct Arrival {
     pub command: String,
-    /// Callbacks of the last 24 hours (history rows: duplicates are not counted twice).
-    pub last_24h: i64,
+    /// Callbacks of this command that arrived today (UTC), stored or already stored.
+    pub today: i64,
+    /// Its newest arrival within ARRIVALS_DAYS.
     pub last_at: Option<DateTime<Utc>>,
+    /// Nothing arrived for 24 hours: a switch left off in Tencent's configuration?
+    pub quiet: bool,
 }
 
-/// Per command roomsync handles, what arrived in the last 24 hours (a block-range scan of
-/// the history's newest blocks, not of the whole table).
+/// Per command roomsync handles, what arrived: today's count and the newest arrival, from
+/// the counts every storing transaction keeps (`ingest_counts`: a few rows per day), never
+/// from the history, whose size grows with the traffic.
 pub async fn arrivals(pool: &PgPool) -> Result<Vec<Arrival>, sqlx::Error> {
     let handled: Vec<&str> = Command::HANDLED.to_vec();
+    let now = Utc::now();
     let rows = sqlx::query!(
-        r#"SELECT callback_command, count(*) AS "n!", max(received_at) AS last_at
-           FROM room_events
-           WHERE received_at >= now() - interval '24 hours'
+        r#"SELECT callback_command,
+                  COALESCE(sum(accepted + duplicates)
+                           FILTER (WHERE day = (now() AT TIME ZONE 'UTC')::date), 0)::int8 AS "today!",
+                  max(last_at) AS last_at
+           FROM ingest_counts
+           WHERE day >= (now() AT TIME ZONE 'UTC')::date - $2::int4
              AND callback_command = ANY($1::text[])
            GROUP BY callback_command"#,
         &handled as &[&str],
+        ARRIVALS_DAYS,
     )
     .fetch_all(pool)
     .await?;
@@ -172,10 +184,12 @@ pub async fn arrivals(pool: &PgPool) -> Result<Vec<Arrival>, sqlx::Error> {
         .iter()
         .map(|command| {
             let row = rows.iter().find(|r| r.callback_command == *command);
+            let last_at = row.and_then(|r| r.last_at);
             Arrival {
                 command: (*command).to_owned(),
-                last_24h: row.map_or(0, |r| r.n),
-                last_at: row.and_then(|r| r.last_at),
+                today: row.map_or(0, |r| r.today),
+                last_at,
+                quiet: last_at.is_none_or(|at| now - at > chrono::TimeDelta::hours(24)),
             }
         })
         .collect())
@@ -190,8 +204,8 @@ pub struct Correction {
     pub event_at: DateTime<Utc>,
 }
 
-/// Drift repair's newest corrections of the last 24 hours (at most 20; the history's newest
-/// blocks only).
+/// Drift repair's newest corrections of the last 24 hours (at most 20; from a partial index
+/// that holds only corrections, never a walk of the history).
 pub async fn corrections(pool: &PgPool) -> Result<Vec<Correction>, sqlx::Error> {
     sqlx::query_as!(
         Correction,

@@ -446,3 +446,62 @@ async fn the_setup_check_shows_what_tencent_check_finds(pool: PgPool) {
     app.stop().await;
     fake.stop().await;
 }
+
+#[sqlx::test]
+async fn the_setup_check_counts_today_and_marks_a_command_quiet_for_a_day(pool: PgPool) {
+    let (app, client) = console_app(&pool).await;
+    sign_in(&app, &client, &[]).await;
+    // Today: one enter stored, then Tencent's retry of it (already stored: it arrived too).
+    let entered = enter("setup", &["a"], 100);
+    app.deliver(&entered).await;
+    app.deliver(&entered).await;
+    // A leave that last arrived two days ago, counted then (a row the upsert would have left).
+    sqlx::query(
+        "INSERT INTO ingest_counts (sdk_app_id, day, callback_command, slot, accepted, last_at)
+         VALUES ($1, (now() AT TIME ZONE 'UTC')::date - 2, 'Room.CallbackAfterMemberLeave', 0,
+                 7, now() - interval '2 days')",
+    )
+    .bind(APP_ID)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let overview = overview(&app, &client).await;
+    let arrival = |command: &str| {
+        overview["arrivals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["command"] == command)
+            .unwrap_or_else(|| panic!("{command} in {overview}"))
+            .clone()
+    };
+    let enters = arrival("Room.CallbackAfterMemberEnter");
+    assert_eq!(enters["today"], 2, "{enters}");
+    assert_eq!(enters["quiet"], false, "{enters}");
+    let stored: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT max(received_at) FROM room_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let last_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(enters["last_at"].clone()).unwrap();
+    assert!(last_at >= stored, "{last_at} after the first ({stored})");
+    let leaves = arrival("Room.CallbackAfterMemberLeave");
+    assert_eq!(leaves["today"], 0, "{leaves}");
+    assert_eq!(leaves["quiet"], true, "{leaves}");
+    assert!(leaves["last_at"].is_string(), "{leaves}");
+    let never = arrival("Live.CallbackAfterCreateRoom");
+    assert_eq!(
+        (&never["today"], &never["last_at"], &never["quiet"]),
+        (&Value::from(0), &Value::Null, &Value::Bool(true))
+    );
+    // ingest_daily shows the same newest arrival.
+    let daily: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT max(last_at) FROM ingest_daily WHERE callback_command = 'Room.CallbackAfterMemberEnter'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(daily, Some(last_at));
+    app.stop().await;
+}

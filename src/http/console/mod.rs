@@ -245,9 +245,9 @@ fn hub(ctx: &AppContext) -> &Hub {
 }
 
 /// One read's answer, shared by every open console for a while. Every open page reads the
-/// overview again every 10 s (and it counts the day's arrivals from the history), and a hundred
-/// pages opened together read the live rooms at once: one read serves them all, and those asking
-/// while it is being read wait for that read instead of making their own (docs/console.md#how-it-stays-light).
+/// overview again every 10 s, and a hundred pages opened together read the live rooms at once:
+/// one read serves them all, and those asking while it is being read wait for that read instead
+/// of making their own (docs/console.md#how-it-stays-light).
 /// A shared room list is still a snapshot with its cursor: the page follows the feed from there.
 /// A read that fails answers every console that waited for it (503, `busy` or not), so a queue
 /// of consoles never waits for one failed read after another.

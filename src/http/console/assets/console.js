@@ -65,8 +65,8 @@ async function loadOverview() {
   ];
   health.replaceChildren(...items.flatMap(([k, v]) => [el("dt", k), el("dd", v)]));
   fill("setup", o.arrivals.map((a) =>
-    row([a.command, a.last_24h, a.last_at ? time(a.last_at) : "never in 24 h"],
-        a.last_24h === 0 ? { class: "missing" } : {})));
+    row([a.command, a.today, a.last_at ? time(a.last_at) : "not in 30 days"],
+        a.quiet ? { class: "missing" } : {})));
   const tencent = o.tencent_check;
   $("tencent-off").hidden = Boolean(tencent);
   $("tencent-status").textContent = tencent

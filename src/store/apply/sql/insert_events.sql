@@ -33,16 +33,17 @@ WITH ev AS (
 ),
 -- ingest_daily's counts (migrations: ingest_counted): per distinct callback of the batch,
 -- stored or duplicate; a drift-repair correction (roomsync.Reconcile) counts as a correction.
+-- last_at: the newest arrival, for the console's setup check.
 -- Written here rather than through ingest_counted (the rare paths' form) so that the plan is
 -- prepared once with the statement: a SQL function's INSERT is planned again at every call,
 -- which cost 17% of full-load throughput (BENCHMARKS.md#ingest_daily).
 counted AS (
     INSERT INTO ingest_counts AS t
-        (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections)
+        (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections, last_at)
     SELECT i.a, (now() AT TIME ZONE 'UTC')::date, i.c, (pg_backend_pid() % 64)::int2,
            count(e.id) FILTER (WHERE i.c <> 'roomsync.Reconcile'),
            sum(i.n) - count(e.id),
-           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile')
+           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile'), now()
     FROM (SELECT a, c, r, k, count(*) AS n
           FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
           GROUP BY 1, 2, 3, 4) AS i
@@ -53,7 +54,8 @@ counted AS (
     ON CONFLICT (sdk_app_id, day, callback_command, slot) DO UPDATE SET
         accepted = t.accepted + EXCLUDED.accepted,
         duplicates = t.duplicates + EXCLUDED.duplicates,
-        corrections = t.corrections + EXCLUDED.corrections
+        corrections = t.corrections + EXCLUDED.corrections,
+        last_at = greatest(t.last_at, EXCLUDED.last_at)
 )
 SELECT id, sdk_app_id, room_id, dedup_key, NULL::text AS user_id, NULL::bool AS in_room,
        NULL::timestamptz AS entered_at, NULL::timestamptz AS left_at, NULL::text AS leave_type,

@@ -9,11 +9,11 @@ WITH ev AS (
 ),
 counted AS (
     INSERT INTO ingest_counts AS t
-        (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections)
+        (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections, last_at)
     SELECT i.a, (now() AT TIME ZONE 'UTC')::date, i.c, (pg_backend_pid() % 64)::int2,
            count(e.id) FILTER (WHERE i.c <> 'roomsync.Reconcile'),
            sum(i.n) - count(e.id),
-           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile')
+           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile'), now()
     FROM (SELECT a, c, COALESCE(r, '') AS r, k, count(*) AS n
           FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
           GROUP BY 1, 2, 3, 4) AS i
@@ -24,7 +24,8 @@ counted AS (
     ON CONFLICT (sdk_app_id, day, callback_command, slot) DO UPDATE SET
         accepted = t.accepted + EXCLUDED.accepted,
         duplicates = t.duplicates + EXCLUDED.duplicates,
-        corrections = t.corrections + EXCLUDED.corrections
+        corrections = t.corrections + EXCLUDED.corrections,
+        last_at = greatest(t.last_at, EXCLUDED.last_at)
 )
 SELECT id, sdk_app_id, room_id, dedup_key, user_id, in_room, entered_at, left_at, leave_type,
        leave_reason, last_event_at, last_event_rank
