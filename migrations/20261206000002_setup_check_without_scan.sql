@@ -22,8 +22,3 @@ SELECT sdk_app_id, day, callback_command,
        max(last_at)             AS last_at
 FROM ingest_counts
 GROUP BY sdk_app_id, day, callback_command;
-
--- Drift repair's latest corrections, for the console, without walking the history: a partial
--- index holds only the corrections (rare), so writing any other callback costs one predicate.
-CREATE INDEX room_events_corrections ON room_events (id)
-    WHERE callback_command = 'roomsync.Reconcile';
