@@ -362,6 +362,70 @@ async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
     app.stop().await;
 }
 
+#[sqlx::test]
+async fn a_shared_read_that_fails_answers_every_console_that_waited(pool: PgPool) {
+    // A hundred consoles queued behind one read that fails must not then wait for one failed
+    // read after another (docs/console.md#how-it-stays-light): the failure answers them all.
+    let app = spawn_app_tuned(pool.clone(), &[("API_TOKEN", API)], |config| {
+        config.timings.console_overview_fresh = Duration::from_secs(3);
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    sign_in(&app, &client, &[]).await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE rejected_callbacks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let status = |address: String, client: reqwest::Client| async move {
+        client
+            .get(format!("{address}/console/api/overview"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let asks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(status(app.address.clone(), client.clone())))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            overview_reads_waiting(&pool).await == 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The one read fails (its statement cancelled, as an operator or a timeout would) while the
+    // lock is still held: every console that waited gets the 503 at once, and none makes a
+    // read of its own that would wait behind the lock again.
+    let cancelled: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(cancelled, vec![true]);
+    let failed_at = Instant::now();
+    for ask in asks {
+        let left = Duration::from_secs(2).saturating_sub(failed_at.elapsed());
+        let answer = tokio::time::timeout(left, ask)
+            .await
+            .expect("every console answered within 2 s of the failure, the lock still held");
+        assert_eq!(answer.unwrap(), 503);
+    }
+    assert_eq!(overview_reads_waiting(&pool).await, 0);
+    holder.commit().await.unwrap();
+    // The failure is not kept: a console asking after it gets a read of its own.
+    assert_eq!(status(app.address.clone(), client.clone()).await, 200);
+    app.stop().await;
+}
+
 async fn overview_once(address: String, client: reqwest::Client) -> String {
     let response = client
         .get(format!("{address}/console/api/overview"))
