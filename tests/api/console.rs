@@ -302,11 +302,8 @@ async fn overview_reads_waiting(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
-#[sqlx::test]
-async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
-    // Every open console asks for the overview every 10 s: a hundred of them must not read
-    // the day's history ten times a second (docs/console.md#how-it-stays-light).
-    let fresh = Duration::from_secs(3);
+/// A signed-in console whose shared overview stays fresh for `fresh`.
+async fn signed_in_sharing(pool: &PgPool, fresh: Duration) -> (TestApp, reqwest::Client) {
     let app = spawn_app_tuned(pool.clone(), &[("API_TOKEN", API)], |config| {
         config.timings.console_overview_fresh = fresh;
     })
@@ -317,14 +314,29 @@ async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
         .build()
         .unwrap();
     sign_in(&app, &client, &[]).await;
+    (app, client)
+}
 
-    // While one read waits for the database, twenty more consoles ask: they wait for that read
-    // instead of making their own (readers' turns would let a second one in).
+/// A transaction holding `rejected_callbacks`: the overview's read waits for it.
+async fn hold_refusals(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE rejected_callbacks IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *holder)
         .await
         .unwrap();
+    holder
+}
+
+#[sqlx::test]
+async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
+    // Every open console asks for the overview every 10 s: a hundred of them must not read
+    // the day's history ten times a second (docs/console.md#how-it-stays-light).
+    let fresh = Duration::from_secs(3);
+    let (app, client) = signed_in_sharing(&pool, fresh).await;
+
+    // While one read waits for the database, twenty more consoles ask: they wait for that read
+    // instead of making their own (readers' turns would let a second one in).
+    let holder = hold_refusals(&pool).await;
     let asks: Vec<_> = (0..20)
         .map(|_| tokio::spawn(overview_once(app.address.clone(), client.clone())))
         .collect();
@@ -366,21 +378,8 @@ async fn consoles_asking_together_share_one_read_of_the_overview(pool: PgPool) {
 async fn a_shared_read_that_fails_answers_every_console_that_waited(pool: PgPool) {
     // A hundred consoles queued behind one read that fails must not then wait for one failed
     // read after another (docs/console.md#how-it-stays-light): the failure answers them all.
-    let app = spawn_app_tuned(pool.clone(), &[("API_TOKEN", API)], |config| {
-        config.timings.console_overview_fresh = Duration::from_secs(3);
-    })
-    .await;
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    sign_in(&app, &client, &[]).await;
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE rejected_callbacks IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let (app, client) = signed_in_sharing(&pool, Duration::from_secs(3)).await;
+    let holder = hold_refusals(&pool).await;
     let status = |address: String, client: reqwest::Client| async move {
         client
             .get(format!("{address}/console/api/overview"))
