@@ -21,7 +21,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub token: Option<String>,
     server: actix_web::dev::ServerHandle,
-    running: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// `None` once [`TestApp::stop`] or the drop has taken it.
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Holds the default journal file; removed when the app is dropped.
     _journal_dir: tempfile::TempDir,
 }
@@ -128,17 +129,37 @@ pub async fn spawn_app_tuned(
         client,
         token,
         server,
-        running,
+        running: Some(running),
         _journal_dir: journal_dir,
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that ends without [`TestApp::stop`] still stops its application, in the
+    /// background: otherwise the application's pool keeps its sessions, and the harness's `DROP
+    /// DATABASE` waits 5 s for them, then fails and leaves the test database behind. It runs
+    /// while the harness waits on that statement.
+    fn drop(&mut self) {
+        let (Some(running), Ok(runtime)) =
+            (self.running.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let server = self.server.clone();
+        runtime.spawn(async move {
+            server.stop(true).await;
+            let _ = running.await;
+        });
     }
 }
 
 impl TestApp {
     /// Graceful stop, as on SIGTERM: in-flight requests finish, the writer drains, the pool
     /// closes (so the test database can be dropped).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        let running = self.running.take().expect("stopped once");
         self.server.stop(true).await;
-        self.running
+        running
             .await
             .expect("server task")
             .expect("server stopped cleanly");
