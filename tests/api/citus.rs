@@ -1,16 +1,23 @@
 //! The contract on a real Citus cluster (docs/scaling.md#citus): run when `ROOMSYNC_CITUS_URL`
 //! names the coordinator's database (`scripts/citus-cluster start DIR` prints it), skipped with
-//! a message otherwise. One test per scenario. They share that database (Citus registers its
-//! nodes per database: a database per test would take a cluster per test), so they run one at a
-//! time (the `citus` test group of .config/nextest.toml, and [`Cluster::take`] within one
-//! process), and each starts on emptied tables: none depends on another's rows. With
-//! `ROOMSYNC_CITUS_DIR` (the cluster's folder) three more stop a node for real under load, or
-//! add one; the one that adds a worker can run once per cluster.
+//! a message otherwise. One test per scenario; each starts on emptied tables, so none depends on
+//! another's rows. Citus registers its nodes per database, so `scripts/citus-cluster start`
+//! makes a few databases with the cluster (the URL's, then `_2`, `_3`): a test takes one of them
+//! for itself ([`Cluster::take`]), and up to that many run at once (the `citus` test group of
+//! .config/nextest.toml). With `ROOMSYNC_CITUS_DIR` (the cluster's folder) three more stop a node
+//! for real under load, or add one: those take the whole cluster ([`Cluster::take_alone`]). The
+//! one that adds a worker can run once per cluster.
 
-use std::time::Duration;
+use std::{
+    fs::{File, TryLockError},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use sqlx::{PgPool, postgres::PgPoolOptions};
-use tokio::sync::{Mutex, MutexGuard};
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::{
     accounting, attendance as ledger, attendance_model, batches, drift, feed, helpers::*,
@@ -28,20 +35,39 @@ const ROOM_TABLES: [&str; 7] = [
     "rooms",
 ];
 
-/// One test at a time on the cluster when a runner runs them as threads of one process (`cargo
-/// test`); nextest runs each in a process of its own and queues them in their test group.
-static TURN: Mutex<()> = Mutex::const_new(());
+/// The databases a cluster may hold for tests: the URL's own, then `{name}_2` … (those
+/// `scripts/citus-cluster start` made; a cluster with the first alone runs the tests one by one).
+const DATABASES: usize = 3;
+
+/// A test's hold on the cluster, by file locks beside the system's temporary files (named by the
+/// coordinator's port), so that it holds across test processes (nextest) and threads (`cargo
+/// test`) alike: every test holds the cluster's lock shared and one database's lock; a test that
+/// stops or adds nodes holds the cluster's lock alone. Released when the files close.
+struct Hold {
+    _cluster: File,
+    _database: Option<File>,
+}
+
+fn lock_file(port: u16, what: &str) -> File {
+    let path: PathBuf = std::env::temp_dir().join(format!("roomsync-citus-{port}-{what}.lock"));
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 /// The coordinator's database for one test: migrated, its tables emptied, and this test's alone
 /// until dropped.
 struct Cluster {
     pool: PgPool,
-    _turn: MutexGuard<'static, ()>,
+    _hold: Hold,
 }
 
 impl Cluster {
     /// `ROOMSYNC_CITUS_URL`; `None` (after saying why) without it.
-    fn url() -> Option<String> {
+    fn url() -> Option<PgConnectOptions> {
         let url = std::env::var("ROOMSYNC_CITUS_URL")
             .ok()
             .filter(|u| !u.is_empty());
@@ -50,27 +76,95 @@ impl Cluster {
                 "Citus tests skipped: ROOMSYNC_CITUS_URL is not set (scripts/citus-cluster start DIR)"
             );
         }
-        url
+        // With the settings of roomsync's own sessions: the app under test uses this pool.
+        Some(roomsync::store::session_settings(
+            url?.parse().expect("a URL"),
+        ))
     }
 
-    /// `None` (after saying why) without `ROOMSYNC_CITUS_URL`.
+    /// One of the cluster's test databases, beside other tests; `None` (after saying why)
+    /// without `ROOMSYNC_CITUS_URL`.
     async fn take() -> Option<Self> {
-        let url = Self::url()?;
-        let turn = TURN.lock().await;
-        // With the settings of roomsync's own sessions: the app under test uses this pool.
-        let options = roomsync::store::session_settings(url.parse().expect("a URL"));
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect_with(options)
-            .await
-            .expect("the Citus coordinator");
+        let options = Self::url()?;
+        let base = options.get_database().unwrap_or("postgres").to_owned();
+        let port = options.get_port();
+        let pool = connect(options.clone()).await;
+        let names: Vec<String> = (1..=DATABASES)
+            .map(|i| match i {
+                1 => base.clone(),
+                i => format!("{base}_{i}"),
+            })
+            .collect();
+        let present: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname = ANY($1)")
+                .bind(&names)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        let hold = tokio::task::spawn_blocking(move || {
+            let cluster = lock_file(port, "cluster");
+            cluster.lock_shared().unwrap();
+            // The test group lets no more tests run than there are databases, so one is free
+            // or about to be; bounded all the same, so that a mistake is named, not a hang.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                for name in names.iter().filter(|n| present.contains(n)) {
+                    let file = lock_file(port, name);
+                    match file.try_lock() {
+                        Ok(()) => {
+                            return (
+                                Hold {
+                                    _cluster: cluster,
+                                    _database: Some(file),
+                                },
+                                name.clone(),
+                            );
+                        }
+                        Err(TryLockError::WouldBlock) => {}
+                        Err(TryLockError::Error(e)) => panic!("locking {name}: {e}"),
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no Citus test database free in 10 min"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        let (hold, name) = hold;
+        Some(Self::ready(options.database(&name), hold).await)
+    }
+
+    /// The URL's database, with the whole cluster to itself (no other Citus test runs until it
+    /// is dropped): for the tests that stop, add or reconfigure nodes.
+    async fn take_alone() -> Option<Self> {
+        let options = Self::url()?;
+        let port = options.get_port();
+        let hold = tokio::task::spawn_blocking(move || {
+            let cluster = lock_file(port, "cluster");
+            cluster.lock().unwrap();
+            Hold {
+                _cluster: cluster,
+                _database: None,
+            }
+        })
+        .await
+        .unwrap();
+        Some(Self::ready(options, hold).await)
+    }
+
+    async fn ready(options: PgConnectOptions, hold: Hold) -> Self {
+        let pool = connect(options).await;
         roomsync::store::MIGRATOR.run(&pool).await.unwrap();
         empty(&pool).await;
-        Some(Self { pool, _turn: turn })
+        Self { pool, _hold: hold }
     }
 
-    /// As [`Cluster::take`], with the cluster's folder (`ROOMSYNC_CITUS_DIR`), for the tests that
-    /// stop or add nodes; `None` (after saying why) without it.
+    /// As [`Cluster::take_alone`], with the cluster's folder (`ROOMSYNC_CITUS_DIR`), for the
+    /// tests that stop or add nodes; `None` (after saying why) without it.
     async fn take_with_dir(test: &str) -> Option<(Self, String)> {
         Self::url()?;
         let Some(dir) = std::env::var("ROOMSYNC_CITUS_DIR")
@@ -80,8 +174,16 @@ impl Cluster {
             eprintln!("Citus {test} skipped: ROOMSYNC_CITUS_DIR is not set");
             return None;
         };
-        Some((Self::take().await?, dir))
+        Some((Self::take_alone().await?, dir))
     }
+}
+
+async fn connect(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(options)
+        .await
+        .expect("the Citus coordinator")
 }
 
 /// One test on the cluster per scenario that the plain-PostgreSQL suite also runs.
@@ -313,7 +415,8 @@ async fn two_phase_recovery(pool: &PgPool, on: bool) {
 /// arrays, which goes through COPY, every one took two phases.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_a_transaction() {
-    let Some(cluster) = Cluster::take().await else {
+    // Alone: it turns two-phase recovery off for the whole coordinator.
+    let Some(cluster) = Cluster::take_alone().await else {
         return;
     };
     let pool = &cluster.pool;
