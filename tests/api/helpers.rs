@@ -122,6 +122,9 @@ pub async fn spawn_app_tuned(
     let running = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        // Under the server's keep-alive (5 s): a connection idle that long may be closing on the
+        // server's side as the client reuses it, and the request fails (IncompleteMessage).
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     TestApp {
