@@ -5,8 +5,8 @@
 //! makes a few databases with the cluster (the URL's, then `_2`, `_3`): a test takes one of them
 //! for itself ([`Cluster::take`]), and up to that many run at once (the `citus` test group of
 //! .config/nextest.toml). With `ROOMSYNC_CITUS_DIR` (the cluster's folder) three more stop a node
-//! for real under load, or add one: those take the whole cluster ([`Cluster::take_alone`]). The
-//! one that adds a worker can run once per cluster.
+//! for real under load, or add one: those, and one that reconfigures the coordinator, take the
+//! whole cluster ([`Cluster::take_alone`]). The one that adds a worker can run once per cluster.
 
 use std::{
     fs::{File, TryLockError},
@@ -89,11 +89,8 @@ impl Cluster {
         let base = options.get_database().unwrap_or("postgres").to_owned();
         let port = options.get_port();
         let pool = connect(options.clone()).await;
-        let names: Vec<String> = (1..=DATABASES)
-            .map(|i| match i {
-                1 => base.clone(),
-                i => format!("{base}_{i}"),
-            })
+        let names: Vec<String> = std::iter::once(base.clone())
+            .chain((2..=DATABASES).map(|i| format!("{base}_{i}")))
             .collect();
         let present: Vec<String> =
             sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname = ANY($1)")
@@ -102,39 +99,9 @@ impl Cluster {
                 .await
                 .unwrap();
         pool.close().await;
-        let hold = tokio::task::spawn_blocking(move || {
-            let cluster = lock_file(port, "cluster");
-            cluster.lock_shared().unwrap();
-            // The test group lets no more tests run than there are databases, so one is free
-            // or about to be; bounded all the same, so that a mistake is named, not a hang.
-            let deadline = Instant::now() + Duration::from_secs(600);
-            loop {
-                for name in names.iter().filter(|n| present.contains(n)) {
-                    let file = lock_file(port, name);
-                    match file.try_lock() {
-                        Ok(()) => {
-                            return (
-                                Hold {
-                                    _cluster: cluster,
-                                    _database: Some(file),
-                                },
-                                name.clone(),
-                            );
-                        }
-                        Err(TryLockError::WouldBlock) => {}
-                        Err(TryLockError::Error(e)) => panic!("locking {name}: {e}"),
-                    }
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no Citus test database free in 10 min"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .unwrap();
-        let (hold, name) = hold;
+        let (hold, name) = tokio::task::spawn_blocking(move || hold_one_of(port, &present))
+            .await
+            .unwrap();
         Some(Self::ready(options.database(&name), hold).await)
     }
 
@@ -175,6 +142,37 @@ impl Cluster {
             return None;
         };
         Some((Self::take_alone().await?, dir))
+    }
+}
+
+/// The cluster's lock shared, and the lock of the first of `databases` that no other test holds
+/// (blocking).
+fn hold_one_of(port: u16, databases: &[String]) -> (Hold, String) {
+    let cluster = lock_file(port, "cluster");
+    cluster.lock_shared().unwrap();
+    // The test group lets no more tests run than there are databases, so one is free or about
+    // to be; bounded all the same, so that a mistake is named, not a hang.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        for name in databases {
+            let file = lock_file(port, name);
+            match file.try_lock() {
+                Ok(()) => {
+                    let hold = Hold {
+                        _cluster: cluster,
+                        _database: Some(file),
+                    };
+                    return (hold, name.clone());
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => panic!("locking {name}: {e}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Citus test database free in 10 min"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
