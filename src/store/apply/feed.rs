@@ -159,22 +159,22 @@ impl<'a> Feed<'a> {
         conn: &mut PgConnection,
         notify: NotifyMode,
     ) -> Result<Option<i64>, sqlx::Error> {
-        if self.rows.is_empty() {
-            return Ok(None);
-        }
+        self.into_rows().record(conn, notify).await
+    }
+
+    /// The rows as one array per column (a batch's last statement writes them).
+    pub(super) fn into_rows(self) -> FeedRows {
         let n = self.rows.len();
-        let (mut apps, mut rooms, mut kinds) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut users, mut counts, mut at, mut ids, mut causes) = (
-            Vec::new(),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let mut rows = FeedRows {
+            apps: Vec::with_capacity(n),
+            rooms: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            users: Vec::new(),
+            counts: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            causes: Vec::with_capacity(n),
+        };
         for ((room, time, kind), mut names) in self.rows {
             let (id, cause) = self
                 .sources
@@ -183,25 +183,54 @@ impl<'a> Feed<'a> {
                 .unwrap_or((None, self.default_cause.unwrap_or(Cause::Callback)));
             names.sort_unstable();
             names.dedup();
-            apps.push(room.app);
-            rooms.push(room.id);
-            kinds.push(kind.as_str());
-            counts.push(i32::try_from(names.len()).expect("a batch's members fit in i32"));
-            users.extend(names);
-            at.push(time);
-            ids.push(id);
-            causes.push(cause.as_str());
+            rows.apps.push(room.app);
+            rows.rooms.push(room.id.to_owned());
+            rows.kinds.push(kind.as_str());
+            rows.counts
+                .push(i32::try_from(names.len()).expect("a batch's members fit in i32"));
+            rows.users.extend(names);
+            rows.at.push(time);
+            rows.ids.push(id);
+            rows.causes.push(cause.as_str());
+        }
+        rows
+    }
+}
+
+/// A transaction's feed rows, one array per column, as `room_changes_record` takes them.
+pub(super) struct FeedRows {
+    pub(super) apps: Vec<i64>,
+    pub(super) rooms: Vec<String>,
+    pub(super) kinds: Vec<&'static str>,
+    /// Every row's members in one flat array; row i has `counts[i]` of them.
+    pub(super) users: Vec<String>,
+    pub(super) counts: Vec<i32>,
+    pub(super) at: Vec<DateTime<Utc>>,
+    pub(super) ids: Vec<Option<i64>>,
+    pub(super) causes: Vec<&'static str>,
+}
+
+impl FeedRows {
+    /// Writes the rows in a statement of their own; the newest `seq`, `None` when there are
+    /// none.
+    async fn record(
+        self,
+        conn: &mut PgConnection,
+        notify: NotifyMode,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        if self.apps.is_empty() {
+            return Ok(None);
         }
         sqlx::query_file_scalar!(
             "src/store/apply/sql/record_changes.sql",
-            &apps,
-            &rooms as &[&str],
-            &kinds as &[&str],
-            &users,
-            &counts,
-            &at,
-            &ids as &[Option<i64>],
-            &causes as &[&str],
+            &self.apps,
+            &self.rooms,
+            &self.kinds as &[&str],
+            &self.users,
+            &self.counts,
+            &self.at,
+            &self.ids as &[Option<i64>],
+            &self.causes as &[&str],
             notify == NotifyMode::Wakeup,
         )
         .fetch_one(conn)

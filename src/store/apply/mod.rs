@@ -12,22 +12,23 @@
 //! 4. Rare paths, per room or per callback: destroys ([`destroy`]), room info ([`rooms`]),
 //!    seats ([`seats`]), and members whose row is newer than one of their events, recomputed
 //!    from the room's history ([`recompute`]).
-//! 5. [`write`]: one statement writes every member's new row and sends the notifications
-//!    ([`notify`]; a replay sends none).
-//!
-//! So a batch of enters and leaves takes three statements between `BEGIN` and `COMMIT`,
-//! whatever its size.
-//!
+//! 5. [`write`]: every member's new row and the notifications ([`notify`]; a replay sends
+//!    none), gathered.
 //! 6. [`ledger`]: the attendance ledger, from the same new events (docs/attendance.md): one
-//!    read and one write for the batch when its events go after what the ledger holds.
-//! 7. [`feed`]: the change feed's rows (docs/feed.md), gathered by the steps above, written
-//!    by the transaction's last statement.
+//!    read for the batch, and its changes gathered when its events go after what the ledger
+//!    holds.
+//! 7. [`feed`]: the change feed's rows (docs/feed.md), gathered by the steps above.
+//! 8. [`finish`]: one statement writes what 5 to 7 gathered, the transaction's last.
+//!
+//! So a batch of enters and leaves takes four statements between `BEGIN` and `COMMIT` on
+//! plain PostgreSQL, whatever its size.
 //!
 //! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
 
 mod destroy;
 mod encoding;
 mod feed;
+mod finish;
 mod history;
 mod late;
 mod ledger;
@@ -51,6 +52,7 @@ pub use feed::{Kind as ChangeKind, NotifyMode};
 
 use destroy::destroy;
 use feed::{Cause, Feed};
+use finish::finish;
 use history::insert_events;
 use late::{Windows, starts_of};
 use ledger::keep_ledger;
@@ -59,7 +61,7 @@ use members::{MemberRows, fold_members, named_members};
 use recompute::recompute_members;
 use rooms::{InfoChange, merge_room_info};
 use seats::{SeatChange, change_seats};
-use write::write_members;
+use write::MembersWrite;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -124,9 +126,9 @@ pub async fn apply_batch(
     let mut feed = Feed::of(&fresh);
     let fresh: Vec<&Callback> = fresh.into_iter().map(|(callback, _)| callback).collect();
     let notify = Notify::from(rules.notify);
-    let mut windows =
+    let (mut windows, members) =
         apply_effects(conn, dialect, &fresh, rows, &destroys, notify, &mut feed).await?;
-    keep_ledger(
+    let ledger = keep_ledger(
         conn,
         dialect,
         &fresh,
@@ -135,7 +137,7 @@ pub async fn apply_batch(
         &mut feed,
     )
     .await?;
-    feed.record(conn, rules.notify).await?;
+    finish(conn, dialect, members, ledger, feed, rules.notify).await?;
     Ok(outcomes)
 }
 
@@ -149,7 +151,7 @@ pub async fn replay_batch(
     let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
     let mut feed = Feed::default();
-    let mut windows = apply_effects(
+    let (mut windows, members) = apply_effects(
         conn,
         dialect,
         callbacks,
@@ -159,7 +161,11 @@ pub async fn replay_batch(
         &mut feed,
     )
     .await?;
-    keep_ledger(conn, dialect, callbacks, policy, &mut windows, &mut feed).await
+    let ledger = keep_ledger(conn, dialect, callbacks, policy, &mut windows, &mut feed).await?;
+    // A replay's feed rows are not written: the rebuild records its diff at the end.
+    let feed = Feed::default();
+    finish(conn, dialect, members, ledger, feed, NotifyMode::Off).await?;
+    Ok(())
 }
 
 /// Records what a rebuild changed in the members' view, as `member.entered`/`member.left`
@@ -272,7 +278,8 @@ impl<'a> Effects<'a> {
     }
 }
 
-/// Applies the effects on the view; gives back the late rooms' windows it read, for the ledger.
+/// Applies the effects on the view; gives back the late rooms' windows it read, for the
+/// ledger, and the members' rows to write.
 async fn apply_effects<'a>(
     conn: &mut PgConnection,
     dialect: Dialect,
@@ -281,7 +288,7 @@ async fn apply_effects<'a>(
     destroys: &Destroys<'a>,
     notify: Notify,
     feed: &mut Feed<'a>,
-) -> Result<Windows<'a>, sqlx::Error> {
+) -> Result<(Windows<'a>, MembersWrite), sqlx::Error> {
     let mut effects = Effects::default();
     fold_members(callbacks, rows, destroys, &mut effects);
     let (mut infos, mut seat_lists) = (Vec::new(), Vec::new());
@@ -363,7 +370,7 @@ async fn apply_effects<'a>(
             effects.set(room, user, state, at);
         }
     }
-    write_members(conn, dialect, &effects, notify).await?;
+    let members = MembersWrite::of(&effects, notify);
     feed.members(&effects);
-    Ok(windows)
+    Ok((windows, members))
 }

@@ -1,61 +1,78 @@
-//! The batch's one write of members' rows, with its notifications.
+//! The batch's one write of members' rows, with its notifications, as one array per column:
+//! written by the batch's last statement on plain PostgreSQL ([`super::finish`]), by its own
+//! routed statements on Citus.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::{Dialect, Effects, Notify, notify::payloads};
-use crate::store::membership::MemberState;
+use super::{Effects, Notify, notify::payloads};
 
-/// Writes every member's new row and sends the batch's notifications, in one statement.
-/// PostgreSQL delivers the notifications at commit, so listeners never hear of a change that
-/// was rolled back.
-pub(super) async fn write_members(
-    conn: &mut PgConnection,
-    dialect: Dialect,
-    effects: &Effects<'_>,
-    notify: Notify,
-) -> Result<(), sqlx::Error> {
-    let payloads = match notify {
-        Notify::Yes => payloads(&effects.notices),
-        Notify::No => Vec::new(),
-    };
-    if effects.states.is_empty() && payloads.is_empty() {
-        return Ok(());
-    }
-    let states = &effects.states;
-    let column =
-        |f: fn(&MemberState) -> Option<DateTime<Utc>>| states.values().map(f).collect::<Vec<_>>();
-    let text = |f: fn(&MemberState) -> Option<&str>| states.values().map(f).collect::<Vec<_>>();
-    let apps: Vec<i64> = states.keys().map(|(room, _)| room.app).collect();
-    let rooms: Vec<&str> = states.keys().map(|(room, _)| room.id).collect();
-    let users: Vec<&str> = states.keys().map(|(_, user)| user.as_str()).collect();
-    let in_room: Vec<bool> = states.values().map(|s| s.in_room).collect();
-    let last_at: Vec<DateTime<Utc>> = states.values().map(|s| s.last_event_at).collect();
-    let rank: Vec<i16> = states.values().map(|s| s.last_event_rank).collect();
-    // One statement, in the database's form: the same parameters.
-    macro_rules! write_members {
-        ($file:literal) => {
-            sqlx::query_file!(
-                $file,
-                &apps,
-                &rooms as &[&str],
-                &users as &[&str],
-                &in_room,
-                &column(|s| s.entered_at) as &[Option<DateTime<Utc>>],
-                &column(|s| s.left_at) as &[Option<DateTime<Utc>>],
-                &text(|s| s.leave_type.as_deref()) as &[Option<&str>],
-                &text(|s| s.leave_reason.as_deref()) as &[Option<&str>],
-                &last_at,
-                &rank,
-                &payloads,
-            )
-            .execute(conn)
-            .await?
+/// Every member's new row, and the payloads that announce the batch's changes.
+#[derive(Default)]
+pub(super) struct MembersWrite {
+    pub(super) apps: Vec<i64>,
+    pub(super) rooms: Vec<String>,
+    pub(super) users: Vec<String>,
+    pub(super) in_room: Vec<bool>,
+    pub(super) entered_at: Vec<Option<DateTime<Utc>>>,
+    pub(super) left_at: Vec<Option<DateTime<Utc>>>,
+    pub(super) leave_type: Vec<Option<String>>,
+    pub(super) leave_reason: Vec<Option<String>>,
+    pub(super) last_at: Vec<DateTime<Utc>>,
+    pub(super) rank: Vec<i16>,
+    pub(super) payloads: Vec<String>,
+}
+
+impl MembersWrite {
+    pub(super) fn of(effects: &Effects<'_>, notify: Notify) -> Self {
+        let mut write = Self {
+            payloads: match notify {
+                Notify::Yes => payloads(&effects.notices),
+                Notify::No => Vec::new(),
+            },
+            ..Self::default()
         };
+        for ((room, user), state) in &effects.states {
+            write.apps.push(room.app);
+            write.rooms.push(room.id.to_owned());
+            write.users.push(user.clone());
+            write.in_room.push(state.in_room);
+            write.entered_at.push(state.entered_at);
+            write.left_at.push(state.left_at);
+            write.leave_type.push(state.leave_type.clone());
+            write.leave_reason.push(state.leave_reason.clone());
+            write.last_at.push(state.last_event_at);
+            write.rank.push(state.last_event_rank);
+        }
+        write
     }
-    match dialect {
-        Dialect::Postgres => write_members!("src/store/apply/sql/write_members.sql"),
-        Dialect::Citus => write_members!("src/store/apply/sql/write_members_citus.sql"),
-    };
-    Ok(())
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.apps.is_empty() && self.payloads.is_empty()
+    }
+
+    /// Citus: one routed statement a member, then the notifications (PostgreSQL delivers them
+    /// at commit, so listeners never hear of a change that was rolled back).
+    pub(super) async fn execute_citus(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        sqlx::query_file!(
+            "src/store/apply/sql/write_members_citus.sql",
+            &self.apps,
+            &self.rooms,
+            &self.users,
+            &self.in_room,
+            &self.entered_at as &[Option<DateTime<Utc>>],
+            &self.left_at as &[Option<DateTime<Utc>>],
+            &self.leave_type as &[Option<String>],
+            &self.leave_reason as &[Option<String>],
+            &self.last_at,
+            &self.rank,
+            &self.payloads,
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }

@@ -8,8 +8,8 @@
 //! This file folds: a batch's events ([`keep_ledger`]), and the whole history of a room older
 //! than the ledger ([`backfill`]).
 //! - `read`: what the ledger holds for the batch's rooms and members, and a refold's old rows.
-//! - `write`: the changes as one array per column, written in one statement, and the feed's
-//!   session rows.
+//! - `write`: the changes as one array per column (the batch's last statement writes them,
+//!   `finish.rs`), and the feed's session rows.
 
 mod read;
 mod write;
@@ -31,9 +31,12 @@ use crate::{
     store::attendance::{Policy, RoomEvent, RoomLedger, Stay, goes_after},
 };
 use read::{old_rows, read_state};
-use write::{LedgerWrite, feed_session};
+pub(super) use write::LedgerWrite;
+use write::feed_session;
 
-/// Folds the batch's new member events into each room's ledger and writes what changed.
+/// Folds the batch's new member events into each room's ledger; gives back what changed,
+/// for the batch's last statement (a refold's deletions and rows that statement does not
+/// take are written here).
 /// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild);
 /// `windows`: the late rooms' events the members' recompute read already (shared).
 pub(super) async fn keep_ledger<'a>(
@@ -43,10 +46,10 @@ pub(super) async fn keep_ledger<'a>(
     policy: Policy,
     windows: &mut Windows<'a>,
     feed: &mut Feed<'a>,
-) -> Result<(), sqlx::Error> {
+) -> Result<LedgerWrite, sqlx::Error> {
     let events = room_events(callbacks);
     if events.is_empty() {
-        return Ok(());
+        return Ok(LedgerWrite::default());
     }
     let state = read_state(conn, &events, dialect).await?;
     let mut write = LedgerWrite::default();
@@ -138,7 +141,8 @@ pub(super) async fn keep_ledger<'a>(
             }
         }
     }
-    write.execute(conn, dialect).await
+    write.write_apart(conn, dialect).await?;
+    Ok(write)
 }
 
 /// Makes the ledger of a room that existed before the ledger did, from its whole history, in
@@ -167,8 +171,8 @@ pub(super) async fn backfill(
     let ledger = refold(&windows, room, &Start::WHOLE, policy);
     let mut write = LedgerWrite::default();
     write.push(room, Some(1), &ledger, None);
-    // A refold is written row by row whatever the database's form.
-    write.execute(conn, Dialect::Postgres).await?;
+    // A refold (a cut room) is written row by row whatever the database's form.
+    write.write_apart(conn, Dialect::Postgres).await?;
     fill_invitees(conn, room).await?;
     Ok(true)
 }

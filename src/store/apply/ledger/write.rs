@@ -1,5 +1,5 @@
-//! The ledger's changes of a batch as one array per column, and their one write
-//! (`ledger_write`, or row by row when a room is folded again); with the feed's rows of the
+//! The ledger's changes of a batch as one array per column, and their write (by the batch's
+//! last statement, or row by row when a room is folded again); with the feed's rows of the
 //! sessions that started, ended or changed.
 
 use std::collections::HashMap;
@@ -33,37 +33,39 @@ pub(super) fn feed_session<'a>(
     }
 }
 
-/// The ledger's changes of a batch, one array per column, for `ledger_write`.
+/// The ledger's changes of a batch, one array per column. On plain PostgreSQL, when no room
+/// is cut, the batch's last statement writes the rows (`finish.sql`, which reads the fields);
+/// otherwise [`LedgerWrite::write_apart`] does.
 #[derive(Default)]
-pub(super) struct LedgerWrite {
+pub(in crate::store::apply) struct LedgerWrite {
     cut_apps: Vec<i64>,
     cut_rooms: Vec<String>,
     cut_from: Vec<i32>,
-    s_apps: Vec<i64>,
-    s_rooms: Vec<String>,
-    s_users: Vec<String>,
-    s_joined: Vec<DateTime<Utc>>,
-    s_no: Vec<i32>,
-    s_left: Vec<Option<DateTime<Utc>>>,
-    s_type: Vec<Option<String>>,
-    s_reason: Vec<Option<String>>,
-    s_gaps: Vec<i32>,
-    s_gap_ms: Vec<i64>,
-    n_apps: Vec<i64>,
-    n_rooms: Vec<String>,
-    n_no: Vec<i32>,
-    n_started: Vec<DateTime<Utc>>,
-    n_ended: Vec<Option<DateTime<Utc>>>,
-    n_cause: Vec<Option<String>>,
-    n_peak: Vec<i32>,
-    n_peak_at: Vec<DateTime<Utc>>,
-    n_unique: Vec<i32>,
-    n_member_ms: Vec<i64>,
-    n_open: Vec<i32>,
-    r_apps: Vec<i64>,
-    r_rooms: Vec<String>,
-    r_at: Vec<Option<DateTime<Utc>>>,
-    r_rank: Vec<Option<i16>>,
+    pub(in crate::store::apply) s_apps: Vec<i64>,
+    pub(in crate::store::apply) s_rooms: Vec<String>,
+    pub(in crate::store::apply) s_users: Vec<String>,
+    pub(in crate::store::apply) s_joined: Vec<DateTime<Utc>>,
+    pub(in crate::store::apply) s_no: Vec<i32>,
+    pub(in crate::store::apply) s_left: Vec<Option<DateTime<Utc>>>,
+    pub(in crate::store::apply) s_type: Vec<Option<String>>,
+    pub(in crate::store::apply) s_reason: Vec<Option<String>>,
+    pub(in crate::store::apply) s_gaps: Vec<i32>,
+    pub(in crate::store::apply) s_gap_ms: Vec<i64>,
+    pub(in crate::store::apply) n_apps: Vec<i64>,
+    pub(in crate::store::apply) n_rooms: Vec<String>,
+    pub(in crate::store::apply) n_no: Vec<i32>,
+    pub(in crate::store::apply) n_started: Vec<DateTime<Utc>>,
+    pub(in crate::store::apply) n_ended: Vec<Option<DateTime<Utc>>>,
+    pub(in crate::store::apply) n_cause: Vec<Option<String>>,
+    pub(in crate::store::apply) n_peak: Vec<i32>,
+    pub(in crate::store::apply) n_peak_at: Vec<DateTime<Utc>>,
+    pub(in crate::store::apply) n_unique: Vec<i32>,
+    pub(in crate::store::apply) n_member_ms: Vec<i64>,
+    pub(in crate::store::apply) n_open: Vec<i32>,
+    pub(in crate::store::apply) r_apps: Vec<i64>,
+    pub(in crate::store::apply) r_rooms: Vec<String>,
+    pub(in crate::store::apply) r_at: Vec<Option<DateTime<Utc>>>,
+    pub(in crate::store::apply) r_rank: Vec<Option<i16>>,
     /// Rows a refold no longer has: stays by key, sessions by number.
     d_apps: Vec<i64>,
     d_rooms: Vec<String>,
@@ -186,11 +188,21 @@ impl LedgerWrite {
         self.r_rank.push(place.map(|p| p.1));
     }
 
-    /// Writes the changes: a refold's rows it no longer has deleted, then one statement,
-    /// set-based on plain PostgreSQL when no room is cut, else row by row (`ledger_write`, one
-    /// routed statement a row on Citus).
-    pub(super) async fn execute(
-        self,
+    /// Whether there is no row to upsert and no place to move.
+    pub(in crate::store::apply) fn is_empty(&self) -> bool {
+        self.s_apps.is_empty() && self.n_apps.is_empty() && self.r_apps.is_empty()
+    }
+
+    /// Whether the batch's last statement writes the rows: plain PostgreSQL, no room cut.
+    pub(in crate::store::apply) fn set_based(&self, dialect: Dialect) -> bool {
+        dialect == Dialect::Postgres && self.cut_apps.is_empty()
+    }
+
+    /// Writes what the batch's last statement does not: a refold's rows it no longer has
+    /// (deleted), and, on Citus or when a room is cut, every row (`ledger_write`, one routed
+    /// statement a row on Citus).
+    pub(in crate::store::apply) async fn write_apart(
+        &self,
         conn: &mut PgConnection,
         dialect: Dialect,
     ) -> Result<(), sqlx::Error> {
@@ -217,41 +229,7 @@ impl LedgerWrite {
             .execute(&mut *conn)
             .await?;
         }
-        if self.r_apps.is_empty() && self.cut_apps.is_empty() {
-            return Ok(());
-        }
-        if self.cut_apps.is_empty() && dialect == Dialect::Postgres {
-            // Nothing folded again: the set-based upserts, one statement.
-            sqlx::query_file!(
-                "src/store/apply/sql/ledger_write.sql",
-                &self.s_apps,
-                &self.s_rooms,
-                &self.s_users,
-                &self.s_joined,
-                &self.s_no,
-                &self.s_left as &[Option<DateTime<Utc>>],
-                &self.s_type as &[Option<String>],
-                &self.s_reason as &[Option<String>],
-                &self.s_gaps,
-                &self.s_gap_ms,
-                &self.n_apps,
-                &self.n_rooms,
-                &self.n_no,
-                &self.n_started,
-                &self.n_ended as &[Option<DateTime<Utc>>],
-                &self.n_cause as &[Option<String>],
-                &self.n_peak,
-                &self.n_peak_at,
-                &self.n_unique,
-                &self.n_member_ms,
-                &self.n_open,
-                &self.r_apps,
-                &self.r_rooms,
-                &self.r_at as &[Option<DateTime<Utc>>],
-                &self.r_rank as &[Option<i16>],
-            )
-            .execute(conn)
-            .await?;
+        if self.set_based(dialect) || (self.r_apps.is_empty() && self.cut_apps.is_empty()) {
             return Ok(());
         }
         sqlx::query_file!(
