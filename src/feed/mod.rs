@@ -33,6 +33,14 @@ const TICK: Duration = Duration::from_millis(1000);
 /// whatever the commit rate, while a commit after a quiet spell is still read at once.
 const FOLLOW_EVERY: Duration = Duration::from_millis(40);
 
+/// Waiting long polls past which the feed is crowded: then a woken poll answers no sooner than
+/// CROWD_LINGER after it began, so a crowd of followers sends answers (and gets asked again)
+/// about every CROWD_LINGER each, not at every read of the feed: the work of serving them stays
+/// off the callbacks' CPUs. Under CROWD a poll answers as soon as the feed is read.
+const CROWD: usize = 32;
+/// At most this late after the commit that wakes it (under 100 ms: docs/feed.md#http).
+const CROWD_LINGER: Duration = Duration::from_millis(80);
+
 /// Readers' own queries at once (a position older than the window, a roster, the console's
 /// reads): the pool is the callbacks' too, and hundreds of readers behind must queue for these,
 /// not take the connections the writers need.
@@ -129,6 +137,7 @@ pub struct Hub {
     window: Arc<Mutex<Recent>>,
     head: watch::Receiver<i64>,
     waiters: Arc<Semaphore>,
+    max_waiters: usize,
     /// Turns to query the database on a reader's behalf (READER_QUERIES).
     queries: Arc<Semaphore>,
     /// The database's form, once known (a roster is read differently on Citus).
@@ -175,6 +184,7 @@ impl Hub {
             })),
             head: rx,
             waiters: Arc::new(Semaphore::new(max_waiters)),
+            max_waiters,
             queries: Arc::new(Semaphore::new(READER_QUERIES)),
             dialect: Arc::new(OnceLock::new()),
         };
@@ -282,6 +292,7 @@ impl Hub {
 
     /// The changes after `after`, at most `limit`; waits up to `wait` for a first one.
     pub async fn read(&self, after: i64, limit: usize, wait: Duration) -> Result<Page, ReadError> {
+        let began = tokio::time::Instant::now();
         let ahead = match self.in_window(after, limit) {
             Window::Page(page) if !page.is_empty() || wait.is_zero() => return Ok(page),
             Window::Page(_) => false,
@@ -317,6 +328,9 @@ impl Hub {
             .is_err()
         {
             return Ok(Page::empty(after));
+        }
+        if self.max_waiters - self.waiters.available_permits() > CROWD {
+            tokio::time::sleep_until(began + CROWD_LINGER).await;
         }
         match self.in_window(after, limit) {
             Window::Page(page) => Ok(page),

@@ -307,6 +307,65 @@ async fn bad_input_gets_its_own_code(pool: PgPool) {
     app.stop().await;
 }
 
+/// docs/feed.md#http: past 32 waiting long polls, a woken poll answers no sooner than 80 ms
+/// after it began (and still within 100 ms of the commit that woke it).
+#[sqlx::test]
+async fn a_crowd_of_long_polls_answers_at_most_every_80_ms_each(pool: PgPool) {
+    let app = spawn_api(&pool, &[("NOTIFY_MODE", "wakeup")]).await;
+    let head: i64 = sqlx::query_scalar("SELECT last_seq FROM room_changes_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    const CROWD: usize = 60;
+    // Each follower polls twice: once waiting for the first change, then again at once from
+    // where it got to, timing the second poll from its sending to its answer.
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(CROWD);
+    let followers: Vec<_> = (0..CROWD)
+        .map(|_| {
+            let client = app.client.clone();
+            let address = app.address.clone();
+            let first_tx = first_tx.clone();
+            tokio::spawn(async move {
+                let poll = |after: i64| {
+                    client
+                        .get(format!("{address}/v1/changes?after={after}&wait=10"))
+                        .bearer_auth(API)
+                        .send()
+                };
+                let body: Value = poll(head).await.unwrap().json().await.unwrap();
+                let next = body["next"].as_i64().unwrap();
+                first_tx.send(()).await.unwrap();
+                let sent = Instant::now();
+                let response = poll(next).await.unwrap();
+                let answered = Instant::now();
+                (sent, answered, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.deliver(&enter("crowd-1", &["a"], 100)).await;
+    for _ in 0..CROWD {
+        first_rx.recv().await.unwrap();
+    }
+    // Every second poll is waiting (or about to): the next change wakes a crowd.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    app.deliver(&enter("crowd-2", &["b"], 200)).await;
+    let committed = Instant::now();
+    let mut took = Vec::new();
+    let mut late = Vec::new();
+    for follower in followers {
+        let (sent, answered, body) = follower.await.unwrap();
+        assert_eq!(body["changes"][0]["room_id"], json!("crowd-2"), "{body}");
+        took.push(answered - sent);
+        late.push(answered.saturating_duration_since(committed));
+    }
+    took.sort();
+    late.sort();
+    assert!(took[0] >= Duration::from_millis(80), "{took:?}");
+    assert!(late[0] < Duration::from_millis(100), "{late:?}");
+    app.stop().await;
+}
+
 #[sqlx::test]
 async fn a_long_poll_returns_at_the_commit_that_wakes_it(pool: PgPool) {
     for mode in ["members", "wakeup", "off"] {
