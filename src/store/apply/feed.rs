@@ -163,7 +163,7 @@ impl<'a> Feed<'a> {
     }
 
     /// The rows as one array per column (a batch's last statement writes them).
-    pub(super) fn into_rows(self) -> FeedRows {
+    pub(super) fn into_rows(self) -> FeedRows<'a> {
         let n = self.rows.len();
         let mut rows = FeedRows {
             apps: Vec::with_capacity(n),
@@ -184,7 +184,7 @@ impl<'a> Feed<'a> {
             names.sort_unstable();
             names.dedup();
             rows.apps.push(room.app);
-            rows.rooms.push(room.id.to_owned());
+            rows.rooms.push(room.id);
             rows.kinds.push(kind.as_str());
             rows.counts
                 .push(i32::try_from(names.len()).expect("a batch's members fit in i32"));
@@ -198,9 +198,9 @@ impl<'a> Feed<'a> {
 }
 
 /// A transaction's feed rows, one array per column, as `room_changes_record` takes them.
-pub(super) struct FeedRows {
+pub(super) struct FeedRows<'a> {
     pub(super) apps: Vec<i64>,
-    pub(super) rooms: Vec<String>,
+    pub(super) rooms: Vec<&'a str>,
     pub(super) kinds: Vec<&'static str>,
     /// Every row's members in one flat array; row i has `counts[i]` of them.
     pub(super) users: Vec<String>,
@@ -210,7 +210,7 @@ pub(super) struct FeedRows {
     pub(super) causes: Vec<&'static str>,
 }
 
-impl FeedRows {
+impl FeedRows<'_> {
     /// Writes the rows in a statement of their own; the newest `seq`, `None` when there are
     /// none.
     async fn record(
@@ -224,7 +224,7 @@ impl FeedRows {
         sqlx::query_file_scalar!(
             "src/store/apply/sql/record_changes.sql",
             &self.apps,
-            &self.rooms,
+            &self.rooms as &[&str],
             &self.kinds as &[&str],
             &self.users,
             &self.counts,

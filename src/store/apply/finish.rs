@@ -18,7 +18,7 @@ use super::{
 pub(super) async fn finish(
     conn: &mut PgConnection,
     dialect: Dialect,
-    members: MembersWrite,
+    members: MembersWrite<'_>,
     ledger: LedgerWrite,
     feed: Feed<'_>,
     notify: NotifyMode,
@@ -41,7 +41,7 @@ pub(super) async fn finish(
     let done = sqlx::query_file!(
         "src/store/apply/sql/finish.sql",
         &members.apps,
-        &members.rooms,
+        &members.rooms as &[&str],
         &members.users,
         &members.in_room,
         &members.entered_at as &[Option<DateTime<Utc>>],
@@ -77,7 +77,7 @@ pub(super) async fn finish(
         &ledger.r_at as &[Option<DateTime<Utc>>],
         &ledger.r_rank as &[Option<i16>],
         &rows.apps,
-        &rows.rooms,
+        &rows.rooms as &[&str],
         &rows.kinds as &[&str],
         &rows.users,
         &rows.counts,

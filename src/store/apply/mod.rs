@@ -288,7 +288,7 @@ async fn apply_effects<'a>(
     destroys: &Destroys<'a>,
     notify: Notify,
     feed: &mut Feed<'a>,
-) -> Result<(Windows<'a>, MembersWrite), sqlx::Error> {
+) -> Result<(Windows<'a>, MembersWrite<'a>), sqlx::Error> {
     let mut effects = Effects::default();
     fold_members(callbacks, rows, destroys, &mut effects);
     let (mut infos, mut seat_lists) = (Vec::new(), Vec::new());
@@ -370,7 +370,7 @@ async fn apply_effects<'a>(
             effects.set(room, user, state, at);
         }
     }
-    let members = MembersWrite::of(&effects, notify);
     feed.members(&effects);
+    let members = MembersWrite::of(effects, notify);
     Ok((windows, members))
 }

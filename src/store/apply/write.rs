@@ -7,11 +7,12 @@ use sqlx::PgConnection;
 
 use super::{Effects, Notify, notify::payloads};
 
-/// Every member's new row, and the payloads that announce the batch's changes.
+/// Every member's new row, and the payloads that announce the batch's changes. Room ids are
+/// the callbacks' own; the rest is moved out of the batch's effects (nothing is copied).
 #[derive(Default)]
-pub(super) struct MembersWrite {
+pub(super) struct MembersWrite<'a> {
     pub(super) apps: Vec<i64>,
-    pub(super) rooms: Vec<String>,
+    pub(super) rooms: Vec<&'a str>,
     pub(super) users: Vec<String>,
     pub(super) in_room: Vec<bool>,
     pub(super) entered_at: Vec<Option<DateTime<Utc>>>,
@@ -23,8 +24,8 @@ pub(super) struct MembersWrite {
     pub(super) payloads: Vec<String>,
 }
 
-impl MembersWrite {
-    pub(super) fn of(effects: &Effects<'_>, notify: Notify) -> Self {
+impl<'a> MembersWrite<'a> {
+    pub(super) fn of(effects: Effects<'a>, notify: Notify) -> Self {
         let mut write = Self {
             payloads: match notify {
                 Notify::Yes => payloads(&effects.notices),
@@ -32,15 +33,15 @@ impl MembersWrite {
             },
             ..Self::default()
         };
-        for ((room, user), state) in &effects.states {
+        for ((room, user), state) in effects.states {
             write.apps.push(room.app);
-            write.rooms.push(room.id.to_owned());
-            write.users.push(user.clone());
+            write.rooms.push(room.id);
+            write.users.push(user);
             write.in_room.push(state.in_room);
             write.entered_at.push(state.entered_at);
             write.left_at.push(state.left_at);
-            write.leave_type.push(state.leave_type.clone());
-            write.leave_reason.push(state.leave_reason.clone());
+            write.leave_type.push(state.leave_type);
+            write.leave_reason.push(state.leave_reason);
             write.last_at.push(state.last_event_at);
             write.rank.push(state.last_event_rank);
         }
@@ -60,7 +61,7 @@ impl MembersWrite {
         sqlx::query_file!(
             "src/store/apply/sql/write_members_citus.sql",
             &self.apps,
-            &self.rooms,
+            &self.rooms as &[&str],
             &self.users,
             &self.in_room,
             &self.entered_at as &[Option<DateTime<Utc>>],
