@@ -562,7 +562,8 @@ async fn the_reconcile_command_prints_and_stores_the_differences(pool: PgPool) {
         assert!(typo.stdout.contains("0 rooms checked"), "{}", typo.stdout);
         assert!(
             typo.stderr.contains(r#"room "typo" is unknown"#),
-            "{}",
+            "{}{}",
+            typo.stdout,
             typo.stderr
         );
     }
