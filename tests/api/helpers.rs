@@ -384,18 +384,25 @@ where
     probe().await
 }
 
-/// The test database's URL on `port` (the server's, or a proxy's), with the credentials the tests use.
+/// The test database's URL on `port` (the server's, or a proxy's), with the credentials and
+/// the parameters (`sslmode`, scripts/test) the tests use.
 pub fn database_url(pool: &PgPool, port: u16) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
     let credentials = base
         .rsplit_once('@')
         .map_or("postgres://postgres", |(c, _)| c);
+    let parameters = base.split_once('?').map_or("", |(_, p)| p);
     let database = pool
         .connect_options()
         .get_database()
         .unwrap_or("postgres")
         .to_owned();
-    format!("{credentials}@127.0.0.1:{port}/{database}")
+    let url = format!("{credentials}@127.0.0.1:{port}/{database}");
+    if parameters.is_empty() {
+        url
+    } else {
+        format!("{url}?{parameters}")
+    }
 }
 
 /// What the server sends until it closes the connection, and when it closed (`None`: still
