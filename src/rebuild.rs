@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::{
     callback::{Callback, CallbackQuery, RECONCILE_COMMAND, parse_stored},
     reconcile::correction::StoredCorrection,
-    store::{Rules, attendance::Policy, record_rebuild_diff, replay_batch},
+    store::{Dialect, Rules, attendance::Policy, record_rebuild_diff, replay_batch},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -72,6 +72,8 @@ pub async fn rebuild(pool: &PgPool, rules: Rules) -> Result<RebuildReport, sqlx:
     let mut report = RebuildReport::default();
     // Replayed in batches, through the statements live callbacks take.
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    // The database's form, told by the first batch (on Citus, the next take their routed form).
+    let mut dialect = None;
     while let Some(row) = rows.try_next().await? {
         // A correction's payload is Tencent's answer, not a callback: its columns say it all.
         let parsed = if row.callback_command == RECONCILE_COMMAND {
@@ -107,7 +109,7 @@ pub async fn rebuild(pool: &PgPool, rules: Rules) -> Result<RebuildReport, sqlx:
                 batch.push(callback);
                 report.replayed += 1;
                 if batch.len() == REPLAY_BATCH {
-                    replay(&mut tx, &mut batch, policy).await?;
+                    replay(&mut tx, &mut batch, &mut dialect, policy).await?;
                 }
             }
             Err(info) => {
@@ -120,7 +122,7 @@ pub async fn rebuild(pool: &PgPool, rules: Rules) -> Result<RebuildReport, sqlx:
         }
     }
     drop(rows);
-    replay(&mut tx, &mut batch, policy).await?;
+    replay(&mut tx, &mut batch, &mut dialect, policy).await?;
     let mut after = present(&mut tx).await?;
     let now = Utc::now();
     let mut changed: Vec<(i64, String, String, bool, DateTime<Utc>)> = before
@@ -162,10 +164,11 @@ const REPLAY_BATCH: usize = 256;
 async fn replay(
     conn: &mut sqlx::PgConnection,
     batch: &mut Vec<Callback>,
+    dialect: &mut Option<Dialect>,
     policy: Policy,
 ) -> Result<(), sqlx::Error> {
     let refs: Vec<&Callback> = batch.iter().collect();
-    replay_batch(conn, &refs, policy).await?;
+    *dialect = Some(replay_batch(conn, &refs, *dialect, policy).await?);
     batch.clear();
     Ok(())
 }

@@ -143,12 +143,14 @@ pub async fn apply_batch(
 
 /// Applies stored callbacks' effects again, through the same statements, without history
 /// rows, notifications or feed rows (`roomsync rebuild`, which records its diff at the end).
+/// `known` as for [`apply_batch`]; returns the database's form, for the next batch.
 pub async fn replay_batch(
     conn: &mut PgConnection,
     callbacks: &[&Callback],
+    known: Option<Dialect>,
     policy: Policy,
-) -> Result<(), sqlx::Error> {
-    let (destroys, dialect) = lock_rooms(conn, callbacks, None).await?;
+) -> Result<Dialect, sqlx::Error> {
+    let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
     let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
     let mut feed = Feed::default();
     let (mut windows, members) = apply_effects(
@@ -165,7 +167,7 @@ pub async fn replay_batch(
     // A replay's feed rows are not written: the rebuild records its diff at the end.
     let feed = Feed::default();
     finish(conn, dialect, members, ledger, feed, NotifyMode::Off).await?;
-    Ok(())
+    Ok(dialect)
 }
 
 /// Records what a rebuild changed in the members' view, as `member.entered`/`member.left`
@@ -337,7 +339,7 @@ async fn apply_effects<'a>(
             _ => {}
         }
     }
-    merge_room_info(conn, &infos).await?;
+    merge_room_info(conn, dialect, &infos).await?;
     change_seats(conn, &seat_lists).await?;
     // Late members: each room from the start of the session its earliest event of the batch
     // falls in; the reads for every such room at once.

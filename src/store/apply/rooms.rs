@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 
-use super::Room;
+use super::{Dialect, Room};
 use crate::callback::{Id, RoomInfo};
 
 /// A create's or an update's room info, at its EventTime.
@@ -20,9 +20,11 @@ pub(super) struct InfoChange<'a> {
 }
 
 /// Merges the fields present into each room's `room_info` (per field, the newest event wins):
-/// one read of every room concerned, the merges in memory, one write.
+/// one read of every room concerned, the merges in memory, one write; on Citus, one routed
+/// read and write per room (a statement over a list of rooms would go to every shard).
 pub(super) async fn merge_room_info(
     conn: &mut PgConnection,
+    dialect: Dialect,
     changes: &[InfoChange<'_>],
 ) -> Result<(), sqlx::Error> {
     if changes.is_empty() {
@@ -32,24 +34,8 @@ pub(super) async fn merge_room_info(
     for change in changes {
         by_room.entry(change.room).or_default().push(change);
     }
-    let apps: Vec<i64> = by_room.keys().map(|room| room.app).collect();
-    let ids: Vec<&str> = by_room.keys().map(|room| room.id).collect();
-    let current = sqlx::query!(
-        r#"SELECT r.sdk_app_id, r.room_id, r.room_info, r.room_info_versions
-           FROM UNNEST($1::int8[], $2::text[]) AS t(a, id)
-           JOIN rooms r ON r.sdk_app_id = t.a AND r.room_id = t.id"#,
-        &apps,
-        &ids as &[&str],
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut current: HashMap<(i64, String), (Option<Value>, Value)> = current
-        .into_iter()
-        .map(|row| {
-            let state = (row.room_info, row.room_info_versions);
-            ((row.sdk_app_id, row.room_id), state)
-        })
-        .collect();
+    let rooms: Vec<Room<'_>> = by_room.keys().copied().collect();
+    let mut current = current_info(conn, dialect, &rooms).await?;
     let mut rows = InfoRows::default();
     for (room, changes) in &by_room {
         // Every room of the batch is locked, hence there.
@@ -78,27 +64,7 @@ pub(super) async fn merge_room_info(
             rows.invitees.push((*room, invitees));
         }
     }
-    sqlx::query!(
-        r#"UPDATE rooms r SET
-               room_info = t.info, room_info_versions = t.versions, room_name = t.name,
-               room_type = t.kind, owner_account = t.owner, max_member_count = t.max_members,
-               created_at = GREATEST(r.created_at, t.created)
-           FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[], $6::text[],
-                       $7::text[], $8::int4[], $9::timestamptz[])
-                AS t(a, id, info, versions, name, kind, owner, max_members, created)
-           WHERE r.sdk_app_id = t.a AND r.room_id = t.id"#,
-        &rows.apps,
-        &rows.ids as &[&str],
-        &rows.info,
-        &rows.versions,
-        &rows.names as &[Option<String>],
-        &rows.kinds as &[Option<String>],
-        &rows.owners as &[Option<String>],
-        &rows.max_members as &[Option<i32>],
-        &rows.created as &[Option<DateTime<Utc>>],
-    )
-    .execute(&mut *conn)
-    .await?;
+    rows.write(conn, dialect).await?;
     // Creates with invitees are rare: one statement per room that has one, routed to it.
     for (room, (at, list)) in &rows.invitees {
         let list: Vec<&str> = list.iter().map(Id::as_str).collect();
@@ -116,6 +82,51 @@ pub(super) async fn merge_room_info(
         .await?;
     }
     Ok(())
+}
+
+/// Each room's `room_info` and its fields' versions, as locked by the batch.
+async fn current_info(
+    conn: &mut PgConnection,
+    dialect: Dialect,
+    rooms: &[Room<'_>],
+) -> Result<HashMap<(i64, String), (Option<Value>, Value)>, sqlx::Error> {
+    let mut current = HashMap::with_capacity(rooms.len());
+    match dialect {
+        Dialect::Postgres => {
+            let apps: Vec<i64> = rooms.iter().map(|room| room.app).collect();
+            let ids: Vec<&str> = rooms.iter().map(|room| room.id).collect();
+            let rows = sqlx::query!(
+                r#"SELECT r.sdk_app_id, r.room_id, r.room_info, r.room_info_versions
+                   FROM UNNEST($1::int8[], $2::text[]) AS t(a, id)
+                   JOIN rooms r ON r.sdk_app_id = t.a AND r.room_id = t.id"#,
+                &apps,
+                &ids as &[&str],
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            for row in rows {
+                let state = (row.room_info, row.room_info_versions);
+                current.insert((row.sdk_app_id, row.room_id), state);
+            }
+        }
+        Dialect::Citus => {
+            for room in rooms {
+                let row = sqlx::query!(
+                    r#"SELECT room_info, room_info_versions FROM rooms
+                       WHERE sdk_app_id = $1 AND room_id = $2"#,
+                    room.app,
+                    room.id,
+                )
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(row) = row {
+                    let state = (row.room_info, row.room_info_versions);
+                    current.insert((room.app, room.id.to_owned()), state);
+                }
+            }
+        }
+    }
+    Ok(current)
 }
 
 /// A create's invitees: its time, the list.
@@ -164,6 +175,55 @@ impl<'a> InfoRows<'a> {
         self.info.push(Value::Object(merged.fields));
         self.versions.push(versions);
         self.created.push(created);
+    }
+
+    /// Writes each room's merged info.
+    async fn write(&self, conn: &mut PgConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
+        if dialect == Dialect::Citus {
+            for i in 0..self.apps.len() {
+                sqlx::query!(
+                    r#"UPDATE rooms SET
+                           room_info = $3, room_info_versions = $4, room_name = $5,
+                           room_type = $6, owner_account = $7, max_member_count = $8,
+                           created_at = GREATEST(created_at, $9)
+                       WHERE sdk_app_id = $1 AND room_id = $2"#,
+                    self.apps[i],
+                    self.ids[i],
+                    &self.info[i],
+                    &self.versions[i],
+                    self.names[i].as_deref(),
+                    self.kinds[i].as_deref(),
+                    self.owners[i].as_deref(),
+                    self.max_members[i],
+                    self.created[i],
+                )
+                .execute(&mut *conn)
+                .await?;
+            }
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"UPDATE rooms r SET
+                   room_info = t.info, room_info_versions = t.versions, room_name = t.name,
+                   room_type = t.kind, owner_account = t.owner, max_member_count = t.max_members,
+                   created_at = GREATEST(r.created_at, t.created)
+               FROM UNNEST($1::int8[], $2::text[], $3::jsonb[], $4::jsonb[], $5::text[],
+                           $6::text[], $7::text[], $8::int4[], $9::timestamptz[])
+                    AS t(a, id, info, versions, name, kind, owner, max_members, created)
+               WHERE r.sdk_app_id = t.a AND r.room_id = t.id"#,
+            &self.apps,
+            &self.ids as &[&str],
+            &self.info,
+            &self.versions,
+            &self.names as &[Option<String>],
+            &self.kinds as &[Option<String>],
+            &self.owners as &[Option<String>],
+            &self.max_members as &[Option<i32>],
+            &self.created as &[Option<DateTime<Utc>>],
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 

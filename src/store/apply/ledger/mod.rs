@@ -14,7 +14,7 @@
 mod read;
 mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -22,7 +22,7 @@ use sqlx::PgConnection;
 use super::{
     Dialect, Room,
     encoding::member_event_of,
-    feed::{Feed, Kind},
+    feed::Feed,
     late::{Start, Windows, starts_of},
     room_of,
 };
@@ -108,37 +108,18 @@ pub(super) async fn keep_ledger<'a>(
             .map(|((room, _), start)| (*room, start.ledger_from))
             .collect();
         windows.read(conn, dialect, &from).await?;
-        let cut: Vec<_> = late
+        let firsts: Vec<_> = late
             .iter()
             .zip(&starts)
             .map(|((room, _), start)| (*room, start.first_no))
             .collect();
-        let mut old = match dialect {
-            Dialect::Postgres => old_rows(conn, &cut).await?,
-            Dialect::Citus => HashMap::new(),
-        };
+        let mut old = old_rows(conn, dialect, &firsts).await?;
         for (((room, at), start), folded) in late.into_iter().zip(&starts).zip(late_places) {
             let ledger = refold(windows, room, start, policy);
-            match dialect {
-                // Only what the late event changed is written: a long session's other stays
-                // stay as they are.
-                Dialect::Postgres => {
-                    let rows = old.remove(&room).unwrap_or_default();
-                    write.push_diff(room, &ledger, rows, folded, (at, feed));
-                }
-                // The old rows are not read on Citus: every member of the refolded sessions
-                // is named (docs/feed.md#kinds).
-                Dialect::Citus => {
-                    let users: Vec<String> = ledger
-                        .changes()
-                        .stays
-                        .iter()
-                        .map(|s| s.user.clone())
-                        .collect();
-                    feed.add(room, at, Kind::StaysRevised, &users);
-                    write.push(room, Some(start.first_no), &ledger, folded);
-                }
-            }
+            // Only what the late event changed is written: a long session's other stays stay
+            // as they are.
+            let rows = old.remove(&room).unwrap_or_default();
+            write.push_diff(room, &ledger, rows, folded, (at, feed));
         }
     }
     write.write_apart(conn, dialect).await?;

@@ -199,15 +199,41 @@ impl LedgerWrite {
     }
 
     /// Writes what the batch's last statement does not: a refold's rows it no longer has
-    /// (deleted), and, on Citus or when a room is cut, every row (`ledger_write`, one routed
-    /// statement a row on Citus).
+    /// (deleted), and, on Citus or when a room is cut (a backfill), the changed rows
+    /// (`ledger_write`, one routed statement a row on Citus).
     pub(in crate::store::apply) async fn write_apart(
         &self,
         conn: &mut PgConnection,
         dialect: Dialect,
     ) -> Result<(), sqlx::Error> {
-        if !self.d_apps.is_empty() || !self.e_apps.is_empty() {
-            // Disjoint from what is upserted next: a refold's rows it no longer has.
+        // Disjoint from what is upserted next: a refold's rows it no longer has (rare). On
+        // Citus one routed statement a row: a statement over a list would go to every shard.
+        if dialect == Dialect::Citus {
+            for i in 0..self.d_apps.len() {
+                sqlx::query!(
+                    r#"DELETE FROM room_stays
+                       WHERE sdk_app_id = $1 AND room_id = $2 AND user_id = $3
+                         AND joined_at = $4"#,
+                    self.d_apps[i],
+                    self.d_rooms[i],
+                    self.d_users[i],
+                    self.d_joined[i],
+                )
+                .execute(&mut *conn)
+                .await?;
+            }
+            for i in 0..self.e_apps.len() {
+                sqlx::query!(
+                    r#"DELETE FROM room_sessions
+                       WHERE sdk_app_id = $1 AND room_id = $2 AND session_no = $3"#,
+                    self.e_apps[i],
+                    self.e_rooms[i],
+                    self.e_no[i],
+                )
+                .execute(&mut *conn)
+                .await?;
+            }
+        } else if !self.d_apps.is_empty() || !self.e_apps.is_empty() {
             sqlx::query!(
                 r#"WITH stays AS (
                        DELETE FROM room_stays s
