@@ -40,6 +40,8 @@ struct Shard {
 pub struct Layout {
     /// Sorted by hash range.
     shards: Vec<Shard>,
+    /// Read from the database (the default, before the first read, knows nothing).
+    loaded: bool,
 }
 
 impl Layout {
@@ -62,7 +64,16 @@ impl Layout {
             })
             .collect();
         shards.sort_by_key(|s| s.min_hash);
-        Ok(Self { shards })
+        Ok(Self {
+            shards,
+            loaded: true,
+        })
+    }
+
+    /// Whether it was read from the database (not the default of a writer that has not read it
+    /// yet).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     pub fn is_distributed(&self) -> bool {
@@ -224,6 +235,7 @@ mod tests {
                     node,
                 })
                 .collect(),
+            loaded: true,
         }
     }
 

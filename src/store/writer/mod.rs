@@ -18,7 +18,10 @@
 //! trip for a while, then retried alone. Every answer is a judged verdict ([`Health`]).
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -123,6 +126,8 @@ struct Task {
     health: Health,
     metrics: Arc<Metrics>,
     layout: SharedLayout,
+    /// Whether this task has read the layout itself (see `commit_batch`).
+    layout_read: AtomicBool,
     max_batch: usize,
     /// How many tasks share the queue.
     tasks: usize,
@@ -162,6 +167,7 @@ impl Writer {
                 health: health.clone(),
                 metrics: metrics.clone(),
                 layout: layout.clone(),
+                layout_read: AtomicBool::new(false),
                 max_batch: options.max_batch,
                 tasks: options.tasks,
                 hold: options.hold,
@@ -312,6 +318,13 @@ impl Task {
         let callbacks: Vec<&Callback> = batch.iter().map(|job| &job.callback).collect();
         let groups: Vec<u64> = batch.iter().map(|job| job.group.key).collect();
         self.metrics.batch_size.observe(batch.len() as f64);
+        // Before the background task's first read lands, a task's first batch reads the layout
+        // itself (once: an unreachable database must not cost every batch a failed read): on
+        // Citus, a batch in the plain form goes through the coordinator (INSERT … SELECT, two
+        // phases) at several times the cost of the routed form.
+        if !self.layout.get().is_loaded() && !self.layout_read.swap(true, Ordering::Relaxed) {
+            self.layout.refresh(&self.pool).await;
+        }
         let known = self.layout.get().dialect();
         let write = write_isolating(conn, known, self.rules, &self.begin, &callbacks, &groups);
         let results = match tokio::time::timeout(self.write_timeout, write).await {
