@@ -407,8 +407,9 @@ async fn two_phase_recovery(pool: &PgPool, on: bool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-/// Many rooms on both workers at once: every batch holds the rooms of one node and writes
-/// them with routed statements, so Citus commits each on that node in one phase. (Before the
+/// Many rooms on both workers at once (enters, then room info and seats): every batch holds the
+/// rooms of one node and writes them with routed statements, so Citus commits each on that node
+/// in one phase. (Before the
 /// writers took groups, most batches spanned both workers; with Citus's INSERT … SELECT from
 /// arrays, which goes through COPY, every one took two phases.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,9 +431,20 @@ async fn one_node_a_transaction() {
         .execute(pool)
         .await
         .unwrap();
-    let bodies: Vec<serde_json::Value> = (0..600)
+    let mut bodies: Vec<serde_json::Value> = (0..600)
         .map(|i| enter(&format!("spread-{}", i % 60), &[&format!("u{i}")], 10 + i))
         .collect();
+    // Room info and seat lists too: their statements name lists of rooms, which on Citus
+    // reached every shard (and so both workers) before they were routed per room.
+    for i in 0..60 {
+        let room = format!("spread-{i}");
+        bodies.push(create(&room, &format!("name-{i}"), 700 + i));
+        bodies.push(serde_json::json!({
+            "CallbackCommand": "Mic.CallbackAfterSeatInfoChanged", "RoomId": room,
+            "EventTime": 800 + i,
+            "SeatList": [{"Index": 0, "Member_Account": format!("u{i}"), "IsAudioDisabled": true}]
+        }));
+    }
     for wave in bodies.chunks(60) {
         let sends = wave.iter().map(|body| app.send(body));
         for (status, answer) in futures_util::future::join_all(sends).await {
@@ -451,8 +463,19 @@ async fn one_node_a_transaction() {
         .await,
         600
     );
+    assert_eq!(
+        count(
+            pool,
+            "SELECT count(*) FROM rooms r JOIN room_seats s USING (sdk_app_id, room_id)
+             WHERE r.room_id LIKE 'spread-%' AND r.room_name = 'name-' || substr(r.room_id, 8)
+               AND s.member_account = 'u' || substr(r.room_id, 8) AND s.is_audio_disabled"
+        )
+        .await,
+        60,
+        "each room's info and seat"
+    );
     assert_eq!(two_phase, 0, "two-phase commits in {batches} batches");
-    assert!(batches < 600.0, "callbacks still share batches: {batches}");
+    assert!(batches < 720.0, "callbacks still share batches: {batches}");
     app.stop().await;
 }
 

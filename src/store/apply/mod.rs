@@ -340,7 +340,7 @@ async fn apply_effects<'a>(
         }
     }
     merge_room_info(conn, dialect, &infos).await?;
-    change_seats(conn, &seat_lists).await?;
+    change_seats(conn, dialect, &seat_lists).await?;
     // Late members: each room from the start of the session its earliest event of the batch
     // falls in; the reads for every such room at once.
     let late = std::mem::take(&mut effects.late);

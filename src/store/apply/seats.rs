@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::Room;
+use super::{Dialect, Room};
 use crate::callback::Seat;
 
 /// A seat list at its EventTime; a correction's list is Tencent's whole list.
@@ -18,9 +18,11 @@ pub(super) struct SeatChange<'a> {
 
 /// Writes every seat's newest state in one statement (per seat the newest change wins; at
 /// equal times the larger state by [`seat_order`], in the batch as against the row, so
-/// arrival order never shows); then a correction removes the seats it does not list.
+/// arrival order never shows), one routed statement a seat on Citus; then a correction removes
+/// the seats it does not list.
 pub(super) async fn change_seats(
     conn: &mut PgConnection,
+    dialect: Dialect,
     changes: &[SeatChange<'_>],
 ) -> Result<(), sqlx::Error> {
     let mut newest: BTreeMap<(Room<'_>, i32), (DateTime<Utc>, &Seat)> = BTreeMap::new();
@@ -34,7 +36,40 @@ pub(super) async fn change_seats(
             }
         }
     }
-    if !newest.is_empty() {
+    if dialect == Dialect::Citus {
+        // One routed statement a seat: an `INSERT … SELECT` would go through the coordinator.
+        for ((room, index), (at, seat)) in &newest {
+            sqlx::query!(
+                r#"INSERT INTO room_seats AS s
+                       (sdk_app_id, room_id, seat_index, member_account, is_taken_disabled,
+                        is_video_disabled, is_audio_disabled, last_event_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                   ON CONFLICT (sdk_app_id, room_id, seat_index) DO UPDATE SET
+                       member_account = EXCLUDED.member_account,
+                       is_taken_disabled = EXCLUDED.is_taken_disabled,
+                       is_video_disabled = EXCLUDED.is_video_disabled,
+                       is_audio_disabled = EXCLUDED.is_audio_disabled,
+                       last_event_at = EXCLUDED.last_event_at
+                   WHERE s.last_event_at < EXCLUDED.last_event_at
+                      OR (s.last_event_at = EXCLUDED.last_event_at
+                          AND (coalesce(s.member_account, '') COLLATE "C", s.is_taken_disabled,
+                               s.is_video_disabled, s.is_audio_disabled)
+                           <= (coalesce(EXCLUDED.member_account, '') COLLATE "C",
+                               EXCLUDED.is_taken_disabled, EXCLUDED.is_video_disabled,
+                               EXCLUDED.is_audio_disabled))"#,
+                room.app,
+                room.id,
+                index,
+                seat.member.as_ref().map(|m| m.as_str()),
+                seat.is_taken_disabled,
+                seat.is_video_disabled,
+                seat.is_audio_disabled,
+                at,
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+    } else if !newest.is_empty() {
         let apps: Vec<i64> = newest.keys().map(|(room, _)| room.app).collect();
         let ids: Vec<&str> = newest.keys().map(|(room, _)| room.id).collect();
         let index: Vec<i32> = newest.keys().map(|(_, index)| *index).collect();
