@@ -335,6 +335,9 @@ async fn deliver_all(
     settings: Settings,
     deliveries: &[Delivery],
 ) -> Vec<(u16, Value)> {
+    // The statements' form, as the service's writers know it (on Citus the plain form goes
+    // through the coordinator and two phases: heavier, the same rows).
+    let known = dialect_of(&pools[0]).await;
     futures_util::stream::iter(deliveries.iter().enumerate())
         .map(|(i, delivery)| {
             let (app, pool) = (&apps[i % apps.len()], &pools[i % pools.len()]);
@@ -344,7 +347,7 @@ async fn deliver_all(
                     Delivery::Fix(correction) => {
                         roomsync::store::write_batch(
                             pool,
-                            None,
+                            known,
                             settings.policy().into(),
                             &[&**correction],
                         )

@@ -368,6 +368,17 @@ pub fn server_of(pool: &PgPool) -> std::net::SocketAddr {
     format!("{host}:{}", options.get_port()).parse().unwrap()
 }
 
+/// The statements' form of the database behind `pool`, as a writer that has read the layout
+/// passes it: Citus's where the extension is installed.
+pub async fn dialect_of(pool: &PgPool) -> Option<roomsync::store::Dialect> {
+    let citus: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    citus.then_some(roomsync::store::Dialect::Citus)
+}
+
 /// Polls `probe` until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> bool
 where
