@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 
 use crate::{helpers::*, rows::*};
 
@@ -80,4 +80,84 @@ async fn the_member_read_uses_an_index_on_a_fresh_database(pool: PgPool) {
     // The look-up of a first-version key probes the dedup index too.
     assert!(!plan.contains("Seq Scan on room_events"), "{plan}");
     assert!(plan.contains("Index Scan using room_members"), "{plan}");
+}
+
+/// A member's newest stay is one probe of `room_stays`' primary key even under a plan made
+/// while the table was never analyzed: with plain equalities on the room, PostgreSQL took
+/// `room_stays_session` at this size (60,000 stays: the primary key one level taller) and
+/// sorted every stay of the room, for each member (a drain after an outage ran at 0.66× of
+/// what it does with this form).
+#[sqlx::test]
+async fn the_stay_read_probes_the_primary_key_on_a_never_analyzed_table(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    // 60 stays in each of 1,000 rooms, one per member; u-7 of room-7 has a second, newer one.
+    sqlx::raw_sql(
+        "ALTER TABLE room_stays SET (autovacuum_enabled = false);
+         INSERT INTO room_stays (sdk_app_id, room_id, user_id, joined_at, session_no)
+         SELECT 1400000001, 'room-' || (i % 1000), 'u-' || i,
+                timestamptz '2026-12-01' + i * interval '1 s', 1
+         FROM generate_series(1, 60000) AS i;
+         INSERT INTO room_stays (sdk_app_id, room_id, user_id, joined_at, session_no)
+         VALUES (1400000001, 'room-7', 'u-7', timestamptz '2026-12-02', 2);
+         SET plan_cache_mode = force_generic_plan",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let sql = include_str!("../../src/store/apply/sql/ledger_read.sql");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE stay_read AS {sql}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // 50 members of 50 rooms with stays, and one with none (the greatest key below it is
+    // another member's of the same room).
+    let mut users: Vec<(String, String)> = (1..=50)
+        .map(|i| (format!("room-{i}"), format!("u-{i}")))
+        .collect();
+    users.push(("room-3".into(), "u-2".into()));
+    let list =
+        |f: &dyn Fn(&(String, String)) -> String| users.iter().map(f).collect::<Vec<_>>().join(",");
+    let args = format!(
+        "'{{}}', '{{}}', '{{}}', '{{{}}}', '{{{}}}', '{{{}}}'",
+        list(&|_| "1400000001".into()),
+        list(&|(room, _)| room.clone()),
+        list(&|(_, user)| user.clone()),
+    );
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE stay_read({args})"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("room_stays_session"), "{plan}");
+    assert!(plan.contains("room_stays_pkey"), "{plan}");
+    // One descent of a three-level index a member: a few buffers each, not a room's stays.
+    let hits: u64 = plan
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Buffers: shared hit="))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("buffers in the plan");
+    assert!(hits < 51 * 8, "{hits} buffers for 51 members:\n{plan}");
+    // And it finds each member's newest stay, and none for the member without one.
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXECUTE stay_read({args})")))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let mut found: Vec<(String, String, i32)> = rows
+        .iter()
+        .map(|row| (row.get(2), row.get(3), row.get(7)))
+        .collect();
+    found.sort();
+    let mut expected: Vec<(String, String, i32)> = (1..=50)
+        .map(|i| {
+            (
+                format!("room-{i}"),
+                format!("u-{i}"),
+                if i == 7 { 2 } else { 1 },
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected);
 }

@@ -31,7 +31,15 @@ SELECT 'stay', s.sdk_app_id, s.room_id, s.user_id, NULL, NULL, NULL, s.session_n
        NULL, NULL, NULL, NULL, NULL, NULL, s.joined_at, s.left_at, s.leave_type, s.leave_reason,
        s.merged_gaps, s.gap_ms
 FROM UNNEST($4::int8[], $5::text[], $6::text[]) AS t(a, r, u)
+-- The member's newest stay is the greatest primary key at or below (app, room, user, infinity):
+-- one probe, kept only if it is the member's. With plain equalities on the room, a plan made
+-- while room_stays was small or never analyzed took room_stays_session and sorted the room's
+-- every stay, for each member (BENCHMARKS.md, "A plan that read every stay of the room"); only
+-- the primary key gives this order, and a bound below (the row comparison's later columns do
+-- not end a backward scan) would walk the index down to the next match.
 CROSS JOIN LATERAL (
-    SELECT * FROM room_stays s WHERE s.sdk_app_id = t.a AND s.room_id = t.r AND s.user_id = t.u
-    ORDER BY s.joined_at DESC LIMIT 1
+    SELECT * FROM room_stays s
+    WHERE (s.sdk_app_id, s.room_id, s.user_id, s.joined_at) <= (t.a, t.r, t.u, 'infinity')
+    ORDER BY s.sdk_app_id DESC, s.room_id DESC, s.user_id DESC, s.joined_at DESC LIMIT 1
 ) AS s
+WHERE s.sdk_app_id = t.a AND s.room_id = t.r AND s.user_id = t.u
