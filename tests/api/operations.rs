@@ -56,19 +56,13 @@ pub async fn pruning_works_in_batches_scenario(pool: PgPool) {
 /// a hash join planned then would scan `room_members` whole for every batch as it grows.
 #[sqlx::test]
 async fn the_member_read_uses_an_index_on_a_fresh_database(pool: PgPool) {
-    let sql = include_str!("../../src/store/apply/sql/insert_events.sql");
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    // The service's own statement text, from the repository.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "PREPARE batch_insert AS {sql}"
-    )))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    prepare_generic(
+        &mut conn,
+        "batch_insert",
+        include_str!("../../src/store/apply/sql/insert_events.sql"),
+    )
+    .await;
     let nulls = vec!["NULL"; 19].join(", ");
     let explain = format!("EXPLAIN EXECUTE batch_insert({nulls})");
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
@@ -98,30 +92,29 @@ async fn the_stay_read_probes_the_primary_key_on_a_never_analyzed_table(pool: Pg
                 timestamptz '2026-12-01' + i * interval '1 s', 1
          FROM generate_series(1, 60000) AS i;
          INSERT INTO room_stays (sdk_app_id, room_id, user_id, joined_at, session_no)
-         VALUES (1400000001, 'room-7', 'u-7', timestamptz '2026-12-02', 2);
-         SET plan_cache_mode = force_generic_plan",
+         VALUES (1400000001, 'room-7', 'u-7', timestamptz '2026-12-02', 2)",
     )
     .execute(&mut *conn)
     .await
     .unwrap();
-    let sql = include_str!("../../src/store/apply/sql/ledger_read.sql");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE stay_read AS {sql}")))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    prepare_generic(
+        &mut conn,
+        "stay_read",
+        include_str!("../../src/store/apply/sql/ledger_read.sql"),
+    )
+    .await;
     // 50 members of 50 rooms with stays, and one with none (the greatest key below it is
     // another member's of the same room).
     let mut users: Vec<(String, String)> = (1..=50)
         .map(|i| (format!("room-{i}"), format!("u-{i}")))
         .collect();
     users.push(("room-3".into(), "u-2".into()));
-    let list =
-        |f: &dyn Fn(&(String, String)) -> String| users.iter().map(f).collect::<Vec<_>>().join(",");
+    let (rooms, names): (Vec<String>, Vec<String>) = users.into_iter().unzip();
     let args = format!(
         "'{{}}', '{{}}', '{{}}', '{{{}}}', '{{{}}}', '{{{}}}'",
-        list(&|_| "1400000001".into()),
-        list(&|(room, _)| room.clone()),
-        list(&|(_, user)| user.clone()),
+        vec!["1400000001"; rooms.len()].join(","),
+        rooms.join(","),
+        names.join(","),
     );
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE stay_read({args})"
@@ -160,4 +153,15 @@ async fn the_stay_read_probes_the_primary_key_on_a_never_analyzed_table(pool: Pg
         .collect();
     expected.sort();
     assert_eq!(found, expected);
+}
+
+/// Prepares the service's own statement text (from the repository) under a generic plan, as a
+/// connection's cached plan is once made: what it does whatever the parameters.
+async fn prepare_generic(conn: &mut sqlx::PgConnection, name: &str, sql: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {sql}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 }
