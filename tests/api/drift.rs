@@ -457,11 +457,21 @@ async fn the_key_is_never_in_metrics_logs_or_errors(pool: PgPool) {
     );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(!metrics.contains(KEY_A) && !metrics.contains(KEY_B));
-    let last_error: Option<String> = sqlx::query_scalar("SELECT last_error FROM room_checks")
-        .fetch_one(&pool)
+    // The metric counts the failure before the check's row records it: wait for the row too.
+    let last_error = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM room_checks")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            last_error().await.is_some()
+        })
         .await
-        .unwrap();
-    let last_error = last_error.unwrap();
+    );
+    let last_error = last_error().await.unwrap();
     assert!(last_error.contains("70001"), "{last_error}");
     assert!(!last_error.contains(KEY_A) && !last_error.contains("usersig"));
     app.stop().await;
