@@ -99,6 +99,9 @@ pub struct Timings {
     /// How long one read of the live rooms (a snapshot and its cursor) serves every console
     /// that opens.
     pub console_rooms_fresh: Duration,
+    /// Records the drain reads from the journal per step (a test that fills a small disk makes
+    /// steps small, to see several).
+    pub drain_step: usize,
 }
 
 impl Default for Timings {
@@ -108,6 +111,9 @@ impl Default for Timings {
             layout_refresh: Duration::from_secs(10),
             console_overview_fresh: Duration::from_secs(5),
             console_rooms_fresh: Duration::from_secs(1),
+            // 4,096 drained 7% faster than 1,024 (BENCHMARKS.md, "A longer drain step"): fewer
+            // step ends, where a writer task can run out of rooms the other is not writing.
+            drain_step: 4096,
         }
     }
 }

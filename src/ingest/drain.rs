@@ -18,8 +18,7 @@ use crate::{
     telemetry::Metrics,
 };
 
-/// Records read from the journal per drain step, and the bytes that stop a step's read early.
-const DRAIN_BATCH: usize = 1024;
+/// The bytes that stop a drain step's read early ([`Timings::drain_step`] records otherwise).
 const DRAIN_BATCH_BYTES: usize = 8 << 20;
 
 /// The drain task's parts.
@@ -95,7 +94,11 @@ impl Drain {
             }
         }
         let now = Utc::now();
-        let batch = match self.reader.next(DRAIN_BATCH, DRAIN_BATCH_BYTES, now).await {
+        let batch = match self
+            .reader
+            .next(self.timings.drain_step, DRAIN_BATCH_BYTES, now)
+            .await
+        {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(error = %crate::telemetry::error_chain(&error), "journal read failed; trying again");

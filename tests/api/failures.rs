@@ -340,12 +340,14 @@ fn mount_small_disk(dir: &std::path::Path, bytes: u64) -> bool {
 pub async fn journaling_on(pool: &PgPool, disk: &SmallDisk) -> (Proxy, TestApp) {
     let journal = disk.path().join("journal.redb");
     let proxy = Proxy::start(server_of(pool)).await;
-    let app = spawn_app_with(
+    let app = spawn_app_tuned(
         proxy.pool_for(pool),
         &[
             ("JOURNAL_PATH", journal.to_str().unwrap()),
             ("JOURNAL_MAX_BYTES", "1073741824"),
         ],
+        // Steps of 1,024 records, so that what fills the small disk takes several.
+        |config| config.timings.drain_step = 1024,
     )
     .await;
     (proxy, app)

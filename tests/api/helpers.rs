@@ -102,6 +102,7 @@ pub async fn spawn_app_tuned(
         layout_refresh: Duration::from_secs(1),
         console_overview_fresh: Duration::from_millis(100),
         console_rooms_fresh: Duration::ZERO,
+        ..Default::default()
     };
     tune(&mut config);
     let token = config
