@@ -111,7 +111,7 @@ impl Default for Timings {
             layout_refresh: Duration::from_secs(10),
             console_overview_fresh: Duration::from_secs(5),
             console_rooms_fresh: Duration::from_secs(1),
-            // 4,096 drained 7% faster than 1,024 (BENCHMARKS.md, "A longer drain step"): fewer
+            // 4,096 drained 6% faster than 1,024 (BENCHMARKS.md, "A longer drain step"): fewer
             // step ends, where a writer task can run out of rooms the other is not writing.
             drain_step: 4096,
         }
