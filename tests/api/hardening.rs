@@ -435,7 +435,8 @@ async fn rejected_callbacks_are_bounded_in_size_rate_and_age(pool: PgPool) {
         pool.clone(),
         &[
             ("REJECTED_BODY_MAX_BYTES", "1000"),
-            // Rows of about 1,100 bytes: a burst of ten, then about one a second.
+            // Rows of a little over 1,100 bytes: a burst of nine (ten seconds' worth, 10,000
+            // bytes; the ninth takes the balance below zero), then about one a second.
             ("REJECTED_MAX_BYTES_PER_SEC", "1000"),
         ],
     )
@@ -447,9 +448,11 @@ async fn rejected_callbacks_are_bounded_in_size_rate_and_age(pool: PgPool) {
         assert_eq!(status, 400);
     }
     let kept = count(&pool, "SELECT count(*) FROM rejected_callbacks").await;
+    // Nine, and a tenth if the thirty requests take long enough for the balance to climb back
+    // above zero (they took 1.2 s in one run, 0.6 s with nine kept in another).
     assert!(
-        (10..=12).contains(&kept),
-        "a burst of ten, then one a second: {kept}"
+        (9..=12).contains(&kept),
+        "a burst of nine, then one a second: {kept}"
     );
     let dropped = metric(&app, "roomsync_rejected_dropped_total").await;
     assert_eq!(kept as f64 + dropped, 30.0);
