@@ -291,11 +291,14 @@ async fn overview(app: &TestApp, client: &reqwest::Client) -> Value {
     response.json().await.unwrap()
 }
 
-/// Overview reads of `rejected_callbacks` waiting for a lock (the test holds one).
+/// Overview reads of `rejected_callbacks` waiting for a lock (the test holds one), in this
+/// test's database only: tests run side by side, each in a database of its own on one server,
+/// and two of them hold the lock.
 async fn overview_reads_waiting(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity
-         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
     )
     .fetch_one(pool)
     .await
@@ -404,7 +407,8 @@ async fn a_shared_read_that_fails_answers_every_console_that_waited(pool: PgPool
     // read of its own that would wait behind the lock again.
     let cancelled: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
-         WHERE wait_event_type = 'Lock' AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
+         WHERE datname = current_database() AND wait_event_type = 'Lock'
+           AND query LIKE '%FROM rejected_callbacks ORDER BY id DESC%'",
     )
     .fetch_all(&pool)
     .await

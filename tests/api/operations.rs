@@ -155,6 +155,99 @@ async fn the_stay_read_probes_the_primary_key_on_a_never_analyzed_table(pool: Pg
     assert_eq!(found, expected);
 }
 
+/// The daily counts of a batch cost in proportion to the batch, under the plan a connection
+/// caches: joined callback by callback with the stored rows, that plan merged on the app id
+/// alone and compared every callback with every stored row (a drain's batch of 256: 65,536
+/// comparisons, a sixth of the statement's time).
+#[sqlx::test]
+async fn the_daily_counts_of_a_batch_grow_with_it_not_with_its_square(pool: PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    prepare_generic(
+        &mut conn,
+        "batch_insert",
+        include_str!("../../src/store/apply/sql/insert_events.sql"),
+    )
+    .await;
+    // 200 callbacks: enters and leaves of 180 rooms, the last 20 sent again (Tencent's retries
+    // in the same batch), each with its first's room, command and key.
+    let first = |i: usize| (i - 1) % 180 + 1;
+    let list = |cast: &str, item: &dyn Fn(usize) -> String| {
+        let items: Vec<String> = (1..=200).map(item).collect();
+        format!("ARRAY[{}]::{cast}[]", items.join(","))
+    };
+    let command = |i: usize| {
+        if first(i) % 2 == 0 {
+            "'Room.CallbackAfterMemberLeave'"
+        } else {
+            "'Room.CallbackAfterMemberEnter'"
+        }
+    };
+    let args = [
+        list("int8", &|_| "1400000001".into()),
+        list("text", &|i| command(i).into()),
+        list("text", &|i| format!("'room-{}'", first(i))),
+        list("text", &|i| format!("'u-{}'", first(i))),
+        list("text", &|i| {
+            if first(i) % 2 == 0 {
+                "'Leave'"
+            } else {
+                "'Enter'"
+            }
+            .into()
+        }),
+        list("text", &|i| format!("'u-{}'", first(i))),
+        list("int4", &|i| i.to_string()),
+        list("int4", &|i| i.to_string()),
+        list("int4", &|_| "1".into()),
+        list("text", &|_| "NULL".into()),
+        list("timestamptz", &|i| {
+            format!("timestamptz '2026-12-01' + interval '{} s'", first(i))
+        }),
+        list("text", &|_| "NULL".into()),
+        list("text", &|_| "NULL".into()),
+        list("text", &|i| format!("'{{\"n\":{}}}'", first(i))),
+        list("bytea", &|i| format!("sha256('{}'::bytea)", first(i))),
+        "'{}'".into(),
+        "'{}'".into(),
+        "'{}'".into(),
+        list("bytea", &|_| "NULL".into()),
+    ]
+    .join(", ");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, TIMING OFF) EXECUTE batch_insert({args})"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    // Every row a join looked at and let go: at most a few per callback, never one per pair.
+    let removed: u64 = plan
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Rows Removed by Join Filter: "))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        removed <= 200,
+        "{removed} rows compared and dropped:\n{plan}"
+    );
+    // And the counts are right: 90 of each command stored, 10 of each a duplicate.
+    let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT callback_command, sum(accepted)::int8, sum(duplicates)::int8,
+                sum(corrections)::int8
+         FROM ingest_counts GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("Room.CallbackAfterMemberEnter".to_string(), 90, 10, 0),
+            ("Room.CallbackAfterMemberLeave".to_string(), 90, 10, 0),
+        ]
+    );
+}
+
 /// Prepares the service's own statement text (from the repository) under a generic plan, as a
 /// connection's cached plan is once made: what it does whatever the parameters.
 async fn prepare_generic(conn: &mut sqlx::PgConnection, name: &str, sql: &str) {

@@ -29,11 +29,15 @@ WITH ev AS (
     ) AS old ON true
     WHERE old.seen IS NULL
     ON CONFLICT ON CONSTRAINT room_events_dedup DO NOTHING
-    RETURNING id, sdk_app_id, room_id, dedup_key
+    RETURNING id, sdk_app_id, room_id, dedup_key, callback_command
 ),
--- ingest_daily's counts (migrations: ingest_counted): per distinct callback of the batch,
--- stored or duplicate; a drift-repair correction (roomsync.Reconcile) counts as a correction.
--- last_at: the newest arrival, for the console's setup check.
+-- ingest_daily's counts (migrations: ingest_counted): per app and command, the batch's callbacks
+-- and those of them stored now; the rest were duplicates. A drift-repair correction
+-- (roomsync.Reconcile) counts as a correction. last_at: the newest arrival, for the console's
+-- setup check. Both sides are counted before they are joined, so the join is of a few rows
+-- whatever its plan: joined callback by callback, the plan (made without the arrays' lengths)
+-- merged on the app id alone and compared every callback with every stored row, the batch's
+-- size squared (BENCHMARKS.md, "The daily counts' join").
 -- Written here rather than through ingest_counted (the rare paths' form) so that the plan is
 -- prepared once with the statement: a SQL function's INSERT is planned again at every call,
 -- which cost 17% of full-load throughput (BENCHMARKS.md#ingest_daily).
@@ -41,15 +45,13 @@ counted AS (
     INSERT INTO ingest_counts AS t
         (sdk_app_id, day, callback_command, slot, accepted, duplicates, corrections, last_at)
     SELECT i.a, (now() AT TIME ZONE 'UTC')::date, i.c, (pg_backend_pid() % 64)::int2,
-           count(e.id) FILTER (WHERE i.c <> 'roomsync.Reconcile'),
-           sum(i.n) - count(e.id),
-           count(e.id) FILTER (WHERE i.c = 'roomsync.Reconcile'), now()
-    FROM (SELECT a, c, r, k, count(*) AS n
-          FROM UNNEST($1::int8[], $2::text[], $3::text[], $15::bytea[]) AS u(a, c, r, k)
-          GROUP BY 1, 2, 3, 4) AS i
-    LEFT JOIN ev AS e
-        ON e.id IS NOT NULL AND e.sdk_app_id = i.a AND e.dedup_key = i.k AND e.room_id IS NOT DISTINCT FROM i.r
-    GROUP BY i.a, i.c
+           CASE WHEN i.c <> 'roomsync.Reconcile' THEN coalesce(e.n, 0) ELSE 0 END,
+           i.n - coalesce(e.n, 0),
+           CASE WHEN i.c = 'roomsync.Reconcile' THEN coalesce(e.n, 0) ELSE 0 END, now()
+    FROM (SELECT a, c, count(*) AS n FROM UNNEST($1::int8[], $2::text[]) AS u(a, c)
+          GROUP BY 1, 2) AS i
+    LEFT JOIN (SELECT sdk_app_id, callback_command, count(*) AS n FROM ev GROUP BY 1, 2) AS e
+        ON e.sdk_app_id = i.a AND e.callback_command = i.c
     ORDER BY i.a, i.c
     ON CONFLICT (sdk_app_id, day, callback_command, slot) DO UPDATE SET
         accepted = t.accepted + EXCLUDED.accepted,
