@@ -64,12 +64,7 @@ async fn the_member_read_uses_an_index_on_a_fresh_database(pool: PgPool) {
     )
     .await;
     let nulls = vec!["NULL"; 19].join(", ");
-    let explain = format!("EXPLAIN EXECUTE batch_insert({nulls})");
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
-    let plan = plan.join("\n");
+    let plan = plan_of(&mut conn, format!("EXPLAIN EXECUTE batch_insert({nulls})")).await;
     assert!(!plan.contains("Seq Scan on room_members"), "{plan}");
     // The look-up of a first-version key probes the dedup index too.
     assert!(!plan.contains("Seq Scan on room_events"), "{plan}");
@@ -116,13 +111,11 @@ async fn the_stay_read_probes_the_primary_key_on_a_never_analyzed_table(pool: Pg
         rooms.join(","),
         names.join(","),
     );
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE stay_read({args})"
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        &mut conn,
+        format!("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) EXECUTE stay_read({args})"),
+    )
+    .await;
     assert!(!plan.contains("room_stays_session"), "{plan}");
     assert!(plan.contains("room_stays_pkey"), "{plan}");
     // One descent of a three-level index a member: a few buffers each, not a room's stays.
@@ -213,13 +206,11 @@ async fn the_daily_counts_of_a_batch_grow_with_it_not_with_its_square(pool: PgPo
         list("bytea", &|_| "NULL".into()),
     ]
     .join(", ");
-    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (ANALYZE, TIMING OFF) EXECUTE batch_insert({args})"
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .unwrap();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        &mut conn,
+        format!("EXPLAIN (ANALYZE, TIMING OFF) EXECUTE batch_insert({args})"),
+    )
+    .await;
     // Every row a join looked at and let go: at most a few per callback, never one per pair.
     let removed: u64 = plan
         .lines()
@@ -257,4 +248,13 @@ async fn prepare_generic(conn: &mut sqlx::PgConnection, name: &str, sql: &str) {
     .execute(&mut *conn)
     .await
     .unwrap();
+}
+
+/// What an `EXPLAIN` prints, as one text.
+async fn plan_of(conn: &mut sqlx::PgConnection, explain: String) -> String {
+    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    lines.join("\n")
 }
