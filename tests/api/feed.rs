@@ -132,6 +132,57 @@ pub async fn every_change_of_the_view_is_told_once_in_order_scenario(pool: PgPoo
     app.stop().await;
 }
 
+/// One call numbers each room on from its newest change, in the call's order, and gives each
+/// change its own slice of the members.
+#[sqlx::test]
+async fn one_record_numbers_each_room_on_from_its_newest(pool: PgPool) {
+    let record = "SELECT room_changes_record(ARRAY[1, 1, 1, 1, 1]::int8[], $1::text[], $2::text[],
+                  $3::text[], $4::int4[], ARRAY[now(), now(), now(), now(), now()],
+                  ARRAY[NULL, NULL, NULL, NULL, NULL]::int8[], ARRAY['callback', 'callback',
+                  'callback', 'callback', 'callback'], false)";
+    let first: i64 = sqlx::query_scalar(record)
+        .bind(["a", "a", "x", "x", "x"])
+        .bind(["room.created"; 5])
+        .bind(Vec::<String>::new())
+        .bind([0; 5])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(first, 5);
+    let second: i64 = sqlx::query_scalar(record)
+        .bind(["a", "b", "a", "a", "b"])
+        .bind([
+            "member.entered",
+            "member.entered",
+            "member.left",
+            "room.updated",
+            "member.entered",
+        ])
+        .bind(["u1", "u2", "u3", "u4", "u1", "u5"])
+        .bind([2, 3, 1, 0, 0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(second, 10);
+    let rows: Vec<(i64, String, i64, Vec<String>)> = sqlx::query_as(
+        "SELECT seq, room_id, room_seq, user_ids FROM room_changes WHERE seq > 5 ORDER BY seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let users = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        vec![
+            (6, "a".into(), 3, users(&["u1", "u2"])),
+            (7, "b".into(), 1, users(&["u3", "u4", "u1"])),
+            (8, "a".into(), 4, users(&["u5"])),
+            (9, "a".into(), 5, users(&[])),
+            (10, "b".into(), 2, users(&[])),
+        ]
+    );
+}
+
 #[sqlx::test]
 async fn a_reader_never_sees_past_a_transaction_still_open(pool: PgPool) {
     let record = "SELECT room_changes_record(ARRAY[1]::int8[], ARRAY[$1]::text[],
