@@ -46,6 +46,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// The read API's own server and port, when it listens apart (`API_LISTEN_ADDR`).
+    api: Option<(u16, Server)>,
     pool: PgPool,
     writer_tasks: JoinSet<()>,
     shutdown: watch::Sender<bool>,
@@ -78,6 +80,15 @@ impl Application {
             .local_addr()
             .expect("bound socket has an address")
             .port();
+        let api_listener = config
+            .api_listen_addr
+            .map(|addr| {
+                TcpListener::bind(addr).map_err(|source| StartupError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
         let metrics = Arc::new(Metrics::new());
         metrics
             .callback_signing_enabled
@@ -188,9 +199,10 @@ impl Application {
             _ => None,
         };
         let (tencent_setup, setup_task) = tencent_setup.unzip();
-        let workers = config.http_workers;
-        // actix counts connections per worker.
-        let per_worker = config.http_max_connections.div_ceil(workers);
+        let (workers, api_workers) = (config.http_workers, config.api_workers);
+        // actix counts connections per worker; each listener has the bound.
+        let http_max_connections = config.http_max_connections;
+        let per_worker = http_max_connections.div_ceil(workers);
         let context = web::Data::new(AppContext {
             body_bytes: http::BodyBudget::new(config.http_max_inflight_body_bytes),
             config,
@@ -202,32 +214,51 @@ impl Application {
             tencent_setup,
             console: http::SharedReads::default(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap(from_fn(http::record_latency))
-                .wrap(TracingLogger::<RequestSpan>::new())
-                .app_data(context.clone())
-                .configure(http::routes)
-        })
-        .workers(workers)
-        // Slow, idle or half-sent requests must not hold connections for long: the head must
-        // arrive within 5 s (the body's first bytes within 1 s more, then at a minimum rate:
-        // see http::callback), an idle keep-alive connection closes after 5 s, and a closing
-        // one gets 1 s to go.
-        .client_request_timeout(HTTP_REQUEST_HEAD_TIMEOUT)
-        .keep_alive(HTTP_KEEP_ALIVE)
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .max_connections(per_worker)
-        .shutdown_timeout(10)
-        .listen(listener)
+        let server = http_server(
+            listener,
+            &context,
+            if api_listener.is_some() {
+                http::callback_routes
+            } else {
+                http::routes
+            },
+            workers,
+            per_worker,
+            || {},
+        )
         .map_err(|source| StartupError::Listen {
             addr: format!("port {port}"),
             source,
-        })?
-        .run();
+        })?;
+        // The readers apart: their own threads, at a lower CPU priority than the callbacks',
+        // the writers' and PostgreSQL's (docs/feed.md#readers-apart).
+        let api = match api_listener {
+            Some(listener) => {
+                let api_port = listener
+                    .local_addr()
+                    .expect("bound socket has an address")
+                    .port();
+                let per_worker = http_max_connections.div_ceil(api_workers);
+                let server = http_server(
+                    listener,
+                    &context,
+                    http::apart_routes,
+                    api_workers,
+                    per_worker,
+                    lower_this_threads_priority,
+                )
+                .map_err(|source| StartupError::Listen {
+                    addr: format!("port {api_port}"),
+                    source,
+                })?;
+                Some((api_port, server))
+            }
+            None => None,
+        };
         Ok(Self {
             port,
             server,
+            api,
             pool,
             writer_tasks,
             shutdown,
@@ -245,6 +276,11 @@ impl Application {
         self.port
     }
 
+    /// The read API's port when it listens apart (`API_LISTEN_ADDR`).
+    pub fn api_port(&self) -> Option<u16> {
+        self.api.as_ref().map(|(port, _)| *port)
+    }
+
     /// Stops the server from elsewhere (tests); `run_until_stopped` then returns.
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
@@ -253,7 +289,20 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or the server handle stops it); then lets in-flight
     /// requests finish, drains the writer queue and closes the pool.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        let result = self.server.await;
+        // Both servers stop at SIGTERM/SIGINT by themselves; the readers' also when the
+        // callbacks' is stopped by its handle.
+        let api = self.api.take().map(|(_, server)| {
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
+        let mut result = self.server.await;
+        if let Some((handle, server)) = api {
+            handle.stop(true).await;
+            let api_result = server
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            result = result.and(api_result);
+        }
         // Journal commits are durable when they return; what the journal still holds drains at
         // the next start. The background tasks finish what they are doing (the drain its batch,
         // a drift check its room and lease, retention its statement) and stop.
@@ -294,6 +343,65 @@ impl Application {
         }
         tracing::info!("stopped");
         result
+    }
+}
+
+/// One HTTP server on `listener` with the limits of docs/limits.md; `on_thread` runs on each of
+/// its `workers` threads as it starts.
+fn http_server(
+    listener: TcpListener,
+    context: &web::Data<AppContext>,
+    routes: fn(&mut web::ServiceConfig),
+    workers: usize,
+    per_worker: usize,
+    on_thread: fn(),
+) -> std::io::Result<Server> {
+    let context = context.clone();
+    // actix builds each worker's App on that worker's thread.
+    Ok(HttpServer::new(move || {
+        on_thread();
+        App::new()
+            .wrap(from_fn(http::record_latency))
+            .wrap(TracingLogger::<RequestSpan>::new())
+            .app_data(context.clone())
+            .configure(routes)
+    })
+    .workers(workers)
+    // Slow, idle or half-sent requests must not hold connections for long: the head must
+    // arrive within 5 s (the body's first bytes within 1 s more, then at a minimum rate:
+    // see http::callback), an idle keep-alive connection closes after 5 s, and a closing
+    // one gets 1 s to go.
+    .client_request_timeout(HTTP_REQUEST_HEAD_TIMEOUT)
+    .keep_alive(HTTP_KEEP_ALIVE)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .max_connections(per_worker)
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run())
+}
+
+/// How much lower the readers' threads run when they listen apart: at nice 10 a thread gets
+/// about a tenth of what one at 0 gets when both want the CPU, and all of what is left idle.
+pub const API_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`API_THREAD_NICE`] (on Linux each thread has
+/// its own nice value); elsewhere, or if refused, the thread keeps its priority.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        thread_local!(static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+        if LOWERED.replace(true) {
+            return;
+        }
+        // SAFETY: plain system calls on the calling thread's own id, no memory passed.
+        let refused = unsafe {
+            let tid = libc::gettid();
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + API_THREAD_NICE) != 0
+        };
+        if refused {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower the read API's thread priority");
+        }
     }
 }
 

@@ -15,6 +15,9 @@ pub(super) async fn serve(config: Config) -> Result<(), Box<dyn std::error::Erro
     let addr = config.listen_addr;
     let app = Application::build(config).await.map_err(chain)?;
     tracing::info!(target: "roomsync", %addr, port = app.port(), "roomsync listening");
+    if let Some(api_port) = app.api_port() {
+        tracing::info!(target: "roomsync", api_port, "the read API and the console listening apart");
+    }
     app.run_until_stopped().await?;
     Ok(())
 }

@@ -78,6 +78,12 @@ pub struct Config {
     pub notify_mode: NotifyMode,
     /// The bearer token of the read API (docs/feed.md); `None`: its routes answer 404.
     pub api_token: Option<Secret>,
+    /// Where the read API and the console listen when they are served apart from the callbacks
+    /// (on threads of their own at a lower CPU priority, docs/feed.md#readers-apart); `None`:
+    /// on `listen_addr`, beside the callbacks.
+    pub api_listen_addr: Option<SocketAddr>,
+    /// The threads serving the read API and the console when they listen apart.
+    pub api_workers: usize,
     /// Changes older than this are deleted from the feed.
     pub changes_retention_hours: i32,
     /// Readers waiting on `/v1/changes` at once, at most; past it, 503.

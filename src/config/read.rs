@@ -141,6 +141,14 @@ impl Config {
                 }
             },
             api_token: get("API_TOKEN").map(Secret::new),
+            api_listen_addr: get("API_LISTEN_ADDR")
+                .map(|raw| {
+                    raw.trim()
+                        .parse()
+                        .map_err(|_| invalid("API_LISTEN_ADDR", format!("{raw:?}: give ip:port")))
+                })
+                .transpose()?,
+            api_workers: parse_or(&get, "API_WORKERS", 1)?,
             changes_retention_hours: parse_or(&get, "CHANGES_RETENTION_HOURS", 168)?,
             feed_max_waiters: parse_or(&get, "FEED_MAX_WAITERS", 1000)?,
             public_callback_url: get("PUBLIC_CALLBACK_URL")
@@ -153,6 +161,22 @@ impl Config {
             .is_some_and(|t| t.expose().len() < 16)
         {
             return Err(invalid("API_TOKEN", "must be at least 16 characters"));
+        }
+        // Apart from what? Without the token there is no read API to serve.
+        if config.api_listen_addr.is_some() && config.api_token.is_none() {
+            return Err(invalid(
+                "API_LISTEN_ADDR",
+                "serves the read API and the console, which are off without API_TOKEN: set both",
+            ));
+        }
+        if config
+            .api_listen_addr
+            .is_some_and(|a| a.port() != 0 && a == config.listen_addr)
+        {
+            return Err(invalid(
+                "API_LISTEN_ADDR",
+                "is LISTEN_ADDR: give another port, or leave it unset to serve both there",
+            ));
         }
         if !(1..=87_600).contains(&config.changes_retention_hours) {
             return Err(invalid(
@@ -209,6 +233,7 @@ impl Config {
             ("BATCH_MAX_EVENTS", config.batch_max_events),
             ("BATCH_WRITERS", config.batch_writers),
             ("FEED_MAX_WAITERS", config.feed_max_waiters),
+            ("API_WORKERS", config.api_workers),
             (
                 "DATABASE_ACQUIRE_TIMEOUT_MS",
                 config.database_acquire_timeout.as_millis() as usize,
@@ -413,6 +438,8 @@ mod tests {
                     "members".into()
                 }
                 "API_TOKEN" => return c.api_token.as_ref().map(|_| "set".into()),
+                "API_LISTEN_ADDR" => return c.api_listen_addr.map(|a| a.to_string()),
+                "API_WORKERS" => c.api_workers.to_string(),
                 "CHANGES_RETENTION_HOURS" => c.changes_retention_hours.to_string(),
                 "FEED_MAX_WAITERS" => c.feed_max_waiters.to_string(),
                 "PUBLIC_CALLBACK_URL" => {
@@ -424,7 +451,7 @@ mod tests {
         let documented = documented_defaults();
         assert_eq!(
             documented.len(),
-            42,
+            44,
             "a row was added or lost: {documented:?}"
         );
         for (var, default) in documented {
@@ -451,6 +478,42 @@ mod tests {
         assert_eq!(c.sdk_app_ids.len(), 2);
         assert!(c.is_our_app(SdkAppId::parse("1400000002").unwrap()));
         assert!(!c.is_our_app(SdkAppId::parse("1400000003").unwrap()));
+    }
+
+    #[test]
+    fn the_read_api_listens_apart_only_with_its_token_and_its_own_port() {
+        let token = ("API_TOKEN", "0123456789abcdef");
+        let apart = config(&[
+            BASE[0],
+            BASE[1],
+            token,
+            ("API_LISTEN_ADDR", "127.0.0.1:8081"),
+        ])
+        .unwrap();
+        assert_eq!(
+            apart.api_listen_addr,
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        assert_eq!(apart.api_workers, 1);
+        // Port 0 on both: two ports the system picks, not one.
+        let both_zero = [
+            BASE[0],
+            BASE[1],
+            token,
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("API_LISTEN_ADDR", "127.0.0.1:0"),
+        ];
+        assert!(config(&both_zero).is_ok());
+        let refused: &[&[(&str, &str)]] = &[
+            &[BASE[0], BASE[1], ("API_LISTEN_ADDR", "127.0.0.1:8081")],
+            &[BASE[0], BASE[1], token, ("API_LISTEN_ADDR", "8081")],
+            &[BASE[0], BASE[1], token, ("API_LISTEN_ADDR", "0.0.0.0:8080")],
+            &[BASE[0], BASE[1], token, ("API_WORKERS", "0")],
+        ];
+        for vars in refused {
+            let err = config(vars).unwrap_err().to_string();
+            assert!(err.contains("API_"), "{err:?} for {vars:?}");
+        }
     }
 
     #[test]

@@ -77,13 +77,29 @@ pub struct AppContext {
     pub console: console::SharedReads,
 }
 
+/// Every route on one listener: the callbacks' and the readers'.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(callback_routes).configure(read_routes);
+}
+
+/// The callbacks and the service's own routes (health, readiness, metrics).
+pub fn callback_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/callback").route(web::post().to(callback::receive)))
         .service(web::resource("/healthz").route(web::get().to(health::healthz)))
         .service(web::resource("/readyz").route(web::get().to(health::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(metrics)))
-        .configure(api::routes)
-        .configure(console::routes);
+        .service(web::resource("/metrics").route(web::get().to(metrics)));
+}
+
+/// The read API and the console: beside the callbacks, or on a listener of their own
+/// (`API_LISTEN_ADDR`, with `/healthz` for a container's probe).
+pub fn read_routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(api::routes).configure(console::routes);
+}
+
+/// What a listener of the readers' own serves.
+pub fn apart_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .configure(read_routes);
 }
 
 async fn metrics(ctx: web::Data<AppContext>) -> HttpResponse {

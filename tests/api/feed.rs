@@ -898,3 +898,93 @@ async fn readers_behind_the_window_never_take_the_callbacks_connections(pool: Pg
     assert_eq!(members, 30);
     app.stop().await;
 }
+
+/// The thread names and nice values of this process's HTTP workers.
+fn worker_nice_values() -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "tid (name) state ppid …": the name may hold spaces; nice is the 19th field.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        if !head.contains("actix-server w") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        out.push(fields[16].parse().unwrap());
+    }
+    out
+}
+
+/// docs/feed.md#readers-apart: with `API_LISTEN_ADDR` the read API and the console answer there
+/// only, the callbacks on `LISTEN_ADDR` only, and the readers' threads run at nice 10.
+#[sqlx::test]
+async fn the_readers_listen_apart_on_threads_of_lower_priority(pool: PgPool) {
+    let app = spawn_api(
+        &pool,
+        &[("API_LISTEN_ADDR", "127.0.0.1:0"), ("API_WORKERS", "1")],
+    )
+    .await;
+    let apart = app.api_address.clone().expect("a port of its own");
+    assert_ne!(apart, app.address);
+    let get = |base: &str, path: &str| {
+        app.client
+            .get(format!("{base}{path}"))
+            .bearer_auth(API)
+            .send()
+    };
+    // On the callbacks' port the readers' routes do not exist; /metrics and /readyz do.
+    for path in ["/v1/changes", "/v1/rooms/1400000001/r/members", "/console"] {
+        assert_eq!(
+            get(&app.address, path).await.unwrap().status(),
+            404,
+            "{path}"
+        );
+    }
+    assert_eq!(get(&app.address, "/metrics").await.unwrap().status(), 200);
+    // On the readers' port: the API, the console's page and /healthz; no callbacks.
+    let callback = app
+        .client
+        .post(format!("{apart}/callback?SdkAppid={APP_ID}"))
+        .json(&create("r", "Daily", 100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(callback.status(), 404);
+    assert_eq!(get(&apart, "/healthz").await.unwrap().status(), 200);
+    assert_eq!(get(&apart, "/console").await.unwrap().status(), 200);
+    // A long poll apart is woken by a callback's commit on the other port.
+    let poll = tokio::spawn(get(&apart, "/v1/changes?after=0&wait=10"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    app.deliver(&create("r", "Daily", 100)).await;
+    let body: Value = poll.await.unwrap().unwrap().json().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(body["changes"][0]["kind"], "room.created", "{body}");
+    // One worker apart at nice 10, the callbacks' two at the process's own priority.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let nice = loop {
+        let nice = worker_nice_values();
+        if nice.iter().filter(|n| **n == 10).count() == 1 || Instant::now() > deadline {
+            break nice;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(nice.iter().filter(|n| **n == 10).count(), 1, "{nice:?}");
+    assert!(nice.iter().filter(|n| **n == 0).count() >= 2, "{nice:?}");
+    app.stop().await;
+    // Apart and without the token: refused at start, not served in silence.
+    let error = roomsync::config::Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some("postgres://x@127.0.0.1/x".into()),
+        "SDK_APP_ID" => Some("1400000001".into()),
+        "API_LISTEN_ADDR" => Some("127.0.0.1:0".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("API_TOKEN"), "{error}");
+}

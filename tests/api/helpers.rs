@@ -18,6 +18,8 @@ pub const TOKEN: &str = "test-token";
 /// One running application (in this process) and a client for it.
 pub struct TestApp {
     pub address: String,
+    /// The read API's own address when it listens apart (`API_LISTEN_ADDR`).
+    pub api_address: Option<String>,
     pub client: reqwest::Client,
     pub token: Option<String>,
     server: actix_web::dev::ServerHandle,
@@ -119,6 +121,7 @@ pub async fn spawn_app_tuned(
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let api_address = app.api_port().map(|p| format!("http://127.0.0.1:{p}"));
     let server = app.handle();
     let running = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder()
@@ -130,6 +133,7 @@ pub async fn spawn_app_tuned(
         .unwrap();
     TestApp {
         address,
+        api_address,
         client,
         token,
         server,
