@@ -207,6 +207,7 @@ impl Application {
             body_bytes: http::BodyBudget::new(config.http_max_inflight_body_bytes),
             config,
             pool: pool.clone(),
+            db: store::DbRuntime::current(),
             ingest,
             health,
             metrics,

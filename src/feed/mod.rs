@@ -17,7 +17,7 @@ use told::Chunk;
 pub use told::{Page, Told};
 
 use crate::store::{
-    Dialect, NotifyMode,
+    DbRuntime, Dialect, NotifyMode,
     changes::{self, FeedError, Roster, changes_after, head},
 };
 
@@ -134,6 +134,8 @@ impl Recent {
 #[derive(Clone)]
 pub struct Hub {
     pool: PgPool,
+    /// Where readers' queries run (the pool's runtime, not the HTTP worker's).
+    runtime: DbRuntime,
     window: Arc<Mutex<Recent>>,
     head: watch::Receiver<i64>,
     waiters: Arc<Semaphore>,
@@ -176,6 +178,7 @@ impl Hub {
         let (tx, rx) = watch::channel(last);
         let hub = Self {
             pool: pool.clone(),
+            runtime: DbRuntime::current(),
             window: Arc::new(Mutex::new(Recent {
                 chunks: VecDeque::new(),
                 kept: 0,
@@ -304,7 +307,8 @@ impl Hub {
             // this reader has not caught up with yet is waited for like the head.
             let newest = {
                 let _turn = self.turn().await?;
-                head(&self.pool).await?
+                let pool = self.pool.clone();
+                self.runtime.run(async move { head(&pool).await }).await?
             };
             if after > newest {
                 return Err(ReadError::Ahead {
@@ -341,7 +345,10 @@ impl Hub {
     async fn read_table(&self, after: i64, limit: usize) -> Result<Page, ReadError> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let _turn = self.turn().await?;
-        let changes: Vec<Told> = changes_after(&self.pool, after, limit)
+        let pool = self.pool.clone();
+        let changes: Vec<Told> = self
+            .runtime
+            .run(async move { changes_after(&pool, after, limit).await })
             .await?
             .iter()
             .map(Told::from)
@@ -366,28 +373,41 @@ impl Hub {
     /// A room's roster and the feed position it is valid at.
     pub async fn roster(&self, app: i64, room: &str) -> Result<Roster, ReadError> {
         let _turn = self.turn().await?;
-        let dialect = match self.dialect.get() {
-            Some(dialect) => *dialect,
-            None => {
-                let citus = sqlx::query_scalar!(
-                    r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+        let (pool, known, room) = (self.pool.clone(), self.dialect.clone(), room.to_owned());
+        let roster = self.runtime.run(async move {
+            let dialect = match known.get() {
+                Some(dialect) => *dialect,
+                None => {
+                    let citus = sqlx::query_scalar!(
+                        r#"SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
                        AS "citus!""#
-                )
-                .fetch_one(&self.pool)
-                .await?;
-                let dialect = if citus {
-                    Dialect::Citus
-                } else {
-                    Dialect::Postgres
-                };
-                *self.dialect.get_or_init(|| dialect)
-            }
-        };
-        Ok(changes::roster(&self.pool, dialect, app, room).await?)
+                    )
+                    .fetch_one(&pool)
+                    .await?;
+                    let dialect = if citus {
+                        Dialect::Citus
+                    } else {
+                        Dialect::Postgres
+                    };
+                    *known.get_or_init(|| dialect)
+                }
+            };
+            changes::roster(&pool, dialect, app, &room).await
+        });
+        Ok(roster.await?)
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Runs a reader's query where the pool's connections belong (see [`DbRuntime`]), in its
+    /// turn: the query gets its own clone of the pool.
+    pub async fn query<T: Send + 'static, F>(
+        &self,
+        work: impl FnOnce(PgPool) -> F,
+    ) -> Result<T, ReadError>
+    where
+        F: std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+    {
+        let _turn = self.turn().await?;
+        Ok(self.runtime.run(work(self.pool.clone())).await?)
     }
 }
 

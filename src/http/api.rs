@@ -271,7 +271,8 @@ async fn sessions(ctx: web::Data<AppContext>, req: HttpRequest) -> Result<HttpRe
     )
     .ok_or(ApiError::Limit(SESSIONS_MAX_LIMIT))?;
     let (app, room) = room_of(&ctx, &req)?;
-    let _turn = hub.turn().await?;
-    let sessions = changes::sessions(hub.pool(), app, &room, limit.into()).await?;
+    let sessions = hub
+        .query(|pool| async move { changes::sessions(&pool, app, &room, limit.into()).await })
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"sessions": sessions})))
 }

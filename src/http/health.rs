@@ -15,11 +15,20 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(ctx: web::Data<AppContext>) -> HttpResponse {
     let depth = ctx.ingest.journal_depth();
     let parked = ctx.ingest.journal_parked();
-    let (ready, database) = ctx.health.readiness(&ctx.pool).await;
+    let (ready, database) = readiness(&ctx).await;
     let body = json!({"database": database, "journal_depth": depth, "journal_parked": parked});
     if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+/// The database's verdict, its ping run where the pool's connections belong
+/// ([`crate::store::DbRuntime`]).
+pub(super) async fn readiness(ctx: &AppContext) -> (bool, &'static str) {
+    let (health, pool) = (ctx.health.clone(), ctx.pool.clone());
+    ctx.db
+        .run(async move { health.readiness(&pool).await })
+        .await
 }

@@ -64,6 +64,8 @@ pub struct AppContext {
     pub body_bytes: BodyBudget,
     pub config: Config,
     pub pool: PgPool,
+    /// Where handlers run their queries: the pool's runtime, not their worker's.
+    pub db: crate::store::DbRuntime,
     pub ingest: Ingest,
     /// The database's verdict; `/readyz` answers from it.
     pub health: crate::store::Health,

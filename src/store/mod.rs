@@ -15,6 +15,7 @@ pub mod layout;
 pub mod membership;
 mod rejected;
 pub mod retention;
+mod runtime;
 mod schema;
 mod writer;
 
@@ -34,6 +35,7 @@ pub use layout::{Layout, SharedLayout};
 pub use rejected::{
     Budget, RejectedCallback, RejectedLimits, RejectedStore, StoredRow, insert_rejected,
 };
+pub use runtime::DbRuntime;
 pub use schema::{ReachError, ensure_schema};
 pub use writer::{Lane, Writer, WriterOptions, write_batch};
 

@@ -5,7 +5,7 @@ use std::{sync::Mutex, time::Instant};
 
 use sqlx::{PgConnection, PgPool};
 
-use super::StoreError;
+use super::{DbRuntime, StoreError};
 use crate::{callback::Command, telemetry::Metrics};
 
 pub struct RejectedCallback<'a> {
@@ -71,6 +71,8 @@ pub struct RejectedLimits {
 /// Keeps refused callbacks within [`RejectedLimits`].
 pub struct RejectedStore {
     pool: PgPool,
+    /// Where the inserts run (see [`DbRuntime`]).
+    runtime: DbRuntime,
     limits: RejectedLimits,
     bucket: Mutex<TokenBucket>,
     /// The reserve of rows PostgreSQL refused.
@@ -82,6 +84,7 @@ impl RejectedStore {
         let per_sec = limits.max_bytes_per_sec as f64;
         Self {
             pool,
+            runtime: DbRuntime::current(),
             limits,
             bucket: Mutex::new(TokenBucket::new(per_sec)),
             refused: Mutex::new(TokenBucket::new(per_sec / REFUSED_RESERVE as f64)),
@@ -115,8 +118,33 @@ impl RejectedStore {
             metrics.rejected_dropped.inc();
             return Ok(false);
         }
-        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        let kept = insert_rejected(&mut conn, rejected, &row, total_cap).await?;
+        // On the pool's runtime (a refusal is kept from an HTTP worker): the record is copied
+        // for it, at most the bound of a body, and only once the budget let it through.
+        let owned = (
+            rejected.sdk_app_id,
+            rejected.callback_command.map(str::to_owned),
+            rejected.error_code,
+            rejected.error_info.to_owned(),
+            rejected.query.to_owned(),
+            rejected.body.to_vec(),
+        );
+        drop(row);
+        let (pool, body_max_bytes) = (self.pool.clone(), self.limits.body_max_bytes);
+        let insert = async move {
+            let (sdk_app_id, command, error_code, error_info, query, body) = &owned;
+            let rejected = RejectedCallback {
+                sdk_app_id: *sdk_app_id,
+                callback_command: command.as_deref(),
+                error_code: *error_code,
+                error_info,
+                query,
+                body,
+            };
+            let row = StoredRow::of(&rejected, body_max_bytes);
+            let mut conn = pool.acquire().await?;
+            insert_rejected(&mut conn, &rejected, &row, total_cap).await
+        };
+        let kept = self.runtime.run(insert).await?;
         if kept.is_none() {
             metrics.rejected_dropped.inc();
         }

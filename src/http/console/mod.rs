@@ -305,17 +305,17 @@ fn json_body(body: web::Bytes) -> HttpResponse {
 }
 
 async fn read_overview(ctx: &AppContext) -> Result<serde_json::Value, ReadError> {
-    let (_, database) = ctx.health.readiness(&ctx.pool).await;
+    let (_, database) = super::health::readiness(ctx).await;
     // One after another, in one turn: a console holds one connection at most.
-    let read = async {
-        let _turn = hub(ctx).turn().await?;
-        Ok::<_, ReadError>((
-            console::arrivals(&ctx.pool).await?,
-            console::refusals(&ctx.pool).await?,
-            console::corrections(&ctx.pool).await?,
-        ))
-    };
-    let (arrivals, refusals, corrections) = read.await?;
+    let (arrivals, refusals, corrections) = hub(ctx)
+        .query(|pool| async move {
+            Ok((
+                console::arrivals(&pool).await?,
+                console::refusals(&pool).await?,
+                console::corrections(&pool).await?,
+            ))
+        })
+        .await?;
     let rest_errors: u64 = RECONCILE_ERROR_CODES
         .iter()
         .map(|code| {
@@ -351,9 +351,11 @@ async fn rooms(ctx: web::Data<AppContext>, req: HttpRequest) -> HttpResponse {
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
+    let hub = hub(&ctx);
     let read = async {
-        let _turn = hub(&ctx).turn().await?;
-        let (rooms, cursor) = console::live_rooms(&ctx.pool).await?;
+        let (rooms, cursor) = hub
+            .query(|pool| async move { console::live_rooms(&pool).await })
+            .await?;
         Ok(json!({"rooms": rooms, "cursor": cursor}))
     };
     let fresh = ctx.config.timings.console_rooms_fresh;
@@ -381,9 +383,15 @@ async fn room(
     let read = async {
         // The roster takes a turn of its own.
         let roster = hub.roster(app.get(), room.as_str()).await?;
-        let _turn = hub.turn().await?;
-        let sessions = changes::sessions(&ctx.pool, app.get(), room.as_str(), 10).await?;
-        let (info, history, seats) = console::room(&ctx.pool, app.get(), room.as_str()).await?;
+        let (app, room) = (app.get(), room.as_str().to_owned());
+        let (sessions, (info, history, seats)) = hub
+            .query(|pool| async move {
+                Ok((
+                    changes::sessions(&pool, app, &room, 10).await?,
+                    console::room(&pool, app, &room).await?,
+                ))
+            })
+            .await?;
         Ok::<_, ReadError>((roster, sessions, info, history, seats))
     };
     match read.await {
@@ -405,10 +413,8 @@ async fn refusal(ctx: web::Data<AppContext>, req: HttpRequest, id: web::Path<i64
     if let Some(refusal) = refused(&ctx, &req) {
         return refusal;
     }
-    let read = async {
-        let _turn = hub(&ctx).turn().await?;
-        Ok::<_, ReadError>(console::refusal_body(&ctx.pool, id.into_inner()).await?)
-    };
+    let id = id.into_inner();
+    let read = hub(&ctx).query(move |pool| async move { console::refusal_body(&pool, id).await });
     match read.await {
         Ok(Some(body)) => json_ok(json!({"body": body})),
         Ok(None) => guarded(HttpResponse::NotFound()).json(json!({"error": "no such refusal"})),
