@@ -504,8 +504,14 @@ mod tests {
             ("API_LISTEN_ADDR", "127.0.0.1:0"),
         ];
         assert!(config(&both_zero).is_ok());
+        // Apart and without the token: refused at start, not served in silence.
+        let no_token = config(&[BASE[0], BASE[1], ("API_LISTEN_ADDR", "127.0.0.1:0")]);
+        let error = no_token.unwrap_err().to_string();
+        assert!(
+            error.contains("API_LISTEN_ADDR") && error.contains("API_TOKEN"),
+            "{error}"
+        );
         let refused: &[&[(&str, &str)]] = &[
-            &[BASE[0], BASE[1], ("API_LISTEN_ADDR", "127.0.0.1:8081")],
             &[BASE[0], BASE[1], token, ("API_LISTEN_ADDR", "8081")],
             &[BASE[0], BASE[1], token, ("API_LISTEN_ADDR", "0.0.0.0:8080")],
             &[BASE[0], BASE[1], token, ("API_WORKERS", "0")],
