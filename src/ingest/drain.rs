@@ -3,7 +3,10 @@
 //! take. The reading protocol is the journal [`Reader`]'s; the write path, the bounds and the
 //! verdicts are the writer's and [`Health`]'s.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -48,6 +51,11 @@ impl Drain {
     /// then finishes (its batch committed and acknowledged, or left pending). Idle (no timer,
     /// no polling) while nothing is pending or parked and the database is up.
     pub fn spawn(mut self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        let mut size = StepSize::new(
+            self.timings.drain_step,
+            self.writer.write_timeout(),
+            self.writer.in_flight(),
+        );
         tokio::spawn(async move {
             self.show();
             while !*shutdown.borrow() {
@@ -57,7 +65,7 @@ impl Drain {
                 tokio::pin!(appended);
                 // After a failure, only the retry interval: an append must not turn a database
                 // that is down into a busy loop.
-                let (wait, on_append) = match self.step().await {
+                let (wait, on_append) = match self.step(&mut size).await {
                     Step::Worked => continue,
                     Step::Idle(wait) => (wait, true),
                     Step::Failed => (Some(self.timings.drain_retry), false),
@@ -75,7 +83,7 @@ impl Drain {
 
     /// One step: makes sure the database is there, then moves one batch (pending records and
     /// parked ones that are due) into it.
-    async fn step(&mut self) -> Step {
+    async fn step(&mut self, size: &mut StepSize) -> Step {
         if self.reader.removal_failed() {
             self.reader.retry_removal();
         }
@@ -96,7 +104,7 @@ impl Drain {
         let now = Utc::now();
         let batch = match self
             .reader
-            .next(self.timings.drain_step, DRAIN_BATCH_BYTES, now)
+            .next(size.records(), DRAIN_BATCH_BYTES, now)
             .await
         {
             Ok(batch) => batch,
@@ -130,7 +138,10 @@ impl Drain {
             });
             return Step::Idle(until_due);
         }
+        let records = batch.entries.len();
+        let started = Instant::now();
         let step = self.move_batch(batch.entries).await;
+        size.after(records, started.elapsed(), matches!(step, Step::Failed));
         self.show();
         step
     }
@@ -183,7 +194,7 @@ impl Drain {
                 }
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let submitted = parsed.len();
         // Each record's room, to take it out of the backlog once applied or parked.
         let rooms: Vec<Option<RoomKey>> = parsed
@@ -248,9 +259,97 @@ impl Drain {
     }
 }
 
+/// How many records a step reads (docs/durability.md#draining). [`Timings::drain_step`], until
+/// a step fails only after the writer's whole time limit (`DATABASE_WRITE_TIMEOUT_MS`): its
+/// transactions were too big to commit in time that day (a loaded machine, a slow disk,
+/// callbacks of thousands of members), and at the same size every later try would fail the
+/// same way, the journal being read from its oldest record again. The next steps then take half
+/// of what was in flight, down to one record; a step that commits within a quarter of the limit
+/// doubles the size again, up to the configured step.
+#[derive(Debug)]
+struct StepSize {
+    now: usize,
+    most: usize,
+    write_timeout: Duration,
+    in_flight: usize,
+}
+
+impl StepSize {
+    fn new(most: usize, write_timeout: Duration, in_flight: usize) -> Self {
+        let most = most.max(1);
+        Self {
+            now: most,
+            most,
+            write_timeout,
+            in_flight: in_flight.max(1),
+        }
+    }
+
+    fn records(&self) -> usize {
+        self.now
+    }
+
+    /// After a step of `records` that took `took`, and `failed` (it stays pending) or not.
+    fn after(&mut self, records: usize, took: Duration, failed: bool) {
+        if failed && took >= self.write_timeout {
+            let next = (records.min(self.in_flight) / 2).max(1);
+            if next < self.now {
+                self.now = next;
+                tracing::warn!(
+                    records = next,
+                    "a drain step did not commit within DATABASE_WRITE_TIMEOUT_MS; the next steps take fewer records"
+                );
+            }
+        } else if !failed && took * 4 < self.write_timeout && self.now < self.most {
+            self.now = (self.now * 2).min(self.most);
+        }
+    }
+}
+
 async fn sleep_or_forever(wait: Option<Duration>) {
     match wait {
         Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_step_that_outlives_the_write_timeout_halves_what_was_in_flight() {
+        // Two tasks of 256: a step of 4,096 has 512 in flight.
+        let mut size = StepSize::new(4096, LIMIT, 512);
+        size.after(4096, LIMIT, true);
+        assert_eq!(size.records(), 256);
+        // A smaller step than the size (the journal held fewer): half of that.
+        size.after(94, LIMIT + Duration::from_secs(1), true);
+        assert_eq!(size.records(), 47);
+        for _ in 0..10 {
+            size.after(size.records(), LIMIT, true);
+        }
+        assert_eq!(size.records(), 1, "down to one record, never none");
+    }
+
+    #[test]
+    fn only_a_failure_after_the_whole_limit_shrinks_it_and_only_a_quick_step_grows_it() {
+        let mut size = StepSize::new(4096, LIMIT, 512);
+        // Down at once (refused connection): not the step's size.
+        size.after(4096, Duration::from_millis(20), true);
+        assert_eq!(size.records(), 4096);
+        size.after(4096, LIMIT, true);
+        assert_eq!(size.records(), 256);
+        // Committed, but in more than a quarter of the limit: doubling could not fit.
+        size.after(256, LIMIT / 2, false);
+        assert_eq!(size.records(), 256);
+        size.after(256, LIMIT / 5, false);
+        assert_eq!(size.records(), 512);
+        for _ in 0..10 {
+            size.after(size.records(), Duration::ZERO, false);
+        }
+        assert_eq!(size.records(), 4096, "never past the configured step");
     }
 }

@@ -117,6 +117,9 @@ pub struct Writer {
     layout: SharedLayout,
     timeout: Duration,
     health: Health,
+    write_timeout: Duration,
+    /// The most callbacks in transactions at once: the tasks times a batch.
+    in_flight: usize,
 }
 
 /// What a task needs besides the queue.
@@ -184,6 +187,8 @@ impl Writer {
             layout: layout.clone(),
             timeout: options.timeout,
             health,
+            write_timeout: options.write_timeout,
+            in_flight: options.max_batch * options.tasks,
         };
         // Reads the layout until the writer closes; it is only a hint, so callbacks do not
         // wait for the first read.
@@ -222,6 +227,17 @@ impl Writer {
             // The job is dropped from the queue if not yet taken (its answer end is closed).
             Err(_) => Err(self.health.judge(StoreError::Timeout).await),
         }
+    }
+
+    /// The bound on one transaction (`DATABASE_WRITE_TIMEOUT_MS`).
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+
+    /// The most callbacks in transactions at once (the tasks times a batch): what a caller of
+    /// [`Writer::submit_all`] halves to halve each transaction.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// Stores callbacks in the background lane (the drain, corrections): no commit timeout,
