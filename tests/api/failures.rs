@@ -150,19 +150,13 @@ async fn block(pool: &PgPool, cause: Cause) {
         .await
         .unwrap();
     }
-    // The SQL is the test's own (a fixed SQLSTATE or statement).
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        r#"CREATE FUNCTION not_now() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN
-               IF NEW.room_id = 'stuck' AND NEW.event_type = 'Enter' THEN {action} END IF;
-               RETURN NEW;
-           END $$;
-           CREATE TRIGGER not_now BEFORE INSERT ON room_events
-               FOR EACH ROW EXECUTE FUNCTION not_now();"#
-    )))
-    .execute(pool)
-    .await
-    .unwrap();
+    on_history_insert(
+        pool,
+        "not_now",
+        "NEW.room_id = 'stuck' AND NEW.event_type = 'Enter'",
+        &action,
+    )
+    .await;
 }
 
 async fn unblock(pool: &PgPool) {
@@ -427,18 +421,13 @@ async fn a_full_journal_disk_recovers_without_a_restart(pool: PgPool) {
 /// (docs/durability.md#draining).
 #[sqlx::test]
 async fn a_drain_step_that_cannot_commit_in_time_is_halved_until_it_does(pool: PgPool) {
-    sqlx::raw_sql(
-        r#"CREATE FUNCTION slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN
-               IF NEW.room_id LIKE 'slow-%' THEN PERFORM pg_sleep(0.1); END IF;
-               RETURN NEW;
-           END $$;
-           CREATE TRIGGER slow_rows BEFORE INSERT ON room_events
-               FOR EACH ROW EXECUTE FUNCTION slow_rows();"#,
+    on_history_insert(
+        &pool,
+        "slow_rows",
+        "NEW.room_id LIKE 'slow-%'",
+        "PERFORM pg_sleep(0.1);",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let proxy = Proxy::start(server_of(&pool)).await;
     let app = spawn_app_tuned(
         proxy.pool_for(&pool),
@@ -479,20 +468,13 @@ async fn a_drain_step_that_cannot_commit_in_time_is_halved_until_it_does(pool: P
 #[sqlx::test]
 async fn a_room_with_journaled_callbacks_keeps_its_order_and_holds_up_no_other(pool: PgPool) {
     // The first enter of room `slow` takes 3 s in PostgreSQL: past the commit timeout.
-    sqlx::raw_sql(
-        r#"CREATE FUNCTION slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN
-               IF NEW.room_id = 'slow' AND 'u1' = ANY(NEW.member_list) THEN
-                   PERFORM pg_sleep(3);
-               END IF;
-               RETURN NEW;
-           END $$;
-           CREATE TRIGGER slow_once BEFORE INSERT ON room_events
-               FOR EACH ROW EXECUTE FUNCTION slow_once();"#,
+    on_history_insert(
+        &pool,
+        "slow_once",
+        "NEW.room_id = 'slow' AND 'u1' = ANY(NEW.member_list)",
+        "PERFORM pg_sleep(3);",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let app = spawn_app(pool.clone()).await;
     app.deliver(&enter("slow", &["u1"], 100)).await;
     assert_eq!(metric(&app, "roomsync_store_slow_total").await, 1.0);

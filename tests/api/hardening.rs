@@ -640,20 +640,13 @@ async fn bodies_in_flight_are_bounded_as_a_whole(pool: PgPool) {
 /// rows (`50304`) have a reserve of their own, a tenth of each budget, and cannot pass it.
 #[sqlx::test]
 async fn rows_postgresql_refused_are_bounded_too(pool: PgPool) {
-    sqlx::raw_sql(
-        r#"CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN
-               IF NEW.room_id = 'refused' THEN
-                   RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
-               END IF;
-               RETURN NEW;
-           END $$;
-           CREATE TRIGGER refuse BEFORE INSERT ON room_events
-               FOR EACH ROW EXECUTE FUNCTION refuse();"#,
+    on_history_insert(
+        &pool,
+        "refuse",
+        "NEW.room_id = 'refused'",
+        "RAISE EXCEPTION 'refused' USING ERRCODE = '22023';",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let app = spawn_app_with(
         pool.clone(),
         &[

@@ -445,3 +445,20 @@ pub async fn until_closed(
         closed.then(|| started.elapsed()),
     )
 }
+
+/// A trigger `name` on `room_events`' inserts: where `when` holds for `NEW`, it runs `then` (a
+/// sleep, an exception), as a slow or refusing database would. The SQL is the test's own.
+pub async fn on_history_insert(pool: &PgPool, name: &str, when: &str, then: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF {when} THEN {then} END IF;
+               RETURN NEW;
+           END $$;
+           CREATE TRIGGER {name} BEFORE INSERT ON room_events
+               FOR EACH ROW EXECUTE FUNCTION {name}();"#
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
