@@ -138,17 +138,14 @@ impl Drain {
             });
             return Step::Idle(until_due);
         }
-        let records = batch.entries.len();
-        let started = Instant::now();
-        let step = self.move_batch(batch.entries).await;
-        size.after(records, started.elapsed(), matches!(step, Step::Failed));
+        let step = self.move_batch(batch.entries, size).await;
         self.show();
         step
     }
 
     /// Writes one batch through the writer, then acknowledges what PostgreSQL committed and
     /// parks what it did not take alone.
-    async fn move_batch(&mut self, entries: Vec<Entry>) -> Step {
+    async fn move_batch(&mut self, entries: Vec<Entry>, size: &mut StepSize) -> Step {
         let mut done = Vec::new();
         let mut keys = Vec::with_capacity(entries.len());
         let mut parsed: Vec<Callback> = Vec::with_capacity(entries.len());
@@ -202,9 +199,10 @@ impl Drain {
             .map(|callback| callback.locked_room().map(RoomKey::of))
             .collect();
         let results = self.writer.submit_all(parsed).await;
+        let took = started.elapsed();
         tracing::debug!(
             records = submitted,
-            ms = started.elapsed().as_millis() as u64,
+            ms = took.as_millis() as u64,
             "drain step written"
         );
         let mut parks = Vec::new();
@@ -227,6 +225,7 @@ impl Drain {
                 }
             }
         }
+        size.after(submitted, took, stopped.is_some());
         self.backlog.remove(taken);
         // Counted once committed, so an empty journal implies the count is complete.
         self.metrics.journal_drained.inc_by(done.len() as u64);
@@ -289,7 +288,8 @@ impl StepSize {
         self.now
     }
 
-    /// After a step of `records` that took `took`, and `failed` (it stays pending) or not.
+    /// After the writer took `took` over a step of `records`, and `failed` (not for the records'
+    /// sake: they stay pending) or not.
     fn after(&mut self, records: usize, took: Duration, failed: bool) {
         if failed && took >= self.write_timeout {
             let next = (records.min(self.in_flight) / 2).max(1);
