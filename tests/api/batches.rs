@@ -190,3 +190,42 @@ pub async fn a_row_newer_than_an_event_of_the_batch_is_recomputed_scenario(pool:
         (true, Some(ms(600)), Some(ms(500)), kind("Leave"))
     );
 }
+
+/// The history statement reads the ledger ahead for every callback of a batch, the ones already
+/// stored included (docs/attendance.md): a destroy sent again beside a new enter of its room
+/// must not make the room's open stays count as if it destroyed the room now.
+#[sqlx::test]
+async fn a_destroy_sent_again_beside_a_new_enter_leaves_the_open_stays_open(pool: PgPool) {
+    write_one_batch(&pool, &[enter("r", &["a"], 100)]).await;
+    write_one_batch(&pool, &[destroy("r", 200)]).await;
+    write_one_batch(&pool, &[enter("r", &["b"], 300)]).await;
+    let outcomes = write_one_batch(&pool, &[destroy("r", 200), enter("r", &["c"], 400)]).await;
+    assert_eq!(outcomes[0], Outcome::Duplicate);
+    assert!(matches!(outcomes[1], Outcome::Stored { .. }));
+    let stays: Vec<(String, i32, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT user_id, session_no, left_at FROM room_stays WHERE room_id = 'r'
+         ORDER BY joined_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        stays,
+        [
+            ("a".to_string(), 1, Some(ms(200))),
+            ("b".to_string(), 2, None),
+            ("c".to_string(), 2, None),
+        ]
+    );
+    let session: (i32, i32, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT unique_members, open_stays, ended_at FROM room_sessions
+         WHERE room_id = 'r' AND session_no = 2",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(session, (2, 2, None));
+    for user in ["b", "c"] {
+        assert!(member(&pool, "r", user).await.0, "{user} is in the room");
+    }
+}

@@ -6,7 +6,8 @@
 //!    times, `member_count`, `product`.
 //! 2. [`history`]: one statement inserts the batch's history rows (the dedup constraint tells
 //!    which callbacks are new; a replay inserts none: the rows are its input) and reads the
-//!    rows of every member that the batch's enters and leaves name.
+//!    rows of every member that the batch's enters and leaves name, and (plain PostgreSQL)
+//!    what the ledger holds for them and their rooms.
 //! 3. [`members`]: each member's new events are folded onto its row in memory with
 //!    [`membership::fold_from`], the same fold that recomputes late members.
 //! 4. Rare paths, per room or per callback: destroys ([`destroy`]), room info ([`rooms`]),
@@ -14,13 +15,13 @@
 //!    from the room's history ([`recompute`]).
 //! 5. [`write`]: every member's new row and the notifications ([`notify`]; a replay sends
 //!    none), gathered.
-//! 6. [`ledger`]: the attendance ledger, from the same new events (docs/attendance.md): one
-//!    read for the batch, and its changes gathered when its events go after what the ledger
-//!    holds.
+//! 6. [`ledger`]: the attendance ledger, from the same new events (docs/attendance.md): read
+//!    for the batch by step 2's statement on plain PostgreSQL (by one of its own on Citus), and
+//!    its changes gathered when its events go after what the ledger holds.
 //! 7. [`feed`]: the change feed's rows (docs/feed.md), gathered by the steps above.
 //! 8. [`finish`]: one statement writes what 5 to 7 gathered, the transaction's last.
 //!
-//! So a batch of enters and leaves takes four statements between `BEGIN` and `COMMIT` on
+//! So a batch of enters and leaves takes three statements between `BEGIN` and `COMMIT` on
 //! plain PostgreSQL, whatever its size.
 //!
 //! Callbacks, drift-repair corrections and `roomsync rebuild` all take this one path.
@@ -114,7 +115,9 @@ pub async fn apply_batch(
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
     let named = named_members(callbacks);
-    let (outcomes, rows) = insert_events(conn, dialect, callbacks, &named).await?;
+    let ledger_rooms = ledger_rooms(dialect, callbacks);
+    let (outcomes, rows, read) =
+        insert_events(conn, dialect, callbacks, &named, &ledger_rooms).await?;
     let fresh: Vec<(&Callback, Option<i64>)> = callbacks
         .iter()
         .zip(&outcomes)
@@ -135,10 +138,20 @@ pub async fn apply_batch(
         rules.attendance,
         &mut windows,
         &mut feed,
+        read,
     )
     .await?;
     finish(conn, dialect, members, ledger, feed, rules.notify).await?;
     Ok(outcomes)
+}
+
+/// The rooms whose ledger the history statement reads (plain PostgreSQL); none on Citus, where
+/// the ledger is read on its own.
+fn ledger_rooms<'a>(dialect: Dialect, callbacks: &[&'a Callback]) -> ledger::LedgerRooms<'a> {
+    match dialect {
+        Dialect::Postgres => ledger::rooms_to_read(callbacks),
+        Dialect::Citus => ledger::LedgerRooms::default(),
+    }
 }
 
 /// Applies stored callbacks' effects again, through the same statements, without history
@@ -151,7 +164,9 @@ pub async fn replay_batch(
     policy: Policy,
 ) -> Result<Dialect, sqlx::Error> {
     let (destroys, dialect) = lock_rooms(conn, callbacks, known).await?;
-    let (_, rows) = insert_events(conn, dialect, &[], &named_members(callbacks)).await?;
+    let named = named_members(callbacks);
+    let ledger_rooms = ledger_rooms(dialect, callbacks);
+    let (_, rows, read) = insert_events(conn, dialect, &[], &named, &ledger_rooms).await?;
     let mut feed = Feed::default();
     let (mut windows, members) = apply_effects(
         conn,
@@ -163,7 +178,16 @@ pub async fn replay_batch(
         &mut feed,
     )
     .await?;
-    let ledger = keep_ledger(conn, dialect, callbacks, policy, &mut windows, &mut feed).await?;
+    let ledger = keep_ledger(
+        conn,
+        dialect,
+        callbacks,
+        policy,
+        &mut windows,
+        &mut feed,
+        read,
+    )
+    .await?;
     // A replay's feed rows are not written: the rebuild records its diff at the end.
     let feed = Feed::default();
     finish(conn, dialect, members, ledger, feed, NotifyMode::Off).await?;

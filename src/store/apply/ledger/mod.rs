@@ -30,7 +30,8 @@ use crate::{
     callback::{Callback, Command, Event},
     store::attendance::{Policy, RoomEvent, RoomLedger, Stay, goes_after},
 };
-use read::{old_rows, read_state};
+pub(super) use read::{LedgerRooms, State, StateRow};
+use read::{has_destroy, old_rows, read_state};
 pub(super) use write::LedgerWrite;
 use write::feed_session;
 
@@ -38,7 +39,9 @@ use write::feed_session;
 /// for the batch's last statement (a refold's deletions and rows that statement does not
 /// take are written here).
 /// `callbacks`: the batch's callbacks that are new to history (or replayed by a rebuild);
-/// `windows`: the late rooms' events the members' recompute read already (shared).
+/// `windows`: the late rooms' events the members' recompute read already (shared);
+/// `read`: what the history statement read of the ledger, for the rooms of
+/// [`rooms_to_read`] and the batch's named members (plain PostgreSQL); `None`: read here.
 pub(super) async fn keep_ledger<'a>(
     conn: &mut PgConnection,
     dialect: Dialect,
@@ -46,12 +49,16 @@ pub(super) async fn keep_ledger<'a>(
     policy: Policy,
     windows: &mut Windows<'a>,
     feed: &mut Feed<'a>,
+    read: Option<State>,
 ) -> Result<LedgerWrite, sqlx::Error> {
     let events = room_events(callbacks);
     if events.is_empty() {
         return Ok(LedgerWrite::default());
     }
-    let state = read_state(conn, &events, dialect).await?;
+    let state = match read {
+        Some(state) => state,
+        None => read_state(conn, &events).await?,
+    };
     let mut write = LedgerWrite::default();
     // Rooms with an event before the ledger's place: each folded again below, all at once.
     let mut late: Vec<(Room<'a>, DateTime<Utc>)> = Vec::new();
@@ -89,7 +96,11 @@ pub(super) async fn keep_ledger<'a>(
                 }
             }
         }
-        if let Some(open) = state.open.get(&(room.app, room.id.to_owned())) {
+        // Read ahead for every callback of the batch, the open stays count only where a new
+        // callback destroys the room.
+        if has_destroy(&room_events)
+            && let Some(open) = state.open.get(&(room.app, room.id.to_owned()))
+        {
             stays.extend(open.iter().cloned());
         }
         let mut ledger = RoomLedger::resume(policy, place.session.clone(), stays);
@@ -187,6 +198,12 @@ async fn fill_invitees(conn: &mut PgConnection, room: Room<'_>) -> Result<(), sq
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The rooms whose ledger a batch of `callbacks` reads (a superset of what its new callbacks
+/// need: the history statement reads it before it knows which are new).
+pub(super) fn rooms_to_read<'a>(callbacks: &[&'a Callback]) -> LedgerRooms<'a> {
+    LedgerRooms::of(&room_events(callbacks))
 }
 
 /// The batch's member events, per room.

@@ -108,7 +108,7 @@ pub(super) async fn old_rows<'a>(
 }
 
 /// A room's place in its ledger.
-pub(super) struct Place {
+pub(in crate::store::apply) struct Place {
     pub(super) folded: Option<(DateTime<Utc>, i16)>,
     pub(super) backfill: bool,
     pub(super) session: Option<Session>,
@@ -116,56 +116,74 @@ pub(super) struct Place {
 
 /// What the ledger holds for a batch's rooms and members.
 #[derive(Default)]
-pub(super) struct State {
-    pub(super) places: HashMap<(i64, String), Place>,
+pub(in crate::store::apply) struct State {
+    pub(in crate::store::apply) places: HashMap<(i64, String), Place>,
     /// Named members' newest stays.
-    pub(super) stays: HashMap<(i64, String, String), Stay>,
+    pub(in crate::store::apply) stays: HashMap<(i64, String, String), Stay>,
     /// Every open stay of the rooms with a destroy in the batch.
-    pub(super) open: HashMap<(i64, String), Vec<Stay>>,
+    pub(in crate::store::apply) open: HashMap<(i64, String), Vec<Stay>>,
 }
 
-/// A row of `ledger_read`, as both forms return it.
-struct StateRow {
-    kind: String,
-    sdk_app_id: i64,
-    room_id: String,
-    user_id: Option<String>,
-    ledger_at: Option<DateTime<Utc>>,
-    ledger_rank: Option<i16>,
-    ledger_backfill: Option<bool>,
-    session_no: Option<i32>,
-    started_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    end_cause: Option<String>,
-    peak_members: Option<i32>,
-    peak_at: Option<DateTime<Utc>>,
-    unique_members: Option<i32>,
-    member_ms: Option<i64>,
-    open_stays: Option<i32>,
-    joined_at: Option<DateTime<Utc>>,
-    left_at: Option<DateTime<Utc>>,
-    leave_type: Option<String>,
-    leave_reason: Option<String>,
-    merged_gaps: Option<i32>,
-    gap_ms: Option<i64>,
+/// A row of the ledger's read, as every form returns it (`ledger_read_citus.sql`, and the
+/// history statement's ledger rows on plain PostgreSQL).
+pub(in crate::store::apply) struct StateRow {
+    pub(in crate::store::apply) kind: String,
+    pub(in crate::store::apply) sdk_app_id: i64,
+    pub(in crate::store::apply) room_id: String,
+    pub(in crate::store::apply) user_id: Option<String>,
+    pub(in crate::store::apply) ledger_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) ledger_rank: Option<i16>,
+    pub(in crate::store::apply) ledger_backfill: Option<bool>,
+    pub(in crate::store::apply) session_no: Option<i32>,
+    pub(in crate::store::apply) started_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) ended_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) end_cause: Option<String>,
+    pub(in crate::store::apply) peak_members: Option<i32>,
+    pub(in crate::store::apply) peak_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) unique_members: Option<i32>,
+    pub(in crate::store::apply) member_ms: Option<i64>,
+    pub(in crate::store::apply) open_stays: Option<i32>,
+    pub(in crate::store::apply) joined_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) left_at: Option<DateTime<Utc>>,
+    pub(in crate::store::apply) leave_type: Option<String>,
+    pub(in crate::store::apply) leave_reason: Option<String>,
+    pub(in crate::store::apply) merged_gaps: Option<i32>,
+    pub(in crate::store::apply) gap_ms: Option<i64>,
+}
+
+/// The rooms whose ledger a batch reads, one element per room: its place and newest session,
+/// and every open stay where `open` says (a destroy is coming).
+#[derive(Default)]
+pub(in crate::store::apply) struct LedgerRooms<'a> {
+    pub(in crate::store::apply) apps: Vec<i64>,
+    pub(in crate::store::apply) ids: Vec<&'a str>,
+    pub(in crate::store::apply) open: Vec<bool>,
+}
+
+impl<'a> LedgerRooms<'a> {
+    pub(super) fn of(events: &BTreeMap<Room<'a>, Vec<RoomEvent>>) -> Self {
+        Self {
+            apps: events.keys().map(|room| room.app).collect(),
+            ids: events.keys().map(|room| room.id).collect(),
+            open: events.values().map(|list| has_destroy(list)).collect(),
+        }
+    }
+}
+
+pub(super) fn has_destroy(events: &[RoomEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e.event, MemberEvent::Destroy { .. }))
 }
 
 /// What the ledger holds for the batch's rooms (each one's place and session, and the open
-/// stays of those with a destroy) and for the members their events name (the newest stay).
+/// stays of those with a destroy) and for the members their events name (the newest stay):
+/// on Citus, where the history statement does not read it (`ledger_read_citus.sql`).
 pub(super) async fn read_state(
     conn: &mut PgConnection,
     events: &BTreeMap<Room<'_>, Vec<RoomEvent>>,
-    dialect: Dialect,
 ) -> Result<State, sqlx::Error> {
-    let apps: Vec<i64> = events.keys().map(|room| room.app).collect();
-    let ids: Vec<&str> = events.keys().map(|room| room.id).collect();
-    let open: Vec<bool> = events
-        .values()
-        .map(|list| {
-            list.iter()
-                .any(|e| matches!(e.event, MemberEvent::Destroy { .. }))
-        })
-        .collect();
+    let rooms = LedgerRooms::of(events);
     let mut named: Vec<(i64, &str, &str)> = events
         .iter()
         .flat_map(|(room, list)| {
@@ -178,102 +196,77 @@ pub(super) async fn read_state(
     let user_apps: Vec<i64> = named.iter().map(|n| n.0).collect();
     let user_rooms: Vec<&str> = named.iter().map(|n| n.1).collect();
     let users: Vec<&str> = named.iter().map(|n| n.2).collect();
-    // One statement, in the database's form: the same parameters, the same rows.
-    macro_rules! ledger_read {
-        ($file:literal) => {
-            sqlx::query_file!(
-                $file,
-                &apps,
-                &ids as &[&str],
-                &open,
-                &user_apps,
-                &user_rooms as &[&str],
-                &users as &[&str],
-            )
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|row| StateRow {
-                kind: row.kind,
-                sdk_app_id: row.sdk_app_id,
-                room_id: row.room_id,
-                user_id: row.user_id,
-                ledger_at: row.ledger_at,
-                ledger_rank: row.ledger_rank,
-                ledger_backfill: row.ledger_backfill,
-                session_no: row.session_no,
-                started_at: row.started_at,
-                ended_at: row.ended_at,
-                end_cause: row.end_cause,
-                peak_members: row.peak_members,
-                peak_at: row.peak_at,
-                unique_members: row.unique_members,
-                member_ms: row.member_ms,
-                open_stays: row.open_stays,
-                joined_at: row.joined_at,
-                left_at: row.left_at,
-                leave_type: row.leave_type,
-                leave_reason: row.leave_reason,
-                merged_gaps: row.merged_gaps,
-                gap_ms: row.gap_ms,
-            })
-            .collect::<Vec<StateRow>>()
-        };
-    }
-    let rows = match dialect {
-        Dialect::Postgres => ledger_read!("src/store/apply/sql/ledger_read.sql"),
-        Dialect::Citus => ledger_read!("src/store/apply/sql/ledger_read_citus.sql"),
-    };
-    let mut state = State::default();
-    for row in rows {
-        let stay = || -> Option<Stay> {
-            Some(Stay {
-                user: row.user_id.clone()?,
-                joined_at: row.joined_at?,
-                session_no: row.session_no?,
-                left_at: row.left_at,
-                leave_type: row.leave_type.clone(),
-                leave_reason: row.leave_reason.clone(),
-                merged_gaps: row.merged_gaps?,
-                gap_ms: row.gap_ms?,
-            })
-        };
-        match row.kind.as_str() {
-            "room" => {
-                let session = (|| {
-                    Some(Session {
-                        no: row.session_no?,
-                        started_at: row.started_at?,
-                        ended_at: row.ended_at,
-                        end_cause: row.end_cause.clone(),
-                        peak_members: row.peak_members?,
-                        peak_at: row.peak_at?,
-                        unique_members: row.unique_members?,
-                        member_ms: row.member_ms?,
-                        open_stays: row.open_stays?,
-                    })
-                })();
-                let folded = row.ledger_at.zip(row.ledger_rank);
-                let place = Place {
-                    folded,
-                    backfill: row.ledger_backfill.unwrap_or(false),
-                    session,
-                };
-                state.places.insert((row.sdk_app_id, row.room_id), place);
-            }
-            "open" => {
-                if let Some(stay) = stay() {
-                    let key = (row.sdk_app_id, row.room_id.clone());
-                    state.open.entry(key).or_default().push(stay);
+    let rows = sqlx::query_file_as!(
+        StateRow,
+        "src/store/apply/sql/ledger_read_citus.sql",
+        &rooms.apps,
+        &rooms.ids as &[&str],
+        &rooms.open,
+        &user_apps,
+        &user_rooms as &[&str],
+        &users as &[&str],
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(State::of(rows))
+}
+
+impl State {
+    /// The ledger's rows of a read, by kind: `room` (place and session), `open` (an open stay
+    /// of a room with a destroy), `stay` (a named member's newest stay).
+    pub(in crate::store::apply) fn of(rows: impl IntoIterator<Item = StateRow>) -> Self {
+        let mut state = State::default();
+        for row in rows {
+            let stay = || -> Option<Stay> {
+                Some(Stay {
+                    user: row.user_id.clone()?,
+                    joined_at: row.joined_at?,
+                    session_no: row.session_no?,
+                    left_at: row.left_at,
+                    leave_type: row.leave_type.clone(),
+                    leave_reason: row.leave_reason.clone(),
+                    merged_gaps: row.merged_gaps?,
+                    gap_ms: row.gap_ms?,
+                })
+            };
+            match row.kind.as_str() {
+                "room" => {
+                    let session = (|| {
+                        Some(Session {
+                            no: row.session_no?,
+                            started_at: row.started_at?,
+                            ended_at: row.ended_at,
+                            end_cause: row.end_cause.clone(),
+                            peak_members: row.peak_members?,
+                            peak_at: row.peak_at?,
+                            unique_members: row.unique_members?,
+                            member_ms: row.member_ms?,
+                            open_stays: row.open_stays?,
+                        })
+                    })();
+                    let folded = row.ledger_at.zip(row.ledger_rank);
+                    let place = Place {
+                        folded,
+                        backfill: row.ledger_backfill.unwrap_or(false),
+                        session,
+                    };
+                    state.places.insert((row.sdk_app_id, row.room_id), place);
                 }
-            }
-            _ => {
-                if let Some(stay) = stay() {
-                    let key = (row.sdk_app_id, row.room_id.clone(), stay.user.clone());
-                    state.stays.insert(key, stay);
+                "open" => {
+                    if let Some(stay) = stay() {
+                        let key = (row.sdk_app_id, row.room_id.clone());
+                        state.open.entry(key).or_default().push(stay);
+                    }
                 }
+                "stay" => {
+                    if let Some(stay) = stay() {
+                        let key = (row.sdk_app_id, row.room_id.clone(), stay.user.clone());
+                        state.stays.insert(key, stay);
+                    }
+                }
+                _ => {}
             }
         }
+        state
     }
-    Ok(state)
 }

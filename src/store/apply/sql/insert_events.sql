@@ -1,8 +1,12 @@
--- The batch's history rows (the dedup constraint keeps out what is already there), and the
--- current rows of the members the batch names ($16..$18; read after the rooms are locked, so
--- no other transaction changes them). Rows of the first kind have an id, of the second a
--- user_id. Bound by history.rs; also run by bench/run's pgbench references
--- (bench/pgbench-script).
+-- The batch's history rows (the dedup constraint keeps out what is already there), the
+-- current rows of the members the batch names ($16..$18), and what the attendance ledger holds
+-- for them and the batch's rooms ($20..$22; docs/attendance.md), all read after the rooms are
+-- locked, so no other transaction changes them. Each row says its kind: 'event' (an id),
+-- 'member' (its state), and the ledger's 'room' (its place and newest session), 'open' (every
+-- open stay of a room where $22 says: a destroy is coming) and 'stay' (a named member's newest
+-- stay). One statement rather than two saves the batch a round trip (BENCHMARKS.md, "The ledger
+-- read with the history"). Bound by history.rs; also run by bench/run's pgbench references
+-- (bench/pgbench-script). Citus: insert_events_citus.sql, and the ledger apart.
 -- $6 is every member list of the batch in one flat array; row i's list is $6[$7[i] : $8[i]]
 -- (spaced: pgbench would read ":hi" as one of its variables).
 -- $19 is each row's first-version key, or NULL when it equals $15's: a row stored under it,
@@ -59,14 +63,20 @@ counted AS (
         corrections = t.corrections + EXCLUDED.corrections,
         last_at = greatest(t.last_at, EXCLUDED.last_at)
 )
-SELECT id, sdk_app_id, room_id, dedup_key, NULL::text AS user_id, NULL::bool AS in_room,
-       NULL::timestamptz AS entered_at, NULL::timestamptz AS left_at, NULL::text AS leave_type,
-       NULL::text AS leave_reason, NULL::timestamptz AS last_event_at,
-       NULL::int2 AS last_event_rank
+SELECT 'event'::text AS "kind!", id, sdk_app_id, room_id, dedup_key, NULL::text AS user_id,
+       NULL::bool AS in_room, NULL::timestamptz AS entered_at, NULL::timestamptz AS left_at,
+       NULL::text AS leave_type, NULL::text AS leave_reason, NULL::timestamptz AS last_event_at,
+       NULL::int2 AS last_event_rank, NULL::timestamptz AS ledger_at, NULL::int2 AS ledger_rank,
+       NULL::bool AS ledger_backfill, NULL::int4 AS session_no, NULL::timestamptz AS started_at,
+       NULL::timestamptz AS ended_at, NULL::text AS end_cause, NULL::int4 AS peak_members,
+       NULL::timestamptz AS peak_at, NULL::int4 AS unique_members, NULL::int8 AS member_ms,
+       NULL::int4 AS open_stays, NULL::timestamptz AS joined_at, NULL::int4 AS merged_gaps,
+       NULL::int8 AS gap_ms
 FROM ev
 UNION ALL
-SELECT NULL, m.sdk_app_id, m.room_id, NULL, m.user_id, m.in_room, m.entered_at, m.left_at,
-       m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank
+SELECT 'member', NULL, m.sdk_app_id, m.room_id, NULL, m.user_id, m.in_room, m.entered_at,
+       m.left_at, m.leave_type, m.leave_reason, m.last_event_at, m.last_event_rank, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM UNNEST($16::int8[], $17::text[], $18::text[]) AS t(a, r, u)
 -- One index probe per member whatever the statistics say: as a plain join, a plan made while
 -- room_members was small hashes the whole table, and a cached plan keeps doing so as it grows.
@@ -75,3 +85,44 @@ CROSS JOIN LATERAL (
     WHERE sdk_app_id = t.a AND room_id = t.r AND user_id = t.u
     LIMIT 1
 ) AS m
+UNION ALL
+-- The ledger's rows, as ledger_read (migrations) gives them on Citus: one index probe per row
+-- whatever the statistics say (LATERAL … LIMIT 1).
+SELECT 'room', NULL, ro.sdk_app_id, ro.room_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, ro.ledger_at, ro.ledger_rank, ro.ledger_backfill, se.session_no, se.started_at,
+       se.ended_at, se.end_cause, se.peak_members, se.peak_at, se.unique_members, se.member_ms,
+       se.open_stays, NULL, NULL, NULL
+FROM UNNEST($20::int8[], $21::text[]) AS t(a, r)
+CROSS JOIN LATERAL (
+    SELECT * FROM rooms WHERE sdk_app_id = t.a AND room_id = t.r LIMIT 1
+) AS ro
+LEFT JOIN LATERAL (
+    SELECT * FROM room_sessions s WHERE s.sdk_app_id = t.a AND s.room_id = t.r
+    ORDER BY s.session_no DESC LIMIT 1
+) AS se ON true
+UNION ALL
+SELECT 'open', NULL, s.sdk_app_id, s.room_id, NULL, s.user_id, NULL, NULL, s.left_at,
+       s.leave_type, s.leave_reason, NULL, NULL, NULL, NULL, NULL, s.session_no, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, s.joined_at, s.merged_gaps, s.gap_ms
+FROM UNNEST($20::int8[], $21::text[], $22::bool[]) AS t(a, r, o)
+CROSS JOIN LATERAL (
+    SELECT * FROM room_stays s
+    WHERE t.o AND s.sdk_app_id = t.a AND s.room_id = t.r AND s.left_at IS NULL
+) AS s
+UNION ALL
+SELECT 'stay', NULL, s.sdk_app_id, s.room_id, NULL, s.user_id, NULL, NULL, s.left_at,
+       s.leave_type, s.leave_reason, NULL, NULL, NULL, NULL, NULL, s.session_no, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, s.joined_at, s.merged_gaps, s.gap_ms
+FROM UNNEST($16::int8[], $17::text[], $18::text[]) AS t(a, r, u)
+-- The member's newest stay is the greatest primary key at or below (app, room, user, infinity):
+-- one probe, kept only if it is the member's. With plain equalities on the room, a plan made
+-- while room_stays was small or never analyzed took room_stays_session and sorted the room's
+-- every stay, for each member (BENCHMARKS.md, "A plan that read every stay of the room"); only
+-- the primary key gives this order, and a bound below (the row comparison's later columns do
+-- not end a backward scan) would walk the index down to the next match.
+CROSS JOIN LATERAL (
+    SELECT * FROM room_stays s
+    WHERE (s.sdk_app_id, s.room_id, s.user_id, s.joined_at) <= (t.a, t.r, t.u, 'infinity')
+    ORDER BY s.sdk_app_id DESC, s.room_id DESC, s.user_id DESC, s.joined_at DESC LIMIT 1
+) AS s
+WHERE s.sdk_app_id = t.a AND s.room_id = t.r AND s.user_id = t.u
