@@ -34,62 +34,49 @@ pub(super) async fn insert_events(
     let member_apps: Vec<i64> = members.iter().map(|(room, _)| room.app).collect();
     let member_rooms: Vec<&str> = members.iter().map(|(room, _)| room.id).collect();
     let member_users: Vec<&str> = members.iter().map(|(_, user)| *user).collect();
+    // One statement, in the database's form: the history's and members' parameters are the
+    // same; plain PostgreSQL's also reads the ledger (`$20..$22`).
+    macro_rules! insert_events {
+        ($row:ident, $file:literal $(, $ledger:expr)*) => {
+            sqlx::query_file_as!(
+                $row,
+                $file,
+                &rows.apps,
+                &rows.commands as &[&str],
+                &rows.rooms as &[Option<&str>],
+                &rows.operators as &[Option<&str>],
+                &rows.event_types as &[Option<&str>],
+                &rows.members as &[&str],
+                &rows.first as &[i32],
+                &rows.last as &[i32],
+                &rows.counts as &[Option<i32>],
+                &rows.reasons as &[Option<&str>],
+                &rows.at,
+                &rows.client_ips as &[Option<&str>],
+                &rows.platforms as &[Option<&str>],
+                &rows.payloads as &[&str],
+                &rows.keys as &[&[u8]],
+                &member_apps,
+                &member_rooms as &[&str],
+                &member_users as &[&str],
+                &rows.legacy_keys as &[Option<&[u8]>],
+                $($ledger,)*
+            )
+            .fetch_all(conn)
+            .await?
+        };
+    }
     let (returned, state) = if dialect == Dialect::Citus {
-        let returned = sqlx::query_file_as!(
-            EventOrMember,
-            "src/store/apply/sql/insert_events_citus.sql",
-            &rows.apps,
-            &rows.commands as &[&str],
-            &rows.rooms as &[Option<&str>],
-            &rows.operators as &[Option<&str>],
-            &rows.event_types as &[Option<&str>],
-            &rows.members as &[&str],
-            &rows.first as &[i32],
-            &rows.last as &[i32],
-            &rows.counts as &[Option<i32>],
-            &rows.reasons as &[Option<&str>],
-            &rows.at,
-            &rows.client_ips as &[Option<&str>],
-            &rows.platforms as &[Option<&str>],
-            &rows.payloads as &[&str],
-            &rows.keys as &[&[u8]],
-            &member_apps,
-            &member_rooms as &[&str],
-            &member_users as &[&str],
-            &rows.legacy_keys as &[Option<&[u8]>],
-        )
-        .fetch_all(conn)
-        .await?;
+        let returned = insert_events!(EventOrMember, "src/store/apply/sql/insert_events_citus.sql");
         (returned, None)
     } else {
-        let returned = sqlx::query_file_as!(
+        let returned = insert_events!(
             Returned,
             "src/store/apply/sql/insert_events.sql",
-            &rows.apps,
-            &rows.commands as &[&str],
-            &rows.rooms as &[Option<&str>],
-            &rows.operators as &[Option<&str>],
-            &rows.event_types as &[Option<&str>],
-            &rows.members as &[&str],
-            &rows.first as &[i32],
-            &rows.last as &[i32],
-            &rows.counts as &[Option<i32>],
-            &rows.reasons as &[Option<&str>],
-            &rows.at,
-            &rows.client_ips as &[Option<&str>],
-            &rows.platforms as &[Option<&str>],
-            &rows.payloads as &[&str],
-            &rows.keys as &[&[u8]],
-            &member_apps,
-            &member_rooms as &[&str],
-            &member_users as &[&str],
-            &rows.legacy_keys as &[Option<&[u8]>],
             &ledger.apps,
             &ledger.ids as &[&str],
-            &ledger.open,
-        )
-        .fetch_all(conn)
-        .await?;
+            &ledger.open
+        );
         let mut history = Vec::with_capacity(returned.len());
         let mut ledger_rows = Vec::new();
         for row in returned {
